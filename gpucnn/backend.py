@@ -1,0 +1,121 @@
+"""The one place that knows about CuPy.
+
+Everything else asks this module which array module an array belongs to
+(`get_array_module`), moves arrays (`to_gpu` / `to_cpu`) and picks the device
+(`GPUCNN_DEVICE=auto|cpu|gpu`). CuPy is optional: without it, or with CuPy but
+no usable GPU (the CI case), everything runs on NumPy.
+"""
+import functools
+import os
+
+import numpy as np
+
+try:  # guarded import; the error is kept to explain a failed GPU request
+    import cupy
+    _CUPY_IMPORT_ERROR = None
+except Exception as exc:  # ImportError, or a broken CUDA install
+    cupy = None
+    _CUPY_IMPORT_ERROR = exc
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_status():
+    """(usable, reason): whether a CUDA device can be used, and why not."""
+    if cupy is None:
+        return False, f"CuPy is not importable ({_CUPY_IMPORT_ERROR!r}); install gpucnn[gpu]"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, no device, driver too old, ...
+        return False, f"CuPy is installed but CUDA is not usable ({exc})"
+    if count < 1:
+        return False, "CuPy is installed but no CUDA device was found"
+    return True, ""
+
+
+def gpu_available():
+    """True when CuPy imports and at least one CUDA device is usable."""
+    return _gpu_status()[0]
+
+
+def gpu_unavailable_reason():
+    """Why `gpu_available()` is False ('' when it is True)."""
+    return _gpu_status()[1]
+
+
+def is_gpu_array(a):
+    return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def get_array_module(*arrays):
+    """cupy if any argument is a CuPy array, else numpy (like cupy.get_array_module)."""
+    if cupy is not None:
+        for a in arrays:
+            if isinstance(a, cupy.ndarray):
+                return cupy
+    return np
+
+
+def require_gpu(what="this operation"):
+    if not gpu_available():
+        raise RuntimeError(f"{what} needs a GPU: {gpu_unavailable_reason()}")
+
+
+def to_gpu(a):
+    """Copy a NumPy array (or scalar) to the current GPU; CuPy arrays pass through."""
+    if is_gpu_array(a):
+        return a
+    require_gpu("to_gpu")
+    return cupy.asarray(a)
+
+
+def to_cpu(a):
+    """Copy a CuPy array to the host; anything else goes through np.asarray."""
+    if is_gpu_array(a):
+        return cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def resolve_device(device=None):
+    """'cpu' or 'gpu' from an explicit choice or GPUCNN_DEVICE (default 'auto').
+
+    'auto' picks the GPU when one is usable; asking for 'gpu' without one is a
+    RuntimeError that says why.
+    """
+    choice = (device or os.environ.get("GPUCNN_DEVICE") or "auto").lower()
+    if choice not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {choice!r}")
+    if choice == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if choice == "gpu":
+        require_gpu("device 'gpu'")
+    return choice
+
+
+def xp_for(device):
+    """The array module for a resolved device name."""
+    return cupy if resolve_device(device) == "gpu" else np
+
+
+def synchronize(xp=None):
+    """Wait for the GPU (no-op on NumPy)."""
+    if cupy is not None and xp is cupy:
+        cupy.cuda.get_current_stream().synchronize()
+
+
+def device_info():
+    """A dict describing the GPU (empty when none is usable)."""
+    if not gpu_available():
+        return {}
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"]
+    return {
+        "gpu_name": name.decode() if isinstance(name, bytes) else str(name),
+        "compute_capability": dev.compute_capability,
+        "sm_count": props["multiProcessorCount"],
+        "driver_version": cupy.cuda.runtime.driverGetVersion(),
+        "cuda_runtime_version": cupy.cuda.runtime.runtimeGetVersion(),
+        "cupy_version": cupy.__version__,
+    }

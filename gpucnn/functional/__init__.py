@@ -1,0 +1,14 @@
+"""NumPy-compatible functional ops: NumPy in, NumPy out; CuPy in, CuPy out.
+
+The contract (names, argument order, argmax encoding, padding semantics,
+errors) is in shared/DESIGN.md; conv.py and pool.py document the math.
+"""
+from ._args import output_size, output_shape
+from .conv import (conv1d, conv2d, conv3d,
+                   conv1d_backward_data, conv2d_backward_data, conv3d_backward_data,
+                   conv1d_backward_filter, conv2d_backward_filter, conv3d_backward_filter,
+                   conv_backward_bias)
+from .pool import (max_pool1d, max_pool2d, max_pool3d,
+                   max_pool1d_backward, max_pool2d_backward, max_pool3d_backward,
+                   avg_pool1d, avg_pool2d, avg_pool3d,
+                   avg_pool1d_backward, avg_pool2d_backward, avg_pool3d_backward)

@@ -1,0 +1,27 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="gpucnn",
+    version="0.1.0",
+    description="A CNN framework with hand-written CUDA conv/pool kernels and a NumPy/Numba CPU path",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # kernels/ (top level, as the user asked) ships inside the package as
+    # gpucnn/_kernels so that a non-editable install finds the .cu sources.
+    packages=find_packages(include=["gpucnn", "gpucnn.*"]) + ["gpucnn._kernels"],
+    package_dir={"gpucnn._kernels": "kernels"},
+    package_data={"gpucnn._kernels": ["*.cu", "*.cuh"], "gpucnn": ["benchmark/*.json"]},
+    install_requires=["numpy>=1.23", "numba>=0.57", "tqdm>=4.60", "matplotlib>=3.5"],
+    extras_require={
+        # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
+        "gpu": ["cupy-cuda13x>=13"],
+        "gpu-cuda12": ["cupy-cuda12x>=13"],
+        "dev": ["pytest>=7", "scikit-learn>=1.1"],
+    },
+    entry_points={"console_scripts": ["gpucnn=gpucnn.cli:main"]},
+)
