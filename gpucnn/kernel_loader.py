@@ -75,6 +75,17 @@ def get_kernel(filename, name, options=COMPILE_OPTIONS, name_expressions=None):
                       tuple(name_expressions) if name_expressions else None).get_function(name)
 
 
+# Each .cu is written over `scalar_t` (kernels/common.cuh) and compiled once
+# per dtype with -DSCALAR=float or -DSCALAR=double; names stay extern "C".
+_SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def get_typed_kernel(filename, name, dtype):
+    """The kernel `name` of kernels/<filename> built for float32 or float64."""
+    options = COMPILE_OPTIONS + (f"-DSCALAR={_SCALAR_TYPES[np.dtype(dtype)]}",)
+    return get_kernel(filename, name, options=options)
+
+
 _CASTS = {"i": np.int32, "l": np.int64, "f": np.float32, "d": np.float64}
 _INT32 = np.iinfo(np.int32)
 

@@ -15,8 +15,6 @@ windows accumulate, in a fixed order (deterministic).
 Average pooling: padding counts as zeros and is included in the divisor
 (R*S, count_include_pad in PyTorch's terms).
 """
-import numpy as np
-
 from . import _args
 from ._dispatch import implementation
 

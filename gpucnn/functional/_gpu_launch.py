@@ -1,0 +1,57 @@
+"""Launch helpers shared by the GPU launcher modules (conv_gpu, pool_gpu,
+conv3d_gpu, pool3d_gpu): block and tile sizes, version lookup, the size
+checks that keep kernel index arithmetic in range, and the 1-D -> 2-D view.
+Status: compiled, not yet run on a GPU.
+"""
+from .. import backend, kernel_loader
+
+BLOCK = 256          # threads of every launch (TILE_THREADS for the v2 kernels)
+TILE = 64            # TILE_M = TILE_N of the v2 kernels (kernels/common.cuh)
+TILE_K = 16          # TILE_K of the v2 kernels
+INT32_MAX = 2**31 - 1
+
+
+def contiguous(a):
+    """A C-contiguous version of a CuPy array (one copy at most)."""
+    return backend.cupy.ascontiguousarray(a)
+
+
+def as_2d(a):
+    """Contiguous (N, C, H, W) view of a 4-D array, or (N, C, 1, L) of a 3-D one
+    (one copy at most, for a non-contiguous input)."""
+    a = contiguous(a)
+    return a if a.ndim == 4 else a.reshape(a.shape[:2] + (1,) + a.shape[2:])
+
+
+def geometry_2d(nd, *pairs):
+    """Stride/padding/kernel tuples of an nd-op as 2-D tuples: a 1-D value v
+    becomes (unit, v), unit 1 for kernel/stride and 0 for padding."""
+    if nd == 2:
+        return [tuple(p) for p, _ in pairs]
+    return [(unit,) + tuple(p) for p, unit in pairs]
+
+
+def resolve_version(table, op, version):
+    """The kernel version to run: `version`, or the highest (fastest) for None."""
+    v = max(table[op]) if version is None else version
+    if v not in table[op]:
+        raise ValueError(f"{op}: kernel version {version!r} does not exist; choose from {table[op]}")
+    return int(v)
+
+
+def check_gemm_size(op, m, *int32_sizes):
+    """The v2 kernels put the M tiles on grid y and keep Kgemm (forward,
+    backward-data) or Ngemm (backward-filter) and their loop counters in int32."""
+    if -(-m // TILE) > kernel_loader.MAX_GRID_Y:
+        raise ValueError(f"{op}: {m} channels exceed the GPU kernel's grid limit")
+    if any(n > INT32_MAX - TILE for n in int32_sizes):
+        raise ValueError(f"{op}: filter size {int32_sizes} is too large for the GPU kernel")
+
+
+def check_plane(op, x_shape):
+    """argmax is an int32 flat index into one (n, c) plane."""
+    plane = 1
+    for d in x_shape[2:]:
+        plane *= d
+    if plane > INT32_MAX:
+        raise ValueError(f"{op}: input plane {tuple(x_shape[2:])} is too large for int32 argmax")

@@ -1,0 +1,95 @@
+"""GPU launchers for the 3-D convolution kernels (kernels/conv3d.cu).
+
+Called by gpucnn.functional.conv after validation (stride and padding are
+3-tuples); the math is in that module's docstring and at the top of
+conv3d.cu. Status: compiled, not yet run on a GPU.
+
+Inputs may be non-contiguous CuPy arrays of float32 or float64; each is made
+C-contiguous once, and outputs come from kernel_loader.alloc_output. dtype
+handling (one build of the .cu per dtype, -DSCALAR), version lookup and the
+v2 tile constants are shared through _gpu_launch. Kernel versions: 1 = one thread
+per output element, straight from the formula; 2 = implicit GEMM with
+shared-memory tiles (forward and backward-data only). version=None runs the
+highest version.
+"""
+from math import prod
+
+from .. import kernel_loader
+from ._args import output_shape
+from ._gpu_launch import BLOCK, TILE, check_gemm_size, contiguous, resolve_version
+
+CONV3D_FILE = "conv3d.cu"
+VERSIONS = {"forward": (1, 2), "backward_data": (1, 2), "backward_filter": (1,)}
+
+# Every kernel these launchers use, with its file (the tests check the names).
+KERNELS = {
+    "conv3d_forward_v1": CONV3D_FILE,
+    "conv3d_forward_v2": CONV3D_FILE,
+    "conv3d_backward_data_v1": CONV3D_FILE,
+    "conv3d_backward_data_v2": CONV3D_FILE,
+    "conv3d_backward_filter_v1": CONV3D_FILE,
+}
+
+# Geometry arguments after the three pointers, in kernel order:
+# N, C, D, H, W, K, T, R, S, Do, Ho, Wo, sd, sh, sw, pd, ph, pw
+_SIG = "ppp" + "i" * 18
+
+
+def _dims(x_shape, w_shape, stride, padding):
+    """The kernels' geometry tuple and the output spatial shape (Do, Ho, Wo)."""
+    N, C = x_shape[:2]
+    K, _, T, R, S = w_shape
+    out = output_shape(tuple(x_shape[2:]), (T, R, S), stride, padding)
+    return (N, C) + tuple(x_shape[2:]) + (K, T, R, S) + out + tuple(stride) + tuple(padding), out
+
+
+def _launch(op, direction, version, dims, arrays, gemm=None):
+    """Run conv3d_<direction>_v<version> over `arrays` (src, w, out).
+    v1: one thread per element of out. v2: gemm = (rows, cols, kgemm), a
+    64x64 tile of the rows x cols product per block, rows on grid y."""
+    v = resolve_version(VERSIONS, direction, version)
+    out = arrays[2]
+    if out.size == 0:
+        return
+    if v == 1:
+        grid = kernel_loader.grid_1d(out.size, BLOCK)
+    else:
+        rows, cols, kgemm = gemm
+        check_gemm_size(op, rows, kgemm)
+        grid = (kernel_loader.grid_1d(cols, TILE)[0], -(-rows // TILE))
+    kernel_loader.launch(kernel_loader.get_typed_kernel(CONV3D_FILE, f"conv3d_{direction}_v{v}", out.dtype), grid,
+                         (BLOCK,), _SIG, arrays + dims)
+
+
+def forward(x, w, stride, padding, version=None):
+    """y = conv3d(x, w): x (N, C, D, H, W), w (K, C, T, R, S) -> y (N, K, Do, Ho, Wo)."""
+    x, w = contiguous(x), contiguous(w)
+    dims, out = _dims(x.shape, w.shape, stride, padding)
+    N, C, K = x.shape[0], x.shape[1], w.shape[0]
+    y = kernel_loader.alloc_output((N, K) + out, x.dtype)
+    _launch("conv3d_forward", "forward", version, dims, (x, w, y),
+            gemm=(K, N * prod(out), C * prod(w.shape[2:])))
+    return y
+
+
+def backward_data(dy, w, x_shape, stride, padding, version=None):
+    """dx of shape x_shape (N, C, D, H, W) from dy (N, K, Do, Ho, Wo) and w (K, C, T, R, S)."""
+    dy, w = contiguous(dy), contiguous(w)
+    x_shape = tuple(x_shape)
+    dims, _ = _dims(x_shape, w.shape, stride, padding)
+    dx = kernel_loader.alloc_output(x_shape, dy.dtype)
+    N, C, D, H, W = x_shape
+    _launch("conv3d_backward_data", "backward_data", version, dims, (dy, w, dx),
+            gemm=(C, N * D * H * W, w.shape[0] * prod(w.shape[2:])))
+    return dx
+
+
+def backward_filter(dy, x, w_shape, stride, padding, version=None):
+    """dw of shape w_shape (K, C, T, R, S) from dy (N, K, Do, Ho, Wo) and x (N, C, D, H, W).
+    Deterministic: no atomics, every sum in a fixed order."""
+    dy, x = contiguous(dy), contiguous(x)
+    w_shape = tuple(w_shape)
+    dims, _ = _dims(x.shape, w_shape, stride, padding)
+    dw = kernel_loader.alloc_output(w_shape, x.dtype)
+    _launch("conv3d_backward_filter", "backward_filter", version, dims, (dy, x, dw))
+    return dw

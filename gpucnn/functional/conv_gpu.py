@@ -1,0 +1,134 @@
+"""GPU launchers for the 2-D convolution kernels (kernels/conv2d_*.cu); 1-D
+convolutions run on the same kernels with unit height.
+
+Called by gpucnn.functional.conv after validation (tuples already normalized);
+the math is in that module's docstring and at the top of each .cu file.
+Status: compiled, not yet run on a GPU.
+
+dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
+.cu file is compiled once per dtype with -DSCALAR=float or -DSCALAR=double
+(kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
+dtype. Kernel versions: 1 = one thread per output element, straight from the
+formula; 2 = implicit GEMM with shared-memory tiles. version=None runs the
+highest version (the fastest; 2 for every op).
+"""
+from .. import backend, kernel_loader
+from ._args import output_shape
+from ._gpu_launch import (BLOCK, TILE, TILE_K, as_2d, check_gemm_size, geometry_2d,
+                          resolve_version)
+
+FORWARD_FILE = "conv2d_forward.cu"
+BACKWARD_FILE = "conv2d_backward.cu"
+VERSIONS = {"forward": (1, 2), "backward_data": (1, 2), "backward_filter": (1, 2)}
+
+# Every kernel these launchers use, with its file (the tests check the names).
+KERNELS = {
+    "conv2d_forward_v1": FORWARD_FILE,
+    "conv2d_forward_v2": FORWARD_FILE,
+    "conv2d_backward_data_v1": BACKWARD_FILE,
+    "conv2d_backward_data_v2": BACKWARD_FILE,
+    "conv2d_backward_filter_v1": BACKWARD_FILE,
+    "conv2d_backward_filter_v2": BACKWARD_FILE,
+    "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
+}
+
+# backward_filter_v2 splits Kgemm = N*Ho*Wo into chunks until about this many
+# blocks run, keeping at least MIN_SPLIT_STEPS TILE_K steps per chunk. The
+# split depends on the shapes only, so dw is bitwise reproducible anywhere.
+SPLIT_TARGET_BLOCKS = 512
+MIN_SPLIT_STEPS = 8
+# Geometry arguments after the three pointers, in kernel order:
+# N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
+_SIG = "ppp" + "i" * 13
+
+
+def _plan(N, C, H, W, K, R, S, stride, padding):
+    Ho, Wo = output_shape((H, W), (R, S), stride, padding)
+    return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding)
+
+
+def forward(x, w, stride, padding, version=None):
+    """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C, R, S) or (K, C, S)."""
+    op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
+    v = resolve_version(VERSIONS, "forward", version)
+    nd = x.ndim - 2
+    stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
+    x4, w4 = as_2d(x), as_2d(w)
+    N, C, H, W = x4.shape
+    K, _, R, S = w4.shape
+    dims = _plan(N, C, H, W, K, R, S, stride, padding)
+    Ho, Wo = dims[7], dims[8]
+    y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
+    if v == 1:
+        grid = kernel_loader.grid_1d(y.size, BLOCK)
+    else:
+        check_gemm_size(op, K, C * R * S)
+        grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-K // TILE))
+    kernel_loader.launch(kernel_loader.get_typed_kernel(FORWARD_FILE, f"conv2d_forward_v{v}", x.dtype), grid, (BLOCK,),
+                         _SIG, (x4, w4, y) + dims)
+    return y if nd == 2 else y.reshape(N, K, Wo)
+
+
+def backward_data(dy, w, x_shape, stride, padding, version=None):
+    """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C, R, S) (or 1-D)."""
+    op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
+    v = resolve_version(VERSIONS, "backward_data", version)
+    nd = dy.ndim - 2
+    stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
+    dy4, w4 = as_2d(dy), as_2d(w)
+    N, C, H, W = (tuple(x_shape) if nd == 2 else tuple(x_shape[:2]) + (1, x_shape[2]))
+    K, _, R, S = w4.shape
+    dims = _plan(N, C, H, W, K, R, S, stride, padding)
+    dx = kernel_loader.alloc_output((N, C, H, W), dy.dtype)
+    if v == 1:
+        grid = kernel_loader.grid_1d(dx.size, BLOCK)
+    else:
+        check_gemm_size(op, C, K * R * S)
+        grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-C // TILE))
+    kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, f"conv2d_backward_data_v{v}", dy.dtype), grid,
+                         (BLOCK,), _SIG, (dy4, w4, dx) + dims)
+    return dx.reshape(tuple(x_shape))
+
+
+def filter_split(K, crs, kgemm):
+    """(splits, chunk) of backward_filter_v2: chunk is a multiple of TILE_K,
+    splits = ceil(kgemm / chunk) so that no chunk is empty. Shapes only."""
+    tiles = -(-K // TILE) * -(-crs // TILE)
+    steps = -(-kgemm // TILE_K)
+    splits = min(-(-SPLIT_TARGET_BLOCKS // tiles), -(-steps // MIN_SPLIT_STEPS),
+                 kernel_loader.MAX_GRID_Y)
+    splits = max(1, splits)
+    chunk = -(-steps // splits) * TILE_K
+    return -(-kgemm // chunk), chunk
+
+
+def backward_filter(dy, x, w_shape, stride, padding, version=None):
+    """dw of shape w_shape from dy (N, K, Ho, Wo) and x (N, C, H, W) (or 1-D).
+    Deterministic: no atomics, every sum in a fixed order."""
+    op = "conv2d_backward_filter" if x.ndim == 4 else "conv1d_backward_filter"
+    v = resolve_version(VERSIONS, "backward_filter", version)
+    nd = x.ndim - 2
+    stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
+    dy4, x4 = as_2d(dy), as_2d(x)
+    N, C, H, W = x4.shape
+    K, _, R, S = (tuple(w_shape) if nd == 2 else tuple(w_shape[:2]) + (1, w_shape[2]))
+    dims = _plan(N, C, H, W, K, R, S, stride, padding)
+    Ho, Wo = dims[7], dims[8]
+    dw = kernel_loader.alloc_output((K, C, R, S), x.dtype)
+    if v == 1:
+        kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v1", x.dtype),
+                             kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), _SIG,
+                             (dy4, x4, dw) + dims)
+        return dw.reshape(tuple(w_shape))
+    crs = C * R * S
+    check_gemm_size(op, K, crs)
+    splits, chunk = filter_split(K, crs, N * Ho * Wo)
+    out = dw if splits == 1 else backend.cupy.empty((splits, K, C, R, S), dtype=x.dtype)
+    kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v2", x.dtype),
+                         (-(-crs // TILE), -(-K // TILE), splits), (BLOCK,), _SIG + "l",
+                         (dy4, x4, out) + dims + (chunk,))
+    if splits > 1:
+        kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", x.dtype),
+                             kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), "ppli",
+                             (out, dw, dw.size, splits))
+    return dw.reshape(tuple(w_shape))

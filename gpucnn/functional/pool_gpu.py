@@ -1,0 +1,99 @@
+"""GPU launchers for the 2-D pooling kernels (kernels/pool2d.cu); 1-D pooling
+runs on the same kernels with unit height.
+
+Called by gpucnn.functional.pool after validation (tuples already normalized);
+the semantics are in that module's docstring and at the top of pool2d.cu.
+Status: compiled, not yet run on a GPU. dtype handling, the 1-D reshape and
+version lookup are shared through _gpu_launch (one .cu build per dtype, -DSCALAR).
+"""
+from .. import kernel_loader
+from ._args import output_shape
+from ._gpu_launch import BLOCK, as_2d, check_plane, geometry_2d, resolve_version
+
+POOL_FILE = "pool2d.cu"
+VERSIONS = {"max_forward": (1,), "max_backward": (1,), "avg_forward": (1,), "avg_backward": (1,)}
+
+# Every kernel these launchers use, with its file (the tests check the names).
+KERNELS = {
+    "max_pool2d_forward_v1": POOL_FILE,
+    "max_pool2d_backward_v1": POOL_FILE,
+    "max_pool2d_backward_route_v1": POOL_FILE,
+    "avg_pool2d_forward_v1": POOL_FILE,
+    "avg_pool2d_backward_v1": POOL_FILE,
+}
+
+# After the pointers: N, C, H, W, Ho, Wo, R, S, sh, sw, ph, pw
+_GEOM = "i" * 12
+
+
+def _geometry(x_shape, window, stride, padding):
+    """2-D (N, C, H, W), window, stride, padding and (Ho, Wo) of an nd pooling."""
+    nd = len(x_shape) - 2
+    window, stride, padding = geometry_2d(nd, (window, 1), (stride, 1), (padding, 0))
+    shape = tuple(x_shape) if nd == 2 else tuple(x_shape[:2]) + (1, x_shape[2])
+    out = output_shape(shape[2:], window, stride, padding)
+    return shape, out, shape + out + window + stride + padding
+
+
+def _y_shape(x_shape, out):
+    """(N, C, Ho, Wo), or (N, C, Wo) for a 1-D pooling."""
+    return tuple(x_shape[:2]) + (out if len(x_shape) == 4 else out[1:])
+
+
+def max_forward(x, kernel_size, stride, padding, version=None):
+    """(y, argmax int32): max over each window, first maximum / first NaN wins."""
+    v = resolve_version(VERSIONS, "max_forward", version)
+    check_plane("max_pool_forward", x.shape)
+    shape, out, geom = _geometry(x.shape, kernel_size, stride, padding)
+    y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
+    argmax = kernel_loader.alloc_output(shape[:2] + out, "int32")
+    kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_forward_v{v}", x.dtype),
+                         kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
+                         (as_2d(x), y, argmax) + geom)
+    y_shape = _y_shape(x.shape, out)
+    return y.reshape(y_shape), argmax.reshape(y_shape)
+
+
+def max_backward(dy, argmax, x_shape, geometry, version=None):
+    """dx: dy routed to argmax. geometry (kernel, stride, padding) selects the
+    gather kernel (parallel over dx); None the plane-serial route kernel."""
+    v = resolve_version(VERSIONS, "max_backward", version)
+    check_plane("max_pool_backward", x_shape)
+    dy4 = as_2d(dy)
+    argmax4 = as_2d(argmax)
+    if geometry is None:
+        N, C = dy4.shape[:2]
+        shape = tuple(x_shape) if len(x_shape) == 4 else tuple(x_shape[:2]) + (1, x_shape[2])
+        dx = kernel_loader.alloc_output(shape, dy.dtype)
+        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_route_v{v}", dy.dtype),
+                             kernel_loader.grid_1d(N * C, BLOCK), (BLOCK,), "ppp" + "i" * 6,
+                             (dy4, argmax4, dx) + shape + dy4.shape[2:])
+    else:
+        shape, _, geom = _geometry(x_shape, *geometry)
+        dx = kernel_loader.alloc_output(shape, dy.dtype)
+        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_v{v}", dy.dtype),
+                             kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
+                             (dy4, argmax4, dx) + geom)
+    return dx.reshape(tuple(x_shape))
+
+
+def avg_forward(x, kernel_size, stride, padding, version=None):
+    """Window means, zero padding counted in the divisor R*S."""
+    v = resolve_version(VERSIONS, "avg_forward", version)
+    shape, out, geom = _geometry(x.shape, kernel_size, stride, padding)
+    y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
+    kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_forward_v{v}", x.dtype),
+                         kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "pp" + _GEOM,
+                         (as_2d(x), y) + geom)
+    return y.reshape(_y_shape(x.shape, out))
+
+
+def avg_backward(dy, x_shape, kernel_size, stride, padding, version=None):
+    """dx[h, w] = sum of dy over the windows containing (h, w), / (R*S)."""
+    v = resolve_version(VERSIONS, "avg_backward", version)
+    shape, _, geom = _geometry(x_shape, kernel_size, stride, padding)
+    dx = kernel_loader.alloc_output(shape, dy.dtype)
+    kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_backward_v{v}", dy.dtype),
+                         kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "pp" + _GEOM,
+                         (as_2d(dy), dx) + geom)
+    return dx.reshape(tuple(x_shape))

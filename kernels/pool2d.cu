@@ -1,0 +1,175 @@
+// pool2d.cu: 2-D max and average pooling, forward and backward (1-D runs here
+// with H = R = 1).
+//
+// Build and launch: at run time through gpucnn.kernel_loader (NVRTC via
+// cupy.RawModule, options --std=c++17 -lineinfo -DSCALAR=float|double); the
+// launchers are gpucnn/functional/pool_gpu.py. Standalone compile check:
+//     nvcc -arch=sm_90 -cubin -I kernels -DSCALAR=float kernels/pool2d.cu
+// Status: compiled, not yet run on a GPU.
+//
+// Math. x (N, C, H, W), window R x S, stride (sh, sw), padding (ph, pw) with
+// 2 ph <= R and 2 pw <= S (every window holds a real element), y (N, C, Ho, Wo),
+// Ho = (H + 2 ph - R) / sh + 1. Window (i, j) covers rows i*sh - ph + [0, R)
+// and columns j*sw - pw + [0, S).
+//   max:  y[n,c,i,j] = max over the window (padding = -inf);
+//         argmax[n,c,i,j] = h*W + w of that maximum in the unpadded plane,
+//         first maximum in row-major window order, a NaN beats any number
+//         and the first NaN wins.
+//         dx[n,c,h,w] = sum of dy[n,c,i,j] over the windows with argmax = h*W + w.
+//   avg:  y[n,c,i,j] = (sum over the window, padding = 0) / (R*S);
+//         dx[n,c,h,w] = sum of dy[n,c,i,j] over the windows containing (h, w), / (R*S).
+//
+// Versions (all one thread per element, grid-stride loops, 1-D grids of 256 threads):
+//   max_pool2d_forward_v1         one thread per output
+//   max_pool2d_backward_v1        one thread per input element, gathers from the
+//                                 windows containing it (needs the geometry)
+//   max_pool2d_backward_route_v1  one thread per (n, c) plane: zeroes dx's plane, then
+//                                 adds dy to dx[argmax] walking the outputs in order
+//                                 (argmax alone, no geometry); argmax outside the
+//                                 plane is skipped
+//   avg_pool2d_forward_v1         one thread per output
+//   avg_pool2d_backward_v1        one thread per input element, gather
+// Every backward is deterministic: each dx element is summed by one thread,
+// over the windows in row-major order (the order the CPU path scatters in).
+
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------
+// Notes on the math.
+// The windows containing input row h are i in [i_lo, i_hi) from
+// covering_outputs (common.cuh); likewise for columns. Because 2*pad <= kernel,
+// each window overlaps the image, so a max window always has a real element:
+// the first real element seeds the maximum and its index, and padding (-inf)
+// never becomes the argmax.
+
+// ---------------------------------------------------------------------------
+extern "C" __global__ void max_pool2d_forward_v1(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
+    int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
+{
+    const idx_t total = (idx_t)N * C * Ho * Wo;
+    for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
+        const int j = (int)(idx % Wo);
+        idx_t t = idx / Wo;
+        const int i = (int)(t % Ho);
+        const idx_t plane = t / Ho;  // n*C + c
+        const scalar_t* xp = x + plane * H * W;
+        const int h0 = i * sh - ph, w0 = j * sw - pw;
+        scalar_t best = negative_infinity();
+        int best_at = -1;
+        for (int r = 0; r < R; ++r) {
+            const int h = h0 + r;
+            if (!in_range(h, H)) continue;
+            for (int s = 0; s < S; ++s) {
+                const int ww = w0 + s;
+                if (!in_range(ww, W)) continue;
+                const scalar_t v = xp[(idx_t)h * W + ww];
+                if (best_at < 0 || max_pool_better(v, best)) {
+                    best = v;
+                    best_at = h * W + ww;
+                }
+            }
+        }
+        y[idx] = best;
+        argmax[idx] = best_at;
+    }
+}
+
+// ---------------------------------------------------------------------------
+extern "C" __global__ void max_pool2d_backward_v1(
+    const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
+    int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
+{
+    const idx_t total = (idx_t)N * C * H * W;
+    for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
+        const int ww = (int)(idx % W);
+        idx_t t = idx / W;
+        const int h = (int)(t % H);
+        const idx_t plane = t / H;
+        const int here = h * W + ww;
+        int i_lo, i_hi, j_lo, j_hi;
+        covering_outputs(h, R, sh, ph, Ho, &i_lo, &i_hi);
+        covering_outputs(ww, S, sw, pw, Wo, &j_lo, &j_hi);
+        const idx_t base = plane * Ho * Wo;
+        scalar_t acc = 0;
+        for (int i = i_lo; i < i_hi; ++i)
+            for (int j = j_lo; j < j_hi; ++j) {
+                const idx_t o = base + (idx_t)i * Wo + j;
+                if (argmax[o] == here) acc += dy[o];
+            }
+        dx[idx] = acc;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One thread owns a whole (n, c) plane of dx, so its read-modify-writes need
+// no atomics and happen in output order. Parallelism is only N*C threads: the
+// fallback for callers that cannot pass the window geometry.
+extern "C" __global__ void max_pool2d_backward_route_v1(
+    const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
+    int N, int C, int H, int W, int Ho, int Wo)
+{
+    const idx_t planes = (idx_t)N * C;
+    const int HW = H * W;
+    const idx_t HoWo = (idx_t)Ho * Wo;
+    for (idx_t plane = global_thread_id(); plane < planes; plane += grid_stride()) {
+        scalar_t* dxp = dx + plane * HW;
+        const scalar_t* dyp = dy + plane * HoWo;
+        const int* ap = argmax + plane * HoWo;
+        for (int e = 0; e < HW; ++e) dxp[e] = 0;
+        for (idx_t o = 0; o < HoWo; ++o) {
+            const int a = ap[o];
+            if (in_range(a, HW)) dxp[a] += dyp[o];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+extern "C" __global__ void avg_pool2d_forward_v1(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+    int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
+{
+    const idx_t total = (idx_t)N * C * Ho * Wo;
+    const scalar_t divisor = (scalar_t)(R * S);
+    for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
+        const int j = (int)(idx % Wo);
+        idx_t t = idx / Wo;
+        const int i = (int)(t % Ho);
+        const idx_t plane = t / Ho;
+        const scalar_t* xp = x + plane * H * W;
+        const int h0 = i * sh - ph, w0 = j * sw - pw;
+        scalar_t acc = 0;
+        for (int r = 0; r < R; ++r) {
+            const int h = h0 + r;
+            if (!in_range(h, H)) continue;
+            for (int s = 0; s < S; ++s) {
+                const int ww = w0 + s;
+                if (in_range(ww, W)) acc += xp[(idx_t)h * W + ww];
+            }
+        }
+        y[idx] = acc / divisor;
+    }
+}
+
+// ---------------------------------------------------------------------------
+extern "C" __global__ void avg_pool2d_backward_v1(
+    const scalar_t* __restrict__ dy, scalar_t* __restrict__ dx,
+    int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
+{
+    const idx_t total = (idx_t)N * C * H * W;
+    const scalar_t divisor = (scalar_t)(R * S);
+    for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
+        const int ww = (int)(idx % W);
+        idx_t t = idx / W;
+        const int h = (int)(t % H);
+        const idx_t plane = t / H;
+        int i_lo, i_hi, j_lo, j_hi;
+        covering_outputs(h, R, sh, ph, Ho, &i_lo, &i_hi);
+        covering_outputs(ww, S, sw, pw, Wo, &j_lo, &j_hi);
+        const scalar_t* dyp = dy + plane * Ho * Wo;
+        scalar_t acc = 0;
+        for (int i = i_lo; i < i_hi; ++i)
+            for (int j = j_lo; j < j_hi; ++j) acc += dyp[(idx_t)i * Wo + j];
+        dx[idx] = acc / divisor;
+    }
+}
