@@ -1,5 +1,14 @@
-"""gpucnn: a CNN framework with hand-written CUDA kernels and a NumPy/Numba CPU path."""
-from . import backend, functional
+"""gpucnn: a CNN framework with hand-written CUDA kernels and a NumPy/Numba CPU path.
+
+    gpucnn.functional   conv/pool ops (NumPy in, NumPy out; CuPy in, CuPy out)
+    gpucnn.nn           layers, losses, initializers (layer-wise backprop)
+    gpucnn.optim        torch.optim-compatible optimizers and LR schedules
+    gpucnn.train        Trainer / fit
+    gpucnn.save / load  state dicts in a format that never executes code
+"""
+from . import backend, functional, random
 from .backend import get_array_module, gpu_available, to_cpu, to_gpu
+from .random import manual_seed
+from .serialization import load, load_checkpoint, save, save_checkpoint
 
 __version__ = "0.1.0"

@@ -1,0 +1,21 @@
+"""Layers, containers, losses and initializers (layer contract: shared/DESIGN.md).
+
+Every layer is array code over NumPy or CuPy (the module comes from
+gpucnn.backend.get_array_module); conv and pooling call gpucnn.functional.
+Status: checked on the CPU (float64 gradient checks, PyTorch comparisons);
+the CuPy path is written but has not yet run on a GPU.
+"""
+from . import init
+from .activation import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
+from .conv import Conv1d, Conv2d, Conv3d
+from .dropout import Dropout
+from .linear import Flatten, Linear
+from .loss import MSELoss, SoftmaxCrossEntropy, softmax
+from .module import Module, Parameter, Residual, Sequential, forward_hook, is_grad_enabled, no_grad
+from .norm import BatchNorm1d, BatchNorm2d
+from .pool import AvgPool1d, AvgPool2d, AvgPool3d, MaxPool1d, MaxPool2d, MaxPool3d
+
+__all__ = ["ELU", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d",
+           "Conv3d", "Dropout", "Flatten", "LeakyReLU", "Linear", "MSELoss", "MaxPool1d", "MaxPool2d", "MaxPool3d",
+           "Maxout", "Module", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
+           "Tanh", "forward_hook", "init", "is_grad_enabled", "no_grad", "softmax"]

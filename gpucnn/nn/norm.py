@@ -1,0 +1,98 @@
+"""Batch normalization (PyTorch semantics).
+
+Training: per channel c, over the batch (and spatial) axes, m values:
+    mu = mean(x),  var = mean((x - mu)^2)            (biased, used to normalize)
+    xhat = (x - mu) / sqrt(var + eps),  y = weight * xhat + bias
+    running_mean = (1 - momentum) * running_mean + momentum * mu
+    running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)   (unbiased)
+    momentum=None: cumulative average, momentum_t = 1 / num_batches_tracked.
+Eval: xhat = (x - running_mean) / sqrt(running_var + eps).
+
+Backward of the training forward (g = dout * weight, sums over the m values):
+    dx = (1 / m) / sqrt(var + eps) * (m * g - sum(g) - xhat * sum(g * xhat))
+    dweight = sum(dout * xhat),  dbias = sum(dout)
+In eval mode the layer is a fixed affine map and caches nothing (no backward).
+"""
+import numpy as np
+
+from .. import backend
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    allowed_ndim = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=None):
+        super().__init__()
+        self.num_features, self.eps = int(num_features), float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        dtype = np.dtype(dtype or np.float32)
+        self.weight = Parameter(np.ones(self.num_features, dtype))
+        self.bias = Parameter(np.zeros(self.num_features, dtype))
+        self.register_buffer("running_mean", np.zeros(self.num_features, dtype))
+        self.register_buffer("running_var", np.ones(self.num_features, dtype))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+
+    def _shape_and_axes(self, x):
+        name = type(self).__name__
+        if x.ndim not in self.allowed_ndim or x.shape[1] != self.num_features:
+            raise ValueError(f"{name}({self.num_features}): input must be "
+                             f"{' or '.join(f'{n}-D' for n in self.allowed_ndim)} with "
+                             f"{self.num_features} channels on axis 1, got shape {tuple(x.shape)}")
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return axes, shape
+
+    def forward(self, x):
+        axes, shape = self._shape_and_axes(x)
+        if not self.training:
+            xp = backend.get_array_module(x)
+            inv_std = (1.0 / xp.sqrt(self.running_var + self.eps)).reshape(shape)
+            return (x - self.running_mean.reshape(shape)) * inv_std * \
+                self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        m = x.size // x.shape[1]
+        if m < 2:
+            raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
+                             f"got input shape {tuple(x.shape)}")
+        xp = backend.get_array_module(x)
+        mu = x.mean(axis=axes)
+        centered = x - mu.reshape(shape)
+        var = (centered * centered).mean(axis=axes)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        xhat = centered * inv_std.reshape(shape)
+        self._update_running(mu, var * (m / (m - 1)))
+        self._save(xhat, inv_std.reshape(shape))
+        return xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+
+    def _update_running(self, mu, unbiased_var):
+        self.num_batches_tracked = np.array(int(self.num_batches_tracked) + 1, dtype=np.int64)
+        factor = 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean = (1 - factor) * self.running_mean + factor * mu
+        self.running_var = (1 - factor) * self.running_var + factor * unbiased_var
+
+    def backward(self, dout):
+        xhat, inv_std = self._take()
+        axes, shape = self._shape_and_axes(dout)
+        w = self.weight.data.reshape(shape)
+        m = dout.size // dout.shape[1]
+        self.weight.accumulate((dout * xhat).sum(axis=axes))
+        self.bias.accumulate(dout.sum(axis=axes))
+        g = dout * w
+        return (inv_std / m) * (m * g - g.sum(axis=axes).reshape(shape)
+                                - xhat * (g * xhat).sum(axis=axes).reshape(shape))
+
+    def macs(self, in_shape, out_shape):
+        return 0  # a per-element scale and shift, not counted as multiply-adds
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """BatchNorm1d(num_features, eps=1e-5, momentum=0.1): input (N, C) or (N, C, L)."""
+    allowed_ndim = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """BatchNorm2d(num_features, eps=1e-5, momentum=0.1): input (N, C, H, W)."""
+    allowed_ndim = (4,)

@@ -1,0 +1,7 @@
+"""Optimizers and learning-rate schedules with torch.optim's names and formulas."""
+from . import lr_scheduler
+from .lr_scheduler import CosineAnnealingLR, LinearLR, LinearWarmup, LRScheduler, StepLR
+from .optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+
+__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearLR",
+           "LinearWarmup", "Optimizer", "RMSprop", "StepLR", "lr_scheduler"]

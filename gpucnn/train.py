@@ -1,0 +1,239 @@
+"""The training loop: Trainer, the course's fit(), and a small in-memory loader.
+
+Mini-batch SGD as the course teaches it: each epoch visits the training set
+in batches drawn without replacement (a fresh permutation per epoch), and
+every batch does forward, loss, backward, one optimizer step. With
+full_batch=True the gradients of all batches of the epoch are accumulated
+(each weighted by its share of the samples) and one step is taken per epoch:
+full-batch gradient descent, for the course's comparison.
+
+Per epoch: the scheduler (if any) steps once at the end of train_epoch;
+validation runs in eval mode under no_grad (nothing cached for backward).
+Accuracy compares argmax(logits) with the class index, or with argmax of the
+target row for soft labels (mixup/cutmix).
+"""
+import math
+import time
+
+import numpy as np
+
+from . import backend, serialization
+from . import random as grandom
+from .nn.loss import SoftmaxCrossEntropy, softmax
+from .nn.module import no_grad
+
+
+class ArrayLoader:
+    """Batches (xb, yb) of in-memory NumPy arrays; len() = number of batches.
+    shuffle: a new permutation each epoch, from a generator seeded with
+    `seed`, or (seed=None) from gpucnn.random's global generator, which makes
+    the order part of a training checkpoint's RNG state."""
+
+    def __init__(self, x, y, batch_size=64, shuffle=True, seed=None):
+        if len(x) != len(y):
+            raise ValueError(f"ArrayLoader: {len(x)} inputs but {len(y)} targets")
+        if batch_size < 1:
+            raise ValueError(f"ArrayLoader: batch_size must be >= 1, got {batch_size}")
+        self.x, self.y, self.batch_size, self.shuffle = x, y, int(batch_size), shuffle
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        if self.shuffle:
+            order = (self._rng or grandom.generator()).permutation(n)
+        else:
+            order = np.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def _labels(target):
+    """Class indices of a target batch: itself, or argmax of soft labels."""
+    return target.argmax(axis=1) if target.ndim == 2 else target
+
+
+class Trainer:
+    def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
+        self.device = backend.resolve_device(device)
+        self.full_batch = full_batch
+        self.history = []
+        if self.device == "gpu":
+            model.to_gpu()
+        else:
+            model.to_cpu()
+
+    # ---- batches --------------------------------------------------------
+    def _move(self, a):
+        return backend.to_gpu(a) if self.device == "gpu" else np.asarray(a)
+
+    def _input(self, xb):
+        """A batch on the model's device, cast to the model's float dtype."""
+        params = self.model.parameters()
+        if params and np.dtype(xb.dtype).kind == "f":
+            xb = xb.astype(params[0].data.dtype, copy=False)
+        return self._move(xb)
+
+    def _correct(self, logits, yb):
+        return int((logits.argmax(axis=1) == _labels(yb)).sum())
+
+    # ---- epochs ---------------------------------------------------------
+    def train_epoch(self, loader, progress=None):
+        """One pass over `loader` -> {loss, accuracy, seconds, images_per_second}
+        (loss and accuracy averaged over samples, during training)."""
+        self.model.train()
+        n_batches = len(loader)
+        seen = correct = 0
+        loss_sum = 0.0
+        start = time.perf_counter()
+        if self.full_batch:
+            self.optimizer.zero_grad()
+        for i, (xb, yb) in enumerate(loader):
+            xb, yb = self._input(xb), self._move(yb)
+            n = len(xb)
+            logits = self.model(xb)
+            loss, dlogits = self.loss_fn(logits, yb)
+            if self.full_batch:
+                self.model.backward(dlogits * n)  # summed over samples; divided by the total below
+            else:
+                self.optimizer.zero_grad()
+                self.model.backward(dlogits)
+                self.optimizer.step()
+            seen += n
+            loss_sum += loss * n
+            correct += self._correct(logits, yb)
+            if progress is not None:
+                progress(i, n_batches, loss_sum / seen, correct / seen,
+                         seen / max(time.perf_counter() - start, 1e-12))
+        if self.full_batch and seen:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad /= seen
+            self.optimizer.step()
+        seconds = time.perf_counter() - start
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                "seconds": seconds, "images_per_second": seen / max(seconds, 1e-12)}
+
+    def evaluate(self, loader):
+        """Mean loss and accuracy in eval mode, caching nothing."""
+        was_training = self.model.training
+        self.model.eval()
+        seen = correct = 0
+        loss_sum = 0.0
+        try:
+            with no_grad():
+                for xb, yb in loader:
+                    xb, yb = self._input(xb), self._move(yb)
+                    logits = self.model(xb)
+                    loss, _ = self.loss_fn(logits, yb)
+                    seen += len(xb)
+                    loss_sum += loss * len(xb)
+                    correct += self._correct(logits, yb)
+        finally:
+            self.model.train(was_training)
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+    def predict_proba(self, x, batch_size=512):
+        """Softmax probabilities (NumPy, (N, classes)) in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        try:
+            with no_grad():
+                for start in range(0, len(x), batch_size):
+                    logits = self.model(self._input(x[start:start + batch_size]))
+                    out.append(backend.to_cpu(softmax(logits, axis=1)))
+        finally:
+            self.model.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def fit(self, train_loader, val_loader=None, epochs=1, early_stopping_patience=None,
+            on_epoch_end=None, progress=False):
+        """Train for `epochs` more epochs -> the new history records
+        {epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds,
+        images_per_second} (val_* None without a val_loader); epochs are
+        numbered on from self.history. With early_stopping_patience, training
+        stops after that many epochs without a better val accuracy and the
+        best weights are restored."""
+        if early_stopping_patience is not None and val_loader is None:
+            raise ValueError("Trainer.fit: early stopping needs a val_loader")
+        records = []
+        best_accuracy, best_state, stale = -1.0, None, 0
+        for _ in range(epochs):
+            epoch = len(self.history) + 1
+            bar = self._progress_bar(epoch, len(train_loader)) if progress else None
+            try:
+                train = self.train_epoch(train_loader, progress=bar.update if bar else None)
+            finally:
+                if bar:
+                    bar.close()
+            val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "accuracy": None}
+            record = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                      "seconds": train["seconds"], "images_per_second": train["images_per_second"]}
+            self.history.append(record)
+            records.append(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if early_stopping_patience is not None:
+                if val["accuracy"] > best_accuracy:
+                    best_accuracy, best_state, stale = val["accuracy"], self.model.state_dict(), 0
+                else:
+                    stale += 1
+                    if stale >= early_stopping_patience:
+                        break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        return records
+
+    def _progress_bar(self, epoch, total):
+        from tqdm import tqdm  # a dependency only for the optional bar
+
+        return _TqdmProgress(tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False))
+
+    # ---- checkpoints ------------------------------------------------------
+    def save_checkpoint(self, path, epoch, extra=None):
+        """Model, optimizer, scheduler, RNG state, epoch, history and `extra`."""
+        serialization.save_checkpoint(path, self.model, self.optimizer, epoch, self.scheduler,
+                                      extra={"history": self.history, "user": extra})
+
+    def load_checkpoint(self, path):
+        """Restore a save_checkpoint file (history included) -> {epoch, extra}."""
+        state = serialization.load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        saved = state["extra"] or {}
+        self.history = list(saved.get("history") or [])
+        return {"epoch": state["epoch"], "extra": saved.get("user")}
+
+
+class _TqdmProgress:
+    """Adapts a tqdm bar to train_epoch's progress callback."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, batch_index, n_batches, loss, accuracy, images_per_second):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", img_s=f"{images_per_second:.0f}")
+
+    def close(self):
+        self.bar.close()
+
+
+def fit(model, x, y, optimizer, epochs=1, batch_size=64, full_batch=False, x_val=None, y_val=None,
+        loss_fn=None, scheduler=None, device="cpu", early_stopping_patience=None, progress=False):
+    """The course's loop on in-memory arrays -> the history records.
+    Mini-batch SGD (batches of `batch_size` without replacement, reshuffled
+    each epoch from gpucnn.random), or full_batch=True for one gradient step
+    per epoch on the whole training set (computed in chunks of batch_size)."""
+    trainer = Trainer(model, optimizer, loss_fn, scheduler, device, full_batch)
+    train_loader = ArrayLoader(x, y, batch_size=batch_size, shuffle=not full_batch)
+    val_loader = None if x_val is None else ArrayLoader(x_val, y_val, batch_size=max(batch_size, 512),
+                                                       shuffle=False)
+    return trainer.fit(train_loader, val_loader, epochs, early_stopping_patience, progress=progress)
