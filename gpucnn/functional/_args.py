@@ -62,9 +62,10 @@ def check_arrays(op, **arrays):
             kinds.add("numpy")
         else:
             raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in given.items())
     if len(kinds) > 1:
         desc = ", ".join(f"{k}={'cupy' if backend.is_gpu_array(a) else 'numpy'}" for k, a in given.items())
-        raise TypeError(f"{op}: cannot mix NumPy and CuPy arrays ({desc})")
+        raise TypeError(f"{op}: cannot mix NumPy and CuPy arrays ({desc}; shapes {shapes})")
     dtypes = {k: np.dtype(a.dtype) for k, a in given.items()}
     for name, dt in dtypes.items():
         if dt not in FLOAT_DTYPES:
@@ -72,7 +73,7 @@ def check_arrays(op, **arrays):
                             f"(shape {tuple(given[name].shape)})")
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{k}: {dt}" for k, dt in dtypes.items())
-        raise TypeError(f"{op}: all arrays must have the same dtype, got {desc}")
+        raise TypeError(f"{op}: all arrays must have the same dtype, got {desc} (shapes {shapes})")
     return backend.get_array_module(*given.values())
 
 
@@ -82,16 +83,17 @@ def check_ndim(op, name, a, nd, layout):
 
 
 def check_geometry(op, spatial, kernel, stride, padding, what):
-    """stride >= 1, padding >= 0, kernel no larger than the padded input."""
+    """stride >= 1, padding >= 0, kernel no larger than the padded input.
+    `what` names the shapes involved, e.g. "input (2, 3, 5, 5), weight (4, 3, 3, 3)"."""
     if any(s < 1 for s in stride):
-        raise ValueError(f"{op}: stride must be >= 1, got {stride}")
+        raise ValueError(f"{op}: stride must be >= 1, got {stride} ({what})")
     if any(p < 0 for p in padding):
-        raise ValueError(f"{op}: padding must be >= 0, got {padding}")
+        raise ValueError(f"{op}: padding must be >= 0, got {padding} ({what})")
     if any(k < 1 for k in kernel):
-        raise ValueError(f"{op}: kernel size must be >= 1, got {kernel}")
+        raise ValueError(f"{op}: kernel size must be >= 1, got {kernel} ({what})")
     if any(k > h + 2 * p for h, k, p in zip(spatial, kernel, padding)):
         raise ValueError(f"{op}: kernel {kernel} is larger than the padded input "
-                         f"({what} spatial {spatial}, padding {padding})")
+                         f"(spatial {spatial} with padding {padding}; {what})")
 
 
 class ConvArgs:
@@ -109,7 +111,7 @@ class ConvArgs:
                              f"(shape {self.w_shape})")
         self.kernel = self.w_shape[2:]
         check_geometry(op, self.x_shape[2:], self.kernel, self.stride, self.padding,
-                       f"input {self.x_shape},")
+                       f"input {self.x_shape}, weight {self.w_shape}")
         self.out = output_shape(self.x_shape[2:], self.kernel, self.stride, self.padding)
         self.y_shape = (self.x_shape[0], self.w_shape[0]) + self.out
 
@@ -162,10 +164,10 @@ class PoolArgs:
         self.padding = ntuple(op, "padding", padding, nd)
         self.x_shape = tuple(x_shape)
         check_geometry(op, self.x_shape[2:], self.kernel, self.stride, self.padding,
-                       f"input {self.x_shape},")
+                       f"input {self.x_shape}")
         if any(2 * p > k for k, p in zip(self.kernel, self.padding)):
             raise ValueError(f"{op}: padding {self.padding} must be at most half the kernel "
-                             f"size {self.kernel}")
+                             f"size {self.kernel} (input {self.x_shape})")
         self.out = output_shape(self.x_shape[2:], self.kernel, self.stride, self.padding)
         self.y_shape = self.x_shape[:2] + self.out
 
@@ -184,6 +186,7 @@ def pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax
     check_dy(op, dy, args.y_shape)
     if argmax is not None:
         check_argmax(op, dy, argmax)
+        check_argmax_range(op, argmax, x_shape)
     return xp, args
 
 
@@ -198,6 +201,16 @@ def check_argmax(op, dy, argmax):
                         f"got {argmax.dtype} {tuple(argmax.shape)}")
 
 
+def check_argmax_range(op, argmax, x_shape):
+    """Every argmax must index the (n, c) input plane: a kernel routing dy
+    through it would otherwise write out of bounds. One reduction (a device
+    sync on the GPU)."""
+    plane = int(np.prod(x_shape[2:]))
+    if argmax.size and bool(((argmax < 0) | (argmax >= plane)).any()):
+        raise ValueError(f"{op}: argmax holds indices outside the input plane of {plane} "
+                         f"elements (x_shape {tuple(x_shape)}, argmax {tuple(argmax.shape)})")
+
+
 def max_pool_backward_args(op, nd, dy, argmax, x_shape):
     """Checks for a max-pool backward given without the window geometry."""
     xp = check_arrays(op, dy=dy)
@@ -206,4 +219,5 @@ def max_pool_backward_args(op, nd, dy, argmax, x_shape):
     if tuple(dy.shape[:2]) != x_shape[:2]:
         raise ValueError(f"{op}: dy shape {tuple(dy.shape)} does not match x_shape {x_shape} in (N, C)")
     check_argmax(op, dy, argmax)
+    check_argmax_range(op, argmax, x_shape)
     return xp, x_shape

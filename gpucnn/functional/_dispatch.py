@@ -19,3 +19,8 @@ def implementation(family, xp, nd):
     else:
         name = _GPU_MODULES[(family, nd)]
     return importlib.import_module(f"{__package__}.{name}")
+
+
+def gpu_kwargs(xp, version):
+    """The GPU modules take a kernel version; the CPU modules have none."""
+    return {} if xp is np else {"version": version}

@@ -16,16 +16,14 @@ The 1-D and 3-D ops are the same sums over one and three spatial offsets.
 `version` picks the GPU kernel version (None = the default, the fastest
 correct one); it is ignored on the CPU.
 """
-import numpy as np
-
 from . import _args
-from ._dispatch import implementation
+from ._dispatch import gpu_kwargs, implementation
 
 
 def _forward(op, nd, x, w, b, stride, padding, version):
     xp, a = _args.conv_forward_args(op, nd, x, w, b, stride, padding)
     impl = implementation("conv", xp, nd)
-    y = impl.forward(x, w, a.stride, a.padding, **_gpu_kw(xp, version))
+    y = impl.forward(x, w, a.stride, a.padding, **gpu_kwargs(xp, version))
     if b is not None:
         y += b.reshape((1, -1) + (1,) * nd)
     return y
@@ -34,18 +32,13 @@ def _forward(op, nd, x, w, b, stride, padding, version):
 def _backward_data(op, nd, dy, w, x_shape, stride, padding, version):
     xp, a = _args.conv_backward_data_args(op, nd, dy, w, x_shape, stride, padding)
     impl = implementation("conv", xp, nd)
-    return impl.backward_data(dy, w, a.x_shape, a.stride, a.padding, **_gpu_kw(xp, version))
+    return impl.backward_data(dy, w, a.x_shape, a.stride, a.padding, **gpu_kwargs(xp, version))
 
 
 def _backward_filter(op, nd, dy, x, w_shape, stride, padding, version):
     xp, a = _args.conv_backward_filter_args(op, nd, dy, x, w_shape, stride, padding)
     impl = implementation("conv", xp, nd)
-    return impl.backward_filter(dy, x, a.w_shape, a.stride, a.padding, **_gpu_kw(xp, version))
-
-
-def _gpu_kw(xp, version):
-    """The GPU modules take a kernel version; the CPU modules have none."""
-    return {} if xp is np else {"version": version}
+    return impl.backward_filter(dy, x, a.w_shape, a.stride, a.padding, **gpu_kwargs(xp, version))
 
 
 def conv1d(x, w, b=None, stride=1, padding=0, *, version=None):

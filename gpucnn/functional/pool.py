@@ -11,20 +11,22 @@ the flat index h*W + w of the maximum in the unpadded (n, c) input plane
 window order; a NaN counts as larger than any number (first NaN wins), so NaN
 propagates as in PyTorch. The backward routes dy to argmax; overlapping
 windows accumulate, in a fixed order (deterministic).
+`version` picks the GPU kernel version (None = the default); ignored on the CPU.
 
 Average pooling: padding counts as zeros and is included in the divisor
 (R*S, count_include_pad in PyTorch's terms).
 """
 from . import _args
-from ._dispatch import implementation
+from ._dispatch import gpu_kwargs, implementation
 
 
-def _max_forward(op, nd, x, kernel_size, stride, padding):
+def _max_forward(op, nd, x, kernel_size, stride, padding, version):
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
-    return implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding)
+    return implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding,
+                                                      **gpu_kwargs(xp, version))
 
 
-def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding):
+def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, version):
     """Without kernel_size the window geometry is unknown: the CPU scatters in
     output order and the GPU runs a plane-serial route (both deterministic).
     With it, each input element gathers from the windows that contain it."""
@@ -34,66 +36,72 @@ def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding):
     else:
         xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax)
         x_shape, geometry = a.x_shape, (a.kernel, a.stride, a.padding)
-    return implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, geometry)
+    return implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, geometry,
+                                                       **gpu_kwargs(xp, version))
 
 
-def _avg_forward(op, nd, x, kernel_size, stride, padding):
+def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
-    return implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding)
+    return implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
+                                                      **gpu_kwargs(xp, version))
 
 
-def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding):
+def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding, version):
     xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding)
-    return implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding)
+    return implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
+                                                       **gpu_kwargs(xp, version))
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0):
-    return _max_forward("max_pool1d", 1, x, kernel_size, stride, padding)
+def max_pool1d(x, kernel_size, stride=None, padding=0, *, version=None):
+    return _max_forward("max_pool1d", 1, x, kernel_size, stride, padding, version)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
+def max_pool2d(x, kernel_size, stride=None, padding=0, *, version=None):
     """x (N, C, H, W) -> (y, argmax), both (N, C, Ho, Wo); argmax int32 flat h*W + w."""
-    return _max_forward("max_pool2d", 2, x, kernel_size, stride, padding)
+    return _max_forward("max_pool2d", 2, x, kernel_size, stride, padding, version)
 
 
-def max_pool3d(x, kernel_size, stride=None, padding=0):
-    return _max_forward("max_pool3d", 3, x, kernel_size, stride, padding)
+def max_pool3d(x, kernel_size, stride=None, padding=0, *, version=None):
+    return _max_forward("max_pool3d", 3, x, kernel_size, stride, padding, version)
 
 
-def max_pool1d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0):
-    return _max_backward("max_pool1d_backward", 1, dy, argmax, x_shape, kernel_size, stride, padding)
+def max_pool1d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
+                        version=None):
+    return _max_backward("max_pool1d_backward", 1, dy, argmax, x_shape, kernel_size, stride, padding, version)
 
 
-def max_pool2d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0):
+def max_pool2d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
+                        version=None):
     """Route dy to argmax -> dx of shape x_shape. Passing the forward's
     kernel_size/stride/padding (the layers do) selects the faster gather."""
-    return _max_backward("max_pool2d_backward", 2, dy, argmax, x_shape, kernel_size, stride, padding)
+    return _max_backward("max_pool2d_backward", 2, dy, argmax, x_shape, kernel_size, stride, padding, version)
 
 
-def max_pool3d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0):
-    return _max_backward("max_pool3d_backward", 3, dy, argmax, x_shape, kernel_size, stride, padding)
+def max_pool3d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
+                        version=None):
+    return _max_backward("max_pool3d_backward", 3, dy, argmax, x_shape, kernel_size, stride, padding, version)
 
 
-def avg_pool1d(x, kernel_size, stride=None, padding=0):
-    return _avg_forward("avg_pool1d", 1, x, kernel_size, stride, padding)
+def avg_pool1d(x, kernel_size, stride=None, padding=0, *, version=None):
+    return _avg_forward("avg_pool1d", 1, x, kernel_size, stride, padding, version)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
+def avg_pool2d(x, kernel_size, stride=None, padding=0, *, version=None):
     """x (N, C, H, W) -> y (N, C, Ho, Wo); zero padding counted in the divisor."""
-    return _avg_forward("avg_pool2d", 2, x, kernel_size, stride, padding)
+    return _avg_forward("avg_pool2d", 2, x, kernel_size, stride, padding, version)
 
 
-def avg_pool3d(x, kernel_size, stride=None, padding=0):
-    return _avg_forward("avg_pool3d", 3, x, kernel_size, stride, padding)
+def avg_pool3d(x, kernel_size, stride=None, padding=0, *, version=None):
+    return _avg_forward("avg_pool3d", 3, x, kernel_size, stride, padding, version)
 
 
-def avg_pool1d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
-    return _avg_backward("avg_pool1d_backward", 1, dy, x_shape, kernel_size, stride, padding)
+def avg_pool1d_backward(dy, x_shape, kernel_size, stride=None, padding=0, *, version=None):
+    return _avg_backward("avg_pool1d_backward", 1, dy, x_shape, kernel_size, stride, padding, version)
 
 
-def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
-    return _avg_backward("avg_pool2d_backward", 2, dy, x_shape, kernel_size, stride, padding)
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, *, version=None):
+    return _avg_backward("avg_pool2d_backward", 2, dy, x_shape, kernel_size, stride, padding, version)
 
 
-def avg_pool3d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
-    return _avg_backward("avg_pool3d_backward", 3, dy, x_shape, kernel_size, stride, padding)
+def avg_pool3d_backward(dy, x_shape, kernel_size, stride=None, padding=0, *, version=None):
+    return _avg_backward("avg_pool3d_backward", 3, dy, x_shape, kernel_size, stride, padding, version)
