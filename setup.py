@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["gpucnn", "gpucnn.*"]) + ["gpucnn._kernels"],
     package_dir={"gpucnn._kernels": "kernels"},
     package_data={"gpucnn._kernels": ["*.cu", "*.cuh"], "gpucnn": ["benchmark/*.json"]},
-    install_requires=["numpy>=1.23", "numba>=0.57", "tqdm>=4.60", "matplotlib>=3.5"],
+    install_requires=["numpy>=1.23", "numba>=0.57", "threadpoolctl>=3", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
         # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
         "gpu": ["cupy-cuda13x>=13"],

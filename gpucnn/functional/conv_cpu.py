@@ -1,120 +1,132 @@
-"""CPU convolution (the fallback path): Numba im2col/col2im + one BLAS matmul.
+"""CPU convolution (the fallback path): Numba im2col/col2im + BLAS matmuls.
 
 Notation: x (N, C, D, H, W), w (K, C, T, R, S), stride (sd, sh, sw), padding
-(pd, ph, pw), y (N, K, Do, Ho, Wo), P = Do*Ho*Wo output positions,
-CTRS = C*T*R*S. 1-D and 2-D inputs run as 3-D with unit leading spatial
-dimensions (kernel 1, stride 1, padding 0 there), so one set of kernels
-serves every nd and the argument arrays are only reshaped, never copied
-(unless they are non-contiguous views).
+(pd, ph, pw), padded input (Dp, Hp, Wp), y (N, K, Do, Ho, Wo),
+P = Do*Ho*Wo output positions, CTRS = C*T*R*S. 1-D and 2-D inputs run as 3-D
+with unit leading spatial dimensions (kernel 1, stride 1, padding 0 there), so
+one set of kernels serves every nd and the argument arrays are only reshaped,
+never copied (unless they are non-contiguous views).
 
-col is laid out (CTRS, N, P): col[(c,t,r,s), n, o] = x_pad[n, c, o*stride + (t,r,s)],
-which makes each direction a single matmul over a block of samples:
+col is laid out per sample, (N, CTRS, P): col[n, (c,t,r,s), (od,oh,ow)] =
+x_pad[n, c, od*sd + t, oh*sh + r, ow*sw + s], so that each direction is one
+matmul per sample that reads and writes the NCDHW arrays in place (no
+transposes):
 
-    forward          Y (K, N*P)    = W (K, CTRS) @ col          then y = Y.transpose -> (N, K, P)
-    backward-filter  dW (K, CTRS)  = dY (K, N*P) @ col^T        dY = dy transposed to (K, N, P)
-    backward-data    dcol (CTRS, N*P) = W^T @ dY                then col2im scatters dcol into dx
+    forward          y[n] (K, P)        = W (K, CTRS) @ col[n]
+    backward-filter  dW (K, CTRS)       = sum over n of dy[n] (K, P) @ col[n]^T
+    backward-data    dcol[n] (CTRS, P)  = W^T @ dy[n]        then col2im adds dcol into dx
 
-The batch is cut into blocks of samples so that col stays under _COL_BYTES
-(bounded memory for large batches); backward-filter sums the blocks' dW in
-block order. Blocks are large on purpose: on a busy 2-core machine every
-switch between Numba's and the BLAS's thread pools costs far more than the
-cache a smaller block would save (measured: 1 MiB blocks were several times
-slower than one block under load).
+Threads: the batch is split into numba.get_num_threads() contiguous parts,
+one per thread (the calling thread and a small pool of Python threads); each
+thread runs the Numba kernels (compiled nogil, serial) and single-threaded
+BLAS matmuls on its own samples, so an op has exactly one fork and one join
+and no thread pool ever waits on another. Measured on a loaded 2-core
+machine, interleaving Numba's parallel regions with multi-threaded BLAS calls
+was 10-100x slower (each pool's idle threads spin while the other works).
+Pinning the BLAS to one thread needs threadpoolctl (the limit is process-wide
+while an op runs); without it every op runs in the calling thread, with the
+BLAS's own threads.
 
-im2col is parallel over the rows of col, col2im over the (n, c) planes of dx;
-each thread writes disjoint outputs in a fixed order, so results are
-deterministic (the BLAS matmul is deterministic for a fixed thread count).
+Each thread cuts its samples into blocks whose col fits in _COL_BYTES (about
+half an L2 cache): im2col writes a block that the matmuls then read from
+cache, measured 1.5-2x faster than one batch-sized col streamed through
+memory. backward-filter sums dW per thread in sample order, then the
+threads' sums in thread order.
+
+im2col and col2im copy each (n, c) plane into (or sum it in) a zero-padded
+plane buffer that stays in L1, so the inner loops are branch-free copies of
+output rows. Everything runs in a fixed order for a fixed thread count, so
+results are deterministic (as is the BLAS for a fixed thread count).
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numba as nb
 import numpy as np
 
 from ._args import output_shape
 
-_COL_BYTES = 32 << 20   # col buffer per block of samples (about the L3 size)
+try:
+    import threadpoolctl
+except ImportError:       # optional: without it, ops run in the calling thread
+    threadpoolctl = None
+
+_COL_BYTES = 512 << 10   # col buffer per block of samples
+_FLOPS_PER_THREAD = 16e6  # below this much work per thread, a thread costs more than it saves
+
+
+# Inner loops copy between 1-D views indexed from 0 by a range: Numba then
+# drops its negative-index handling and LLVM vectorizes them (measured several
+# times faster than indexing a whole flat array at an offset). Contiguous views
+# (stride 1) vectorize; strided ones do not, hence the sw == 1 branches.
+
+@nb.njit(inline="always")
+def _copy(dst, src):
+    for i in range(dst.size):
+        dst[i] = src[i]
 
 
 @nb.njit(inline="always")
-def _valid_columns(s, W, Wo, sw, pw):
-    """[lo, hi): the output columns ow whose input column ow*sw + s - pw lies in [0, W)."""
-    lo = min(Wo, max(0, -((s - pw) // sw)))
-    return lo, max(lo, min(Wo, (W - 1 - s + pw) // sw + 1))
+def _add(dst, src):
+    for i in range(dst.size):
+        dst[i] += src[i]
 
 
-@nb.njit(parallel=True, cache=True)
-def _im2col(x, kernel, stride, padding, out, col):
-    """col[(c,t,r,s), n, o] = x_pad[n, c, o*stride + (t,r,s)]; parallel over col rows.
-    Flat indexing; the stride-1 copy is a plain contiguous loop (vectorized)."""
+@nb.njit(nogil=True, cache=True)
+def _im2col(x, kernel, stride, padding, col):
+    """col (N, CTRS, Do, Ho, Wo) from x (N, C, D, H, W)."""
     N, C, D, H, W = x.shape
     T, R, S = kernel
     sd, sh, sw = stride
     pd, ph, pw = padding
-    Do, Ho, Wo = out
-    xf, cf = x.ravel(), col.ravel()
-    for row in nb.prange(C * T * R * S):
-        c, rem = divmod(np.int64(row), T * R * S)  # prange indices may be unsigned
-        t, rem = divmod(rem, R * S)
-        r, s = divmod(rem, S)
-        lo, hi = _valid_columns(s, W, Wo, sw, pw)
-        dst = row * N * Do * Ho * Wo
-        for n in range(N):
-            plane = (n * C + c) * D * H * W
-            for od in range(Do):
-                d = od * sd + t - pd
-                for oh in range(Ho):
-                    h = oh * sh + r - ph
-                    # explicit loops: slice assignments cost more than these short rows
-                    if d < 0 or d >= D or h < 0 or h >= H:
-                        for ow in range(Wo):
-                            cf[dst + ow] = 0
-                    else:
-                        src = plane + (d * H + h) * W + s - pw
-                        for ow in range(lo):
-                            cf[dst + ow] = 0
-                        if sw == 1:
-                            for ow in range(lo, hi):
-                                cf[dst + ow] = xf[src + ow]
-                        else:
-                            for ow in range(lo, hi):
-                                cf[dst + ow] = xf[src + ow * sw]
-                        for ow in range(hi, Wo):
-                            cf[dst + ow] = 0
-                    dst += Wo
+    _, _, Do, Ho, Wo = col.shape
+    buf = np.zeros((D + 2 * pd, H + 2 * ph, W + 2 * pw), x.dtype)   # the border stays 0
+    for n in range(N):
+        for c in range(C):
+            for d in range(D):
+                for h in range(H):
+                    _copy(buf[pd + d, ph + h, pw:pw + W], x[n, c, d, h])
+            for t in range(T):
+                for r in range(R):
+                    for s in range(S):
+                        rows = col[n, ((c * T + t) * R + r) * S + s]
+                        for od in range(Do):
+                            for oh in range(Ho):
+                                src = buf[od * sd + t, oh * sh + r]
+                                if sw == 1:
+                                    _copy(rows[od, oh], src[s:s + Wo])
+                                else:
+                                    _copy(rows[od, oh], src[s:s + (Wo - 1) * sw + 1:sw])
 
 
-@nb.njit(parallel=True, cache=True)
-def _col2im(dcol, kernel, stride, padding, out, dx):
-    """dx[n, c] = sum over (t,r,s) and o of dcol[(c,t,r,s), n, o] scattered to
-    x position o*stride + (t,r,s) - padding; parallel over the (n, c) planes."""
+@nb.njit(nogil=True, cache=True)
+def _col2im(dcol, kernel, stride, padding, dx):
+    """dx[n, c] = the sum over (t,r,s) of dcol[n, (c,t,r,s)] added at the input
+    positions im2col reads them from (padding dropped); the (t,r,s) order is fixed."""
     N, C, D, H, W = dx.shape
     T, R, S = kernel
     sd, sh, sw = stride
     pd, ph, pw = padding
-    Do, Ho, Wo = out
-    P = Do * Ho * Wo
-    df, gf = dx.ravel(), dcol.ravel()
-    for nc in nb.prange(N * C):
-        n, c = divmod(np.int64(nc), C)
-        plane = nc * D * H * W
-        df[plane:plane + D * H * W] = 0
-        for t in range(T):
-            for r in range(R):
-                for s in range(S):
-                    row = ((c * T + t) * R + r) * S + s
-                    lo, hi = _valid_columns(s, W, Wo, sw, pw)
-                    src = (row * N + n) * P
-                    for od in range(Do):
-                        d = od * sd + t - pd
-                        for oh in range(Ho):
-                            h = oh * sh + r - ph
-                            if 0 <= d < D and 0 <= h < H:
-                                dst = plane + (d * H + h) * W + s - pw
+    _, _, Do, Ho, Wo = dcol.shape
+    buf = np.empty((D + 2 * pd, H + 2 * ph, W + 2 * pw), dx.dtype)
+    flat = buf.ravel()
+    for n in range(N):
+        for c in range(C):
+            for i in range(flat.size):
+                flat[i] = 0
+            for t in range(T):
+                for r in range(R):
+                    for s in range(S):
+                        rows = dcol[n, ((c * T + t) * R + r) * S + s]
+                        for od in range(Do):
+                            for oh in range(Ho):
+                                dst = buf[od * sd + t, oh * sh + r]
                                 if sw == 1:
-                                    for ow in range(lo, hi):
-                                        df[dst + ow] += gf[src + ow]
+                                    _add(dst[s:s + Wo], rows[od, oh])
                                 else:
-                                    for ow in range(lo, hi):
-                                        df[dst + ow * sw] += gf[src + ow]
-                            src += Wo
+                                    _add(dst[s:s + (Wo - 1) * sw + 1:sw], rows[od, oh])
+            for d in range(D):
+                for h in range(H):
+                    _copy(dx[n, c, d, h], buf[pd + d, ph + h, pw:pw + W])
 
 
 def _lift(nd, values, fill):
@@ -122,64 +134,111 @@ def _lift(nd, values, fill):
     return (fill,) * (3 - nd) + tuple(values)
 
 
-def _geometry(nd, x_shape, w_shape, stride, padding):
-    """(kernel, stride, padding, out) as 3-tuples, and P."""
-    out = output_shape(x_shape[2:], w_shape[2:], stride, padding)
-    return (_lift(nd, w_shape[2:], 1), _lift(nd, stride, 1), _lift(nd, padding, 0),
-            _lift(nd, out, 1)), int(np.prod(out))
+class _Plan:
+    """One call's geometry as 3-tuples and the block size m (samples per col)."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dtype):
+        nd = len(x_shape) - 2
+        self.out = output_shape(x_shape[2:], w_shape[2:], stride, padding)
+        self.kernel, self.stride = _lift(nd, w_shape[2:], 1), _lift(nd, stride, 1)
+        self.padding, self.out3 = _lift(nd, padding, 0), _lift(nd, self.out, 1)
+        self.rows, self.P = int(np.prod(w_shape[1:])), int(np.prod(self.out))
+        self.dtype = np.dtype(dtype)
+        self.m = max(1, min(x_shape[0], _COL_BYTES // (self.rows * self.P * self.dtype.itemsize)))
+        self.flops = 2 * x_shape[0] * w_shape[0] * self.rows * self.P
+
+    def blocks(self, n0, n1):
+        """Blocks [a, b) of the samples [n0, n1) and a col buffer for the largest."""
+        col = np.empty((min(self.m, n1 - n0), self.rows) + self.out3, self.dtype)
+        return [(a, min(n1, a + self.m)) for a in range(n0, n1, self.m)], col
+
+    def im2col(self, x5, col):
+        """col[:m] (m, CTRS, P) of a block x5 (m, C, D, H, W)."""
+        col = col[:x5.shape[0]]
+        _im2col(x5, self.kernel, self.stride, self.padding, col)
+        return col.reshape(x5.shape[0], self.rows, self.P)
+
+    def col2im(self, dcol, dx5):
+        _col2im(dcol.reshape(dcol.shape[:2] + self.out3), self.kernel, self.stride,
+                self.padding, dx5)
+
+
+_executor = None   # (workers, ThreadPoolExecutor), made on first use
+_blas = None       # threadpoolctl controller of the loaded BLAS libraries
+
+
+def _over_samples(fn, N, flops):
+    """[fn(n0, n1) for each of up to numba.get_num_threads() contiguous parts of
+    range(N)], the first part in the calling thread, the others in the pool,
+    BLAS at one thread; small ops (under _FLOPS_PER_THREAD a thread) use fewer parts."""
+    global _executor, _blas
+    parts = int(min(N, nb.get_num_threads(), max(1, flops // _FLOPS_PER_THREAD)))
+    if parts <= 1 or threadpoolctl is None:
+        return [fn(0, N)]
+    if _executor is None or _executor[0] != parts - 1:
+        if _executor is not None:
+            _executor[1].shutdown()
+        _executor = (parts - 1, ThreadPoolExecutor(parts - 1, thread_name_prefix="gpucnn-conv"))
+    if _blas is None:
+        _blas = threadpoolctl.ThreadpoolController()
+    bounds = [(i * N // parts, (i + 1) * N // parts) for i in range(parts)]
+    with _blas.limit(limits=1, user_api="blas"):
+        futures = [_executor[1].submit(fn, *b) for b in bounds[1:]]
+        first = fn(*bounds[0])
+        return [first] + [f.result() for f in futures]
 
 
 def _as5d(a):
     return np.ascontiguousarray(a).reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
 
 
-def _batches(N, rows, P, itemsize):
-    """Sample ranges [n0, n1) whose col block (rows, m, P) fits in _COL_BYTES (m >= 1)."""
-    m = max(1, min(N, _COL_BYTES // (rows * P * itemsize)))
-    return [(n0, min(N, n0 + m)) for n0 in range(0, N, m)]
-
-
 def forward(x, w, stride, padding):
-    nd = x.ndim - 2
-    geom, P = _geometry(nd, x.shape, w.shape, stride, padding)
+    plan = _Plan(x.shape, w.shape, stride, padding, x.dtype)
     N, K = x.shape[0], w.shape[0]
-    x5, w2 = _as5d(x), w.reshape(K, -1)
-    rows = w2.shape[1]
-    y = np.empty((N, K, P), x.dtype)
-    for n0, n1 in _batches(N, rows, P, x.itemsize):
-        col = np.empty((rows, n1 - n0, P), x.dtype)
-        _im2col(x5[n0:n1], *geom, col)
-        y[n0:n1] = (w2 @ col.reshape(rows, -1)).reshape(K, n1 - n0, P).transpose(1, 0, 2)
-    return y.reshape((N, K) + geom[3][3 - nd:])
+    x5, w2 = _as5d(x), np.ascontiguousarray(w).reshape(K, -1)
+    y = np.empty((N, K) + plan.out, x.dtype)
+    y3 = y.reshape(N, K, plan.P)
+
+    def part(n0, n1):
+        blocks, col = plan.blocks(n0, n1)
+        for a, b in blocks:
+            np.matmul(w2, plan.im2col(x5[a:b], col), out=y3[a:b])
+    _over_samples(part, N, plan.flops)
+    return y
 
 
 def backward_data(dy, w, x_shape, stride, padding):
-    nd = dy.ndim - 2
-    geom, P = _geometry(nd, x_shape, w.shape, stride, padding)
-    N, K = dy.shape[:2]
-    dy3, w2t = np.ascontiguousarray(dy).reshape(N, K, P), w.reshape(K, -1).T
+    plan = _Plan(x_shape, w.shape, stride, padding, dy.dtype)
+    N, K = x_shape[0], w.shape[0]
+    dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)
+    w2t = np.ascontiguousarray(w).reshape(K, -1).T
     dx = np.empty(x_shape, dy.dtype)
     dx5 = _as5d(dx)
-    for n0, n1 in _batches(N, w2t.shape[0], P, dy.itemsize):
-        dcol = w2t @ _k_major(dy3[n0:n1])                              # (CTRS, m*P)
-        _col2im(dcol.reshape(-1, n1 - n0, P), *geom, dx5[n0:n1])
+
+    def part(n0, n1):
+        blocks, dcol = plan.blocks(n0, n1)
+        dcol = dcol.reshape(dcol.shape[0], plan.rows, plan.P)
+        for a, b in blocks:
+            plan.col2im(np.matmul(w2t, dy3[a:b], out=dcol[:b - a]), dx5[a:b])
+    _over_samples(part, N, plan.flops)
     return dx
 
 
 def backward_filter(dy, x, w_shape, stride, padding):
-    nd = x.ndim - 2
-    geom, P = _geometry(nd, x.shape, w_shape, stride, padding)
-    N, K = dy.shape[:2]
-    dy3, x5 = np.ascontiguousarray(dy).reshape(N, K, P), _as5d(x)
-    rows = int(np.prod(w_shape[1:]))
-    dw = np.zeros((K, rows), x.dtype)
-    for n0, n1 in _batches(N, rows, P, x.itemsize):               # fixed order: deterministic
-        col = np.empty((rows, n1 - n0, P), x.dtype)
-        _im2col(x5[n0:n1], *geom, col)
-        dw += _k_major(dy3[n0:n1]) @ col.reshape(rows, -1).T
+    plan = _Plan(x.shape, w_shape, stride, padding, x.dtype)
+    N, K = x.shape[0], w_shape[0]
+    dy3, x5 = np.ascontiguousarray(dy).reshape(N, K, plan.P), _as5d(x)
+
+    def part(n0, n1):
+        dw = np.zeros((K, plan.rows), x.dtype)
+        blocks, col = plan.blocks(n0, n1)
+        per_sample = np.empty((col.shape[0], K, plan.rows), x.dtype)
+        for a, b in blocks:                                  # sample order: deterministic
+            cols = plan.im2col(x5[a:b], col)
+            dw += np.matmul(dy3[a:b], cols.transpose(0, 2, 1), out=per_sample[:b - a]).sum(0)
+        return dw
+    parts = _over_samples(part, N, plan.flops)
+    dw = parts[0]
+    for p in parts[1:]:                                      # thread order: deterministic
+        dw += p
     return dw.reshape(w_shape)
-
-
-def _k_major(dy3):
-    """dy block (m, K, P) -> contiguous (K, m*P), the column order of col."""
-    return np.ascontiguousarray(dy3.transpose(1, 0, 2)).reshape(dy3.shape[1], -1)
