@@ -24,7 +24,7 @@ data:
 	  else echo "Fashion-MNIST not found at $(DATA); install dataset-fashion-mnist or pass --data-dir"; fi; fi
 
 train: setup data
-	$(VENV)/bin/gpucnn train --epochs 10 --metrics-out $(OUT)/metrics.json --plot $(OUT)/curves.png --checkpoint $(OUT)/model.ckpt.npz
+	$(VENV)/bin/gpucnn train --metrics-out $(OUT)/metrics.json --plot $(OUT)/curves.png --checkpoint $(OUT)/model.ckpt.npz
 
 test: setup data
 	$(PY) -m pytest -q

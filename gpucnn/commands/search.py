@@ -1,0 +1,64 @@
+"""`gpucnn search`: random or grid hyperparameter search (optionally k-fold
+cross-validated) over learning rate, weight decay, batch size and optimizer;
+prints a table sorted by validation accuracy and can score an ensemble of the
+best configurations on the test set."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, protocol
+from .train import add_common_arguments, load_data
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("search", help="hyperparameter search", description=__doc__.splitlines()[0])
+    add_common_arguments(p)
+    p.set_defaults(epochs=2)
+    p.add_argument("--mode", choices=("random", "grid"), default="random")
+    p.add_argument("--trials", type=int, default=8, help="configurations to draw (random mode)")
+    p.add_argument("--lr", type=float, nargs="+", default=[1e-4, 1e-2],
+                   help="grid: the values; random: a [lo hi] range sampled log-uniformly (or a list)")
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-6, 1e-3])
+    p.add_argument("--batch-size", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--optimizer", nargs="+", choices=protocol.OPTIMIZERS, default=["adam", "momentum"])
+    p.add_argument("--k-folds", type=int, default=None, metavar="K",
+                   help="K-fold cross-validation on the training set instead of one validation split")
+    p.add_argument("--ensemble", type=int, default=0, metavar="M",
+                   help="test an ensemble (mean softmax) of the best M configurations")
+    p.add_argument("--json-out", metavar="FILE.json", help="all results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    device = backend.resolve_device(args.device)
+    ds = load_data(args)
+    val_split = 0.0 if args.k_folds else (args.val_split or 0.1)
+    data = protocol.prepare_data(ds, val_split, args.subset, args.seed)
+    space = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+             "optimizer": args.optimizer}
+    configs = protocol.search_space(args.mode, space, args.trials, args.seed)
+    print(f"{args.mode} search: {len(configs)} configurations, {args.epochs} epoch(s) each, "
+          + (f"{args.k_folds}-fold cross-validation" if args.k_folds else f"{len(data.x_val)} validation images"))
+    results = protocol.run_search(
+        configs, data.x_train, data.y_train, k_folds=args.k_folds, x_val=data.x_val, y_val=data.y_val,
+        model=args.model, input_shape=ds.input_shape, num_classes=ds.num_classes, epochs=args.epochs,
+        device=device, seed=args.seed, augment=args.augment, label_smoothing=args.label_smoothing,
+        dropout=args.dropout, patience=args.early_stopping)
+    print(protocol.results_table(results))
+    out = {"dataset": ds.name, "model": args.model, "device": device, "mode": args.mode,
+           "k_folds": args.k_folds, "epochs": args.epochs,
+           "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
+    if args.ensemble:
+        members = [t for r in results[:args.ensemble] for t in r["_trainers"]]
+        proba = protocol.ensemble_proba(members, data.x_test)
+        acc = float(np.mean(proba.argmax(axis=1) == data.y_test))
+        singles = [float(np.mean(t.predict_proba(data.x_test).argmax(axis=1) == data.y_test)) for t in members]
+        print(f"ensemble of {len(members)} model(s) from the best {args.ensemble} configuration(s): "
+              f"test accuracy {acc:.4f} (members: {', '.join(f'{a:.4f}' for a in singles)})")
+        out["ensemble"] = {"members": len(members), "test_accuracy": acc, "member_test_accuracies": singles}
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
+        print(f"results written to {args.json_out}")
+    return 0

@@ -1,0 +1,21 @@
+"""`gpucnn summary`: print a model's layers, output shapes and parameter counts."""
+from .. import models
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("summary", help="print a model summary", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=models.MODELS, default=models.DEFAULT_MODEL)
+    p.add_argument("--dataset-shape", type=int, nargs=3, default=(1, 28, 28), metavar=("C", "H", "W"),
+                   help="input shape of one image (default 1 28 28; CIFAR-10: 3 32 32)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..summary import summary
+    c, h, w = args.dataset_shape
+    if h != w:
+        raise SystemExit(f"gpucnn summary: the models take square images, got {h}x{w}")
+    model = models.build(args.model, c, args.num_classes, h)
+    print(summary(model, (c, h, w)))
+    return 0

@@ -1,0 +1,99 @@
+"""Mini-batches of NumPy arrays with per-epoch shuffling and background prefetch.
+
+The loader stays on the host: it yields NumPy (xb, yb) and the Trainer moves
+each whole batch to the GPU in one copy (never sample by sample).
+"""
+import queue
+import threading
+
+import numpy as np
+
+from .. import random as gpucnn_random
+
+
+class DataLoader:
+    """Iterate over (x, y) in batches.
+
+    shuffle: a fresh permutation every epoch (sampling without replacement:
+        each sample appears exactly once per epoch).
+    drop_last: drop the final batch when it is smaller than batch_size.
+    transform: callable(xb, yb, rng) -> (xb, yb), applied per batch (see
+        gpucnn.data.transforms); it gets the loader's seeded Generator.
+    seed: seeds the shuffling and the transforms (None = drawn from the
+        global generator, so gpucnn.random.manual_seed makes runs repeatable).
+    prefetch: how many batches a background thread prepares ahead (0 = none).
+    """
+
+    def __init__(self, x, y, batch_size=128, shuffle=True, drop_last=False, transform=None,
+                 seed=None, prefetch=2):
+        if len(x) != len(y):
+            raise ValueError(f"DataLoader: x has {len(x)} samples but y has {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if prefetch < 0:
+            raise ValueError(f"DataLoader: prefetch must be >= 0, got {prefetch}")
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.transform = transform
+        self.prefetch = int(prefetch)
+        if seed is None:
+            seed = int(gpucnn_random.generator().integers(2 ** 63))
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        n, b = len(self.x), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def _batches(self):
+        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.shuffle:
+                idx = np.sort(idx)  # same set; sorted gathers read memory in order
+            xb, yb = self.x[idx], self.y[idx]
+            if self.transform is not None:
+                xb, yb = self.transform(xb, yb, self.rng)
+            yield xb, yb
+
+    def __iter__(self):
+        if self.prefetch == 0:
+            yield from self._batches()
+            return
+        # A producer thread fills a bounded queue; NumPy releases the GIL in
+        # its copies, so batch preparation overlaps with the training step.
+        q = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def put(item):  # False once the consumer has gone away
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for item in self._batches():
+                    if not put(item):
+                        return
+                put(done)
+            except BaseException as exc:  # re-raised in the consumer
+                put(exc)
+
+        thread = threading.Thread(target=produce, daemon=True, name="DataLoader-prefetch")
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # consumer stopped early (break, exception, Ctrl-C): release the producer
+            stop.set()
+            thread.join()
