@@ -15,7 +15,7 @@ setup(
     # gpucnn/_kernels so that a non-editable install finds the .cu sources.
     packages=find_packages(include=["gpucnn", "gpucnn.*"]) + ["gpucnn._kernels"],
     package_dir={"gpucnn._kernels": "kernels"},
-    package_data={"gpucnn._kernels": ["*.cu", "*.cuh"], "gpucnn": ["benchmark/*.json"]},
+    package_data={"gpucnn._kernels": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.23", "numba>=0.57", "threadpoolctl>=3", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
         # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
