@@ -32,15 +32,127 @@ __device__ __forceinline__ bool in_range(int v, int n) {
     return (unsigned)v < (unsigned)n;
 }
 
-// The windows of a pooling (or the output positions of a convolution) that
-// contain input row h: o with o*stride - pad <= h <= o*stride - pad + R - 1,
-// clipped to [0, out). Writes the half-open range [*lo, *hi).
+// Row-major decoding: returns idx % n, the last coordinate of an axis of size
+// n, and leaves idx / n (the coordinates before it) in idx.
+__device__ __forceinline__ int split_last(idx_t& idx, int n) {
+    const int last = (int)(idx % n);
+    idx /= n;
+    return last;
+}
+
+// ---------------------------------------------------------------------------
+// Sliding windows (pooling and convolution). Along one axis the input has
+// `in` positions and the output `out`; output o's window covers inputs
+// o*stride - pad + [0, win). A 2-D kernel uses the 3-D helpers below with the
+// depth axis FLAT_AXIS (one position, one output, window 1, no padding).
+struct Axis {
+    int in, out, win, stride, pad;
+};
+#define FLAT_AXIS (Axis{1, 1, 1, 1, 0})
+
+// The windows that contain input position h: o with
+// o*stride - pad <= h <= o*stride - pad + win - 1, clipped to [0, out).
+// Writes the half-open range [*lo, *hi).
 __device__ __forceinline__ void covering_outputs(int h, int R, int stride, int pad, int out,
                                                  int* lo, int* hi) {
     const int first = h + pad - R + 1;  // o*stride >= first
     *lo = first <= 0 ? 0 : (first + stride - 1) / stride;
     const int last = (h + pad) / stride + 1;  // h + pad >= 0 always
     *hi = last < out ? last : out;
+}
+
+// f(at, tap) for every element of window (a, b, e) that lies inside the
+// input, in row-major (t, r, s) order: at = (d*H + h)*W + v is its offset in
+// the input volume, tap = (t*R + r)*S + s its offset in the window.
+template <typename F>
+__device__ __forceinline__ void for_each_in_window(const Axis& ad, const Axis& ah, const Axis& aw,
+                                                   int a, int b, int e, F f) {
+    const int d0 = a * ad.stride - ad.pad, h0 = b * ah.stride - ah.pad, v0 = e * aw.stride - aw.pad;
+    for (int t = 0; t < ad.win; ++t) {
+        const int d = d0 + t;
+        if (!in_range(d, ad.in)) continue;
+        for (int r = 0; r < ah.win; ++r) {
+            const int h = h0 + r;
+            if (!in_range(h, ah.in)) continue;
+            for (int s = 0; s < aw.win; ++s) {
+                const int v = v0 + s;
+                if (in_range(v, aw.in))
+                    f(((idx_t)d * ah.in + h) * aw.in + v, (t * ah.win + r) * aw.win + s);
+            }
+        }
+    }
+}
+
+// f(o, tap) for every window that contains input (d, h, v), in row-major
+// (a, b, e) order: o = (a*Ho + b)*Wo + e is the window's offset in the output
+// volume, tap = (t*R + r)*S + s the position of (d, h, v) inside it.
+template <typename F>
+__device__ __forceinline__ void for_each_covering_window(const Axis& ad, const Axis& ah,
+                                                         const Axis& aw, int d, int h, int v, F f) {
+    int a_lo, a_hi, b_lo, b_hi, e_lo, e_hi;
+    covering_outputs(d, ad.win, ad.stride, ad.pad, ad.out, &a_lo, &a_hi);
+    covering_outputs(h, ah.win, ah.stride, ah.pad, ah.out, &b_lo, &b_hi);
+    covering_outputs(v, aw.win, aw.stride, aw.pad, aw.out, &e_lo, &e_hi);
+    for (int a = a_lo; a < a_hi; ++a) {
+        const int t = d + ad.pad - a * ad.stride;
+        for (int b = b_lo; b < b_hi; ++b) {
+            const int r = h + ah.pad - b * ah.stride;
+            for (int e = e_lo; e < e_hi; ++e) {
+                const int s = v + aw.pad - e * aw.stride;
+                f(((idx_t)a * ah.out + b) * aw.out + e, (t * ah.win + r) * aw.win + s);
+            }
+        }
+    }
+}
+
+// f(o, at) for every window (a, b, e) whose tap (t, r, s) lies inside the
+// input, in row-major (a, b, e) order: o = (a*Ho + b)*Wo + e is the window's
+// offset in the output volume, at = (d*H + h)*W + v that of the input
+// element under the tap (d = a*stride - pad + t, ...).
+template <typename F>
+__device__ __forceinline__ void for_each_window_at_tap(const Axis& ad, const Axis& ah,
+                                                       const Axis& aw, int t, int r, int s, F f) {
+    for (int a = 0; a < ad.out; ++a) {
+        const int d = a * ad.stride + t - ad.pad;
+        if (!in_range(d, ad.in)) continue;
+        for (int b = 0; b < ah.out; ++b) {
+            const int h = b * ah.stride + r - ah.pad;
+            if (!in_range(h, ah.in)) continue;
+            for (int e = 0; e < aw.out; ++e) {
+                const int v = e * aw.stride + s - aw.pad;
+                if (in_range(v, aw.in))
+                    f(((idx_t)a * ah.out + b) * aw.out + e, ((idx_t)d * ah.in + h) * aw.in + v);
+            }
+        }
+    }
+}
+
+// Max-pool backward, route form (max_pool*_backward_route_v1): one thread
+// owns a whole (n, c) plane of dx (`in` elements), so its read-modify-writes
+// need no atomics and happen in output order: zero the plane, then add dy[o]
+// to dx[argmax[o]] for o = 0 .. out-1; an argmax outside the plane is skipped.
+__device__ __forceinline__ void max_pool_route_planes(const scalar_t* __restrict__ dy,
+                                                      const int* __restrict__ argmax,
+                                                      scalar_t* __restrict__ dx, idx_t planes,
+                                                      int in, idx_t out) {
+    for (idx_t plane = global_thread_id(); plane < planes; plane += grid_stride()) {
+        scalar_t* dxp = dx + plane * in;
+        const scalar_t* dyp = dy + plane * out;
+        const int* ap = argmax + plane * out;
+        for (int e = 0; e < in; ++e) dxp[e] = 0;
+        for (idx_t o = 0; o < out; ++o) {
+            const int a = ap[o];
+            if (in_range(a, in)) dxp[a] += dyp[o];
+        }
+    }
+}
+
+// Backward-data gather: input position h meets output i through tap r when
+// h + pad - r = i*stride. Given q = h + pad - r, writes i = q / stride and
+// says whether q is such a multiple with i in [0, out).
+__device__ __forceinline__ bool exact_output(int q, int stride, int out, int* i) {
+    *i = q / stride;  // truncates toward zero; a negative q is rejected below
+    return q >= 0 && *i * stride == q && *i < out;
 }
 
 // -inf of scalar_t, built from bits (NVRTC has no INFINITY macro).
@@ -89,6 +201,109 @@ __device__ __forceinline__ void tile_multiply(const tile_a_t& As, const tile_b_t
         for (int i = 0; i < THREAD_M; ++i)
 #pragma unroll
             for (int j = 0; j < THREAD_N; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+
+// Thread -> B-tile load layouts of implicit_gemm_mainloop (below).
+//   B_ALONG_COLUMNS: thread loads column tid % 64, rows kk = tid / 64 + 4*l; 64
+//     consecutive lanes along the columns (the contiguous direction when the
+//     columns are output positions). The column's state is decoded once.
+//   B_ALONG_K: thread loads row kk = tid % 16, columns tid / 16 + 16*l; 16
+//     lanes along kk (the contiguous direction when kk runs over positions).
+//     Each of the 4 columns' state is decoded once.
+enum BLayout { B_ALONG_COLUMNS, B_ALONG_K };
+
+// The main loop of the implicit-GEMM kernels: for this block's tile (rows
+// blockIdx.y*TILE_M + [0, TILE_M), columns blockIdx.x*TILE_N + [0, TILE_N))
+//     acc[i][j] = sum_{k_begin <= kk < k_end} A[m, kk] * B[kk, col]
+// over the thread's outputs (m, col) of tile_multiply, kk in increasing order.
+// The operands are never stored; the kernel supplies element fetchers:
+//   load_a(m, kk)        A[m, kk], 0 for a row m past the matrix;
+//   column_of(col)       per-thread state of B column col (any copyable type),
+//                        computed once before the loop;
+//   load_b(kk, state)    B[kk, col], 0 for a column past the matrix.
+// kk >= k_end loads as 0 without calling a fetcher. A thread loads 4 elements
+// of each tile per TILE_K step, A with kk = tid % 16 and rows tid / 16 + 16*l
+// (16 lanes along kk), B as BL says, staged through registers so that the
+// next step's global loads are in flight while the current tile is
+// multiplied. Double-buffered in registers, single in shared memory: two
+// barriers per step. Every thread of the block must call it (it syncs).
+template <BLayout BL, typename Index, typename LoadA, typename ColumnOf, typename LoadB>
+__device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_end, LoadA load_a,
+                                                       ColumnOf column_of, LoadB load_b,
+                                                       scalar_t (&acc)[THREAD_M][THREAD_N]) {
+    __shared__ tile_a_t As;
+    __shared__ tile_b_t Bs;
+    constexpr bool along_cols = BL == B_ALONG_COLUMNS;
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.y * TILE_M;
+    const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
+    const int a_k = tid % TILE_K, a_m = tid / TILE_K;  // a_m in [0, 16)
+    const int b_n = along_cols ? tid % TILE_N : tid / TILE_K;
+    const int b_k = along_cols ? tid / TILE_N : tid % TILE_K;
+
+    decltype(column_of(col0)) col_state[along_cols ? 1 : 4];
+#pragma unroll
+    for (int l = 0; l < (along_cols ? 1 : 4); ++l) col_state[l] = column_of(col0 + b_n + 16 * l);
+
+    scalar_t a_reg[4], b_reg[4];
+    auto load = [&](Index k0) {
+        const Index ka = k0 + a_k;
+#pragma unroll
+        for (int l = 0; l < 4; ++l)
+            a_reg[l] = ka < k_end ? load_a(m0 + a_m + 16 * l, ka) : (scalar_t)0;
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            const Index kb = k0 + b_k + (along_cols ? 4 * l : 0);
+            b_reg[l] = kb < k_end ? load_b(kb, col_state[along_cols ? 0 : l]) : (scalar_t)0;
+        }
+    };
+    auto store = [&]() {
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            As[a_k][a_m + 16 * l] = a_reg[l];
+            if (along_cols) Bs[b_k + 4 * l][b_n] = b_reg[l];
+            else Bs[b_k][b_n + 16 * l] = b_reg[l];
+        }
+    };
+
+    if (k_begin >= k_end) return;  // uniform over the block
+    load(k_begin);
+    store();
+    __syncthreads();
+    for (Index k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        const bool more = k0 + TILE_K < k_end;  // uniform over the block
+        if (more) load(k0 + TILE_K);
+        tile_multiply(As, Bs, acc, tx, ty);
+        __syncthreads();
+        if (more) {
+            store();
+            __syncthreads();
+        }
+    }
+}
+
+// The epilogue: stores the thread's outputs Out[m, col] of the tile (rows
+// m < M, columns col < Ng) at out[n, m, p] of an (Ng / spatial, M, spatial)
+// array, col = n*spatial + p (the NC... layout of y and dx). A plain row-major
+// M x Ng matrix is the case spatial = Ng.
+__device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREAD_N],
+                                           scalar_t* __restrict__ out, int M, idx_t Ng,
+                                           idx_t spatial) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int m0 = blockIdx.y * TILE_M;
+    const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+        const idx_t col = col0 + tx + 16 * j;
+        if (col >= Ng) continue;
+        const idx_t n = col / spatial;
+        const idx_t p = col - n * spatial;
+#pragma unroll
+        for (int i = 0; i < THREAD_M; ++i) {
+            const int m = m0 + ty + 16 * i;
+            if (m < M) out[(n * M + m) * spatial + p] = acc[i][j];
+        }
     }
 }
 

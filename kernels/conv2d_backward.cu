@@ -36,7 +36,8 @@
 // Backward data, gather form. For output position (n, c, h, w) the windows
 // that touched it are the outputs i with i*sh - ph <= h <= i*sh - ph + R - 1
 // (covering_outputs in common.cuh), and the filter tap is r = h + ph - i*sh.
-// v1 walks those windows directly (no divisibility tests). As a GEMM (v2):
+// v1 walks those windows directly (for_each_covering_window, no divisibility
+// tests); v2 tests each tap with exact_output. As a GEMM (v2):
 //     m = c, col = (n*H + h)*W + w, kk = (k*R + r)*S + s
 //     A[m, kk]   = w[k, c, r, s]
 //     B[kk, col] = dy[n, k, (h + ph - r)/sh, (w + pw - s)/sw]  if exact and in range, else 0
@@ -56,35 +57,26 @@ extern "C" __global__ void conv2d_backward_data_v1(
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
     int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * H * W;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int ww = (int)(idx % W);
-        idx_t t = idx / W;
-        const int h = (int)(t % H);
-        t /= H;
-        const int c = (int)(t % C);
-        const idx_t n = t / C;
-        int i_lo, i_hi, j_lo, j_hi;
-        covering_outputs(h, R, sh, ph, Ho, &i_lo, &i_hi);
-        covering_outputs(ww, S, sw, pw, Wo, &j_lo, &j_hi);
+        idx_t n = idx;
+        const int ww = split_last(n, W);
+        const int h = split_last(n, H);
+        const int c = split_last(n, C);
         scalar_t acc = 0;
         for (int k = 0; k < K; ++k) {
             const scalar_t* dyk = dy + (n * K + k) * Ho * Wo;
             const scalar_t* wk = w + ((idx_t)k * C + c) * R * S;
-            for (int i = i_lo; i < i_hi; ++i) {
-                const int r = h + ph - i * sh;
-                for (int j = j_lo; j < j_hi; ++j) {
-                    const int s = ww + pw - j * sw;
-                    acc += dyk[(idx_t)i * Wo + j] * wk[r * S + s];
-                }
-            }
+            for_each_covering_window(FLAT_AXIS, ah, aw, 0, h, ww,
+                                     [&](idx_t o, int tap) { acc += dyk[o] * wk[tap]; });
         }
         dx[idx] = acc;
     }
 }
 
 // ---------------------------------------------------------------------------
-// backward data v2: implicit GEMM with the same tiling and load pattern as
+// backward data v2: implicit GEMM with the loop and load layout of
 // conv2d_forward_v2 (A: 16 lanes along kk; B: 64 lanes along the columns,
 // i.e. along dx's w, each column decoded once).
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_v2(
@@ -92,94 +84,42 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
     int sh, int sw, int ph, int pw)
 {
-    __shared__ tile_a_t As;
-    __shared__ tile_b_t Bs;
-
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int RS = R * S;
     const int Kg = K * RS;
     const idx_t HW = (idx_t)H * W;
     const idx_t Ng = (idx_t)N * HW;
-    const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
-    const int m0 = blockIdx.y * TILE_M;
 
-    const int a_k = tid % TILE_K, a_m = tid / TILE_K;  // a_m in [0, 16)
-    const int b_n = tid % TILE_N, b_k = tid / TILE_N;  // b_k in [0, 4)
-
-    // This thread's B column: image n, shifted position (h + ph, w + pw).
-    const idx_t b_col = col0 + b_n;
-    const bool b_col_ok = b_col < Ng;
-    const scalar_t* dy_img = dy;
-    int hb = 0, wb = 0;
-    if (b_col_ok) {
-        const idx_t n = b_col / HW;
-        const int p = (int)(b_col - n * HW);
-        hb = p / W + ph;
-        wb = p - (p / W) * W + pw;
-        dy_img = dy + n * K * Ho * Wo;
-    }
-
-    scalar_t a_reg[4], b_reg[4];
-    auto load = [&](int k0) {
-        const int ka = k0 + a_k;
-        const int k_a = ka / RS, rs_a = ka - (ka / RS) * RS;
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int c = m0 + a_m + 16 * l;
-            a_reg[l] = (c < C && ka < Kg) ? __ldg(w + ((idx_t)k_a * C + c) * RS + rs_a) : (scalar_t)0;
-        }
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int kb = k0 + b_k + 4 * l;
-            scalar_t v = 0;
-            if (b_col_ok && kb < Kg) {
-                const int k = kb / RS, rs = kb - (kb / RS) * RS;
-                const int r = rs / S, s = rs - (rs / S) * S;
-                const int hh = hb - r, wv = wb - s;  // i*sh and j*sw when exact
-                if (hh >= 0 && wv >= 0) {
-                    const int i = hh / sh, j = wv / sw;
-                    if (i * sh == hh && j * sw == wv && i < Ho && j < Wo)
-                        v = __ldg(dy_img + ((idx_t)k * Ho + i) * Wo + j);
-                }
-            }
-            b_reg[l] = v;
-        }
+    struct Column {
+        const scalar_t* img;  // dy[n]
+        int hb, wb;           // shifted position (h + ph, w + pw)
+        bool ok;
     };
-    auto store = [&]() {
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            As[a_k][a_m + 16 * l] = a_reg[l];
-            Bs[b_k + 4 * l][b_n] = b_reg[l];
+    auto column_of = [&](idx_t col) {
+        Column b{dy, 0, 0, col < Ng};
+        if (b.ok) {
+            const idx_t n = col / HW;
+            const int p = (int)(col - n * HW);
+            b.hb = p / W + ph;
+            b.wb = p - (p / W) * W + pw;
+            b.img = dy + n * K * Ho * Wo;
         }
+        return b;
+    };
+    auto load_a = [&](int c, int kk) {  // w[k, c, r, s], kk = k*RS + rs
+        const int k = kk / RS, rs = kk - (kk / RS) * RS;
+        return c < C ? __ldg(w + ((idx_t)k * C + c) * RS + rs) : (scalar_t)0;
+    };
+    auto load_b = [&](int kk, const Column& b) {
+        const int k = kk / RS, rs = kk - (kk / RS) * RS;
+        const int r = rs / S, s = rs - (rs / S) * S;
+        int i, j;
+        return b.ok && exact_output(b.hb - r, sh, Ho, &i) && exact_output(b.wb - s, sw, Wo, &j)
+                   ? __ldg(b.img + ((idx_t)k * Ho + i) * Wo + j) : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    load(0);
-    store();
-    __syncthreads();
-    for (int k0 = 0; k0 < Kg; k0 += TILE_K) {
-        const bool more = k0 + TILE_K < Kg;  // uniform over the block
-        if (more) load(k0 + TILE_K);
-        tile_multiply(As, Bs, acc, tx, ty);
-        __syncthreads();
-        if (more) {
-            store();
-            __syncthreads();
-        }
-    }
-
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-        const idx_t col = col0 + tx + 16 * j;
-        if (col >= Ng) continue;
-        const idx_t n = col / HW;
-        const idx_t p = col - n * HW;
-#pragma unroll
-        for (int i = 0; i < THREAD_M; ++i) {
-            const int c = m0 + ty + 16 * i;
-            if (c < C) dx[(n * C + c) * HW + p] = acc[i][j];
-        }
-    }
+    implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
+    store_tile(acc, dx, C, Ng, HW);
 }
 
 // ---------------------------------------------------------------------------
@@ -189,27 +129,19 @@ extern "C" __global__ void conv2d_backward_filter_v1(
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
     int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)K * C * R * S;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int s = (int)(idx % S);
-        idx_t t = idx / S;
-        const int r = (int)(t % R);
-        t /= R;
-        const int c = (int)(t % C);
-        const int k = (int)(t / C);
+        idx_t k = idx;
+        const int s = split_last(k, S);
+        const int r = split_last(k, R);
+        const int c = split_last(k, C);
         scalar_t acc = 0;
         for (int n = 0; n < N; ++n) {
             const scalar_t* dyk = dy + ((idx_t)n * K + k) * Ho * Wo;
             const scalar_t* xc = x + ((idx_t)n * C + c) * H * W;
-            for (int i = 0; i < Ho; ++i) {
-                const int h = i * sh + r - ph;
-                if (!in_range(h, H)) continue;
-                for (int j = 0; j < Wo; ++j) {
-                    const int ww = j * sw + s - pw;
-                    if (!in_range(ww, W)) continue;
-                    acc += dyk[(idx_t)i * Wo + j] * xc[(idx_t)h * W + ww];
-                }
-            }
+            for_each_window_at_tap(FLAT_AXIS, ah, aw, 0, r, s,
+                                   [&](idx_t o, idx_t at) { acc += dyk[o] * xc[at]; });
         }
         dw[idx] = acc;
     }
@@ -218,9 +150,10 @@ extern "C" __global__ void conv2d_backward_filter_v1(
 // ---------------------------------------------------------------------------
 // backward filter v2: split-Kgemm implicit GEMM. Both operands are read along
 // kk = (n, i, j), the contiguous direction of dy and (for sw = 1) of x:
-//   A tile: thread loads kk = a_k, rows (filters k) a_m + 16*l.
-//   B tile: thread loads kk = b_k, columns b_n + 16*l, whose (c, r, s) are
-//     decoded once into an offset into x and the tap shift (r - ph, s - pw).
+//   A: 16 lanes along kk, rows (filters k).
+//   B (B_ALONG_K): 16 lanes along kk; each of the thread's 4 columns has its
+//     (c, r, s) decoded once into an offset into x and the tap shift
+//     (r - ph, s - pw).
 // Chunk z = blockIdx.z covers kk in [z*chunk, min((z+1)*chunk, Kgemm)),
 // chunk a multiple of TILE_K; it writes out[z*K*CRS + k*CRS + col] for every
 // in-range (k, col) of its tile, zeros included.
@@ -229,99 +162,41 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filte
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
     int sh, int sw, int ph, int pw, long long chunk)
 {
-    __shared__ tile_a_t As;
-    __shared__ tile_b_t Bs;
-
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int RS = R * S;
     const int Ng = C * RS;
     const idx_t HoWo = (idx_t)Ho * Wo;
     const idx_t HW = (idx_t)H * W;
     const idx_t Kg = (idx_t)N * HoWo;
-    const int col0 = blockIdx.x * TILE_N;
-    const int m0 = blockIdx.y * TILE_M;
     const idx_t k_begin = (idx_t)blockIdx.z * chunk;
     const idx_t k_end = k_begin + chunk < Kg ? k_begin + chunk : Kg;
 
-    const int a_k = tid % TILE_K, a_m = tid / TILE_K;  // a_m in [0, 16)
-    const int b_k = tid % TILE_K, b_n = tid / TILE_K;  // b_n in [0, 16)
-
-    // This thread's 4 B columns: x offset of (c, tap origin) and the tap shift.
-    idx_t b_off[4];
-    int b_dh[4], b_dw[4];
-    bool b_ok[4];
-#pragma unroll
-    for (int l = 0; l < 4; ++l) {
-        const int col = col0 + b_n + 16 * l;
-        b_ok[l] = col < Ng;
-        const int cc = b_ok[l] ? col : 0;
+    struct Column {
+        idx_t off;   // c*H*W
+        int dh, dw;  // tap shift (r - ph, s - pw)
+        bool ok;
+    };
+    auto column_of = [&](idx_t col) {
+        const bool ok = col < Ng;
+        const int cc = ok ? (int)col : 0;
         const int c = cc / RS, rs = cc - (cc / RS) * RS;
         const int r = rs / S, s = rs - (rs / S) * S;
-        b_off[l] = (idx_t)c * HW;
-        b_dh[l] = r - ph;
-        b_dw[l] = s - pw;
-    }
-
-    scalar_t a_reg[4], b_reg[4];
-    auto load = [&](idx_t k0) {
-        const idx_t ka = k0 + a_k;
-        const bool ka_ok = ka < k_end;
-        const idx_t na = ka_ok ? ka / HoWo : 0;
-        const idx_t pa = ka_ok ? ka - na * HoWo : 0;
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int k = m0 + a_m + 16 * l;
-            a_reg[l] = (ka_ok && k < K) ? __ldg(dy + (na * K + k) * HoWo + pa) : (scalar_t)0;
-        }
-        const idx_t kb = k0 + b_k;
-        const bool kb_ok = kb < k_end;
-        const idx_t nb = kb_ok ? kb / HoWo : 0;
-        const int pb = kb_ok ? (int)(kb - nb * HoWo) : 0;
-        const int i = pb / Wo, j = pb - (pb / Wo) * Wo;
-        const scalar_t* x_img = x + nb * C * HW;
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int h = i * sh + b_dh[l], ww = j * sw + b_dw[l];
-            b_reg[l] = (kb_ok && b_ok[l] && in_range(h, H) && in_range(ww, W))
-                           ? __ldg(x_img + b_off[l] + (idx_t)h * W + ww) : (scalar_t)0;
-        }
+        return Column{(idx_t)c * HW, r - ph, s - pw, ok};
     };
-    auto store = [&]() {
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            As[a_k][a_m + 16 * l] = a_reg[l];
-            Bs[b_k][b_n + 16 * l] = b_reg[l];
-        }
+    auto load_a = [&](int k, idx_t kk) {  // dy[n, k, p], kk = n*HoWo + p
+        const idx_t n = kk / HoWo, p = kk - (kk / HoWo) * HoWo;
+        return k < K ? __ldg(dy + (n * K + k) * HoWo + p) : (scalar_t)0;
+    };
+    auto load_b = [&](idx_t kk, const Column& b) {
+        const idx_t n = kk / HoWo;
+        const int p = (int)(kk - n * HoWo);
+        const int h = (p / Wo) * sh + b.dh, ww = (p - (p / Wo) * Wo) * sw + b.dw;
+        return b.ok && in_range(h, H) && in_range(ww, W)
+                   ? __ldg(x + n * C * HW + b.off + (idx_t)h * W + ww) : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    if (k_begin < k_end) {  // uniform over the block
-        load(k_begin);
-        store();
-        __syncthreads();
-        for (idx_t k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-            const bool more = k0 + TILE_K < k_end;  // uniform over the block
-            if (more) load(k0 + TILE_K);
-            tile_multiply(As, Bs, acc, tx, ty);
-            __syncthreads();
-            if (more) {
-                store();
-                __syncthreads();
-            }
-        }
-    }
-
-    scalar_t* out_z = out + (idx_t)blockIdx.z * K * Ng;
-#pragma unroll
-    for (int i = 0; i < THREAD_M; ++i) {
-        const int k = m0 + ty + 16 * i;
-        if (k >= K) continue;
-#pragma unroll
-        for (int j = 0; j < THREAD_N; ++j) {
-            const int col = col0 + tx + 16 * j;
-            if (col < Ng) out_z[(idx_t)k * Ng + col] = acc[i][j];
-        }
-    }
+    implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc);
+    store_tile(acc, out + (idx_t)blockIdx.z * K * Ng, K, Ng, Ng);
 }
 
 // dw[e] = sum_{z < splits} partial[z * count + e], z in increasing order.

@@ -39,132 +39,68 @@ extern "C" __global__ void conv2d_forward_v1(
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
     int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * K * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int j = (int)(idx % Wo);
-        idx_t t = idx / Wo;
-        const int i = (int)(t % Ho);
-        t /= Ho;
-        const int k = (int)(t % K);
-        const idx_t n = t / K;
-        const int h0 = i * sh - ph, w0 = j * sw - pw;
+        idx_t n = idx;
+        const int j = split_last(n, Wo);
+        const int i = split_last(n, Ho);
+        const int k = split_last(n, K);
         scalar_t acc = 0;
         for (int c = 0; c < C; ++c) {
             const scalar_t* xc = x + (n * C + c) * H * W;
             const scalar_t* wc = w + ((idx_t)k * C + c) * R * S;
-            for (int r = 0; r < R; ++r) {
-                const int h = h0 + r;
-                if (!in_range(h, H)) continue;
-                for (int s = 0; s < S; ++s) {
-                    const int ww = w0 + s;
-                    if (!in_range(ww, W)) continue;
-                    acc += xc[(idx_t)h * W + ww] * wc[r * S + s];
-                }
-            }
+            for_each_in_window(FLAT_AXIS, ah, aw, 0, i, j,
+                               [&](idx_t at, int tap) { acc += xc[at] * wc[tap]; });
         }
         y[idx] = acc;
     }
 }
 
 // ---------------------------------------------------------------------------
-// v2: implicit GEMM (see the tile description in common.cuh).
-// Loads per TILE_K step, 4 elements of each tile per thread, staged through
-// registers so that the next step's global loads are in flight while the
-// current tile is multiplied:
-//   A tile (TILE_K x TILE_M): thread loads kk = a_k, rows a_m + 16*l; 16
-//     consecutive lanes read 16 consecutive weights of one filter row.
-//   B tile (TILE_K x TILE_N): thread loads column b_n, rows b_k + 4*l; 64
-//     consecutive lanes read consecutive output positions (consecutive x
-//     addresses along a row when sw = 1). The column's (n, i, j) is decoded
-//     once; only kk -> (c, r, s) is decoded per element.
+// v2: implicit GEMM (tiles in common.cuh, loop in implicit_gemm_mainloop).
+// A: 16 consecutive lanes read 16 consecutive weights of one filter row.
+// B (B_ALONG_COLUMNS): 64 consecutive lanes read consecutive output positions
+// (consecutive x addresses along a row when sw = 1). The column's (n, i, j)
+// is decoded once into the image and window origin; only kk -> (c, r, s) is
+// decoded per element.
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
     int sh, int sw, int ph, int pw)
 {
-    __shared__ tile_a_t As;
-    __shared__ tile_b_t Bs;
-
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int RS = R * S;
     const int Kg = C * RS;
     const idx_t HoWo = (idx_t)Ho * Wo;
     const idx_t Ng = (idx_t)N * HoWo;
-    const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
-    const int m0 = blockIdx.y * TILE_M;
 
-    const int a_k = tid % TILE_K, a_m = tid / TILE_K;  // a_m in [0, 16)
-    const int b_n = tid % TILE_N, b_k = tid / TILE_N;  // b_k in [0, 4)
-
-    // This thread's B column: image n, window origin (hbase, wbase).
-    const idx_t b_col = col0 + b_n;
-    const bool b_col_ok = b_col < Ng;
-    const scalar_t* x_img = x;
-    int hbase = 0, wbase = 0;
-    if (b_col_ok) {
-        const idx_t n = b_col / HoWo;
-        const int p = (int)(b_col - n * HoWo);
-        const int i = p / Wo, j = p - (p / Wo) * Wo;
-        hbase = i * sh - ph;
-        wbase = j * sw - pw;
-        x_img = x + n * C * H * W;
-    }
-
-    scalar_t a_reg[4], b_reg[4];
-    auto load = [&](int k0) {
-        const int ka = k0 + a_k;
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int m = m0 + a_m + 16 * l;
-            a_reg[l] = (m < K && ka < Kg) ? __ldg(w + (idx_t)m * Kg + ka) : (scalar_t)0;
-        }
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int kb = k0 + b_k + 4 * l;
-            scalar_t v = 0;
-            if (b_col_ok && kb < Kg) {
-                const int c = kb / RS, rs = kb - (kb / RS) * RS;
-                const int r = rs / S, s = rs - (rs / S) * S;
-                const int h = hbase + r, ww = wbase + s;
-                if (in_range(h, H) && in_range(ww, W))
-                    v = __ldg(x_img + ((idx_t)c * H + h) * W + ww);
-            }
-            b_reg[l] = v;
-        }
+    struct Column {
+        const scalar_t* img;  // x[n]
+        int hbase, wbase;     // window origin (i*sh - ph, j*sw - pw)
+        bool ok;
     };
-    auto store = [&]() {
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            As[a_k][a_m + 16 * l] = a_reg[l];
-            Bs[b_k + 4 * l][b_n] = b_reg[l];
+    auto column_of = [&](idx_t col) {
+        Column b{x, 0, 0, col < Ng};
+        if (b.ok) {
+            const idx_t n = col / HoWo;
+            const int p = (int)(col - n * HoWo);
+            b.hbase = (p / Wo) * sh - ph;
+            b.wbase = (p - (p / Wo) * Wo) * sw - pw;
+            b.img = x + n * C * H * W;
         }
+        return b;
+    };
+    auto load_a = [&](int m, int kk) {
+        return m < K ? __ldg(w + (idx_t)m * Kg + kk) : (scalar_t)0;
+    };
+    auto load_b = [&](int kk, const Column& b) {
+        const int c = kk / RS, rs = kk - (kk / RS) * RS;
+        const int h = b.hbase + rs / S, ww = b.wbase + rs - (rs / S) * S;
+        return b.ok && in_range(h, H) && in_range(ww, W)
+                   ? __ldg(b.img + ((idx_t)c * H + h) * W + ww) : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    load(0);
-    store();
-    __syncthreads();
-    for (int k0 = 0; k0 < Kg; k0 += TILE_K) {
-        const bool more = k0 + TILE_K < Kg;  // uniform over the block
-        if (more) load(k0 + TILE_K);
-        tile_multiply(As, Bs, acc, tx, ty);
-        __syncthreads();
-        if (more) {
-            store();
-            __syncthreads();
-        }
-    }
-
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-        const idx_t col = col0 + tx + 16 * j;
-        if (col >= Ng) continue;
-        const idx_t n = col / HoWo;
-        const idx_t p = col - n * HoWo;
-#pragma unroll
-        for (int i = 0; i < THREAD_M; ++i) {
-            const int m = m0 + ty + 16 * i;
-            if (m < K) y[(n * K + m) * HoWo + p] = acc[i][j];
-        }
-    }
+    implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
+    store_tile(acc, y, K, Ng, HoWo);
 }

@@ -33,8 +33,9 @@
 // ---------------------------------------------------------------------------
 // Notes on the math.
 // Backward data, gather form (v1): the windows that touched input depth d are
-// the outputs a with a*sd - pd <= d <= a*sd - pd + T - 1 (covering_outputs in
-// common.cuh), and their tap is t = d + pd - a*sd; likewise for h and v.
+// the outputs a with a*sd - pd <= d <= a*sd - pd + T - 1, and their tap is
+// t = d + pd - a*sd; likewise for h and v (for_each_covering_window in
+// common.cuh). v2 tests each tap with exact_output instead.
 // Implicit GEMM (v2): Out[m, col] = sum_kk A[m, kk] * B[kk, col], with
 //   forward:        m = k, col = ((n*Do + a)*Ho + b)*Wo + e, kk = ((c*T + t)*R + r)*S + s
 //                   A[m, kk]   = w[k, c, t, r, s] = w_flat[m*Kgemm + kk]
@@ -58,36 +59,22 @@ extern "C" __global__ void conv3d_forward_v1(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
     CONV3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * K * Do * Ho * Wo;
     const idx_t DHW = (idx_t)D * H * W;
     const int TRS = T * R * S;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int e = (int)(idx % Wo);
-        idx_t q = idx / Wo;
-        const int b = (int)(q % Ho);
-        q /= Ho;
-        const int a = (int)(q % Do);
-        q /= Do;
-        const int k = (int)(q % K);
-        const idx_t n = q / K;
-        const int d0 = a * sd - pd, h0 = b * sh - ph, v0 = e * sw - pw;
+        idx_t n = idx;
+        const int e = split_last(n, Wo);
+        const int b = split_last(n, Ho);
+        const int a = split_last(n, Do);
+        const int k = split_last(n, K);
         scalar_t acc = 0;
         for (int c = 0; c < C; ++c) {
             const scalar_t* xc = x + (n * C + c) * DHW;
             const scalar_t* wc = w + ((idx_t)k * C + c) * TRS;
-            for (int t = 0; t < T; ++t) {
-                const int d = d0 + t;
-                if (!in_range(d, D)) continue;
-                for (int r = 0; r < R; ++r) {
-                    const int h = h0 + r;
-                    if (!in_range(h, H)) continue;
-                    for (int s = 0; s < S; ++s) {
-                        const int v = v0 + s;
-                        if (!in_range(v, W)) continue;
-                        acc += xc[((idx_t)d * H + h) * W + v] * wc[(t * R + r) * S + s];
-                    }
-                }
-            }
+            for_each_in_window(ad, ah, aw, a, b, e,
+                               [&](idx_t at, int tap) { acc += xc[at] * wc[tap]; });
         }
         y[idx] = acc;
     }
@@ -100,36 +87,22 @@ extern "C" __global__ void conv3d_backward_data_v1(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
     CONV3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * D * H * W;
     const idx_t oDHW = (idx_t)Do * Ho * Wo;
     const int TRS = T * R * S;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int v = (int)(idx % W);
-        idx_t q = idx / W;
-        const int h = (int)(q % H);
-        q /= H;
-        const int d = (int)(q % D);
-        q /= D;
-        const int c = (int)(q % C);
-        const idx_t n = q / C;
-        int a_lo, a_hi, b_lo, b_hi, e_lo, e_hi;
-        covering_outputs(d, T, sd, pd, Do, &a_lo, &a_hi);
-        covering_outputs(h, R, sh, ph, Ho, &b_lo, &b_hi);
-        covering_outputs(v, S, sw, pw, Wo, &e_lo, &e_hi);
+        idx_t n = idx;
+        const int v = split_last(n, W);
+        const int h = split_last(n, H);
+        const int d = split_last(n, D);
+        const int c = split_last(n, C);
         scalar_t acc = 0;
         for (int k = 0; k < K; ++k) {
             const scalar_t* dyk = dy + (n * K + k) * oDHW;
             const scalar_t* wk = w + ((idx_t)k * C + c) * TRS;
-            for (int a = a_lo; a < a_hi; ++a) {
-                const int t = d + pd - a * sd;
-                for (int b = b_lo; b < b_hi; ++b) {
-                    const int r = h + ph - b * sh;
-                    for (int e = e_lo; e < e_hi; ++e) {
-                        const int s = v + pw - e * sw;
-                        acc += dyk[((idx_t)a * Ho + b) * Wo + e] * wk[(t * R + r) * S + s];
-                    }
-                }
-            }
+            for_each_covering_window(ad, ah, aw, d, h, v,
+                                     [&](idx_t o, int tap) { acc += dyk[o] * wk[tap]; });
         }
         dx[idx] = acc;
     }
@@ -141,60 +114,41 @@ extern "C" __global__ void conv3d_backward_filter_v1(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dw,
     CONV3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)K * C * T * R * S;
     const idx_t DHW = (idx_t)D * H * W;
     const idx_t oDHW = (idx_t)Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int s = (int)(idx % S);
-        idx_t q = idx / S;
-        const int r = (int)(q % R);
-        q /= R;
-        const int t = (int)(q % T);
-        q /= T;
-        const int c = (int)(q % C);
-        const idx_t k = q / C;
+        idx_t k = idx;
+        const int s = split_last(k, S);
+        const int r = split_last(k, R);
+        const int t = split_last(k, T);
+        const int c = split_last(k, C);
         scalar_t acc = 0;
         for (idx_t n = 0; n < N; ++n) {
             const scalar_t* dyk = dy + (n * K + k) * oDHW;
             const scalar_t* xc = x + (n * C + c) * DHW;
-            for (int a = 0; a < Do; ++a) {
-                const int d = a * sd + t - pd;
-                if (!in_range(d, D)) continue;
-                for (int b = 0; b < Ho; ++b) {
-                    const int h = b * sh + r - ph;
-                    if (!in_range(h, H)) continue;
-                    for (int e = 0; e < Wo; ++e) {
-                        const int v = e * sw + s - pw;
-                        if (!in_range(v, W)) continue;
-                        acc += dyk[((idx_t)a * Ho + b) * Wo + e] * xc[((idx_t)d * H + h) * W + v];
-                    }
-                }
-            }
+            for_each_window_at_tap(ad, ah, aw, t, r, s,
+                                   [&](idx_t o, idx_t at) { acc += dyk[o] * xc[at]; });
         }
         dw[idx] = acc;
     }
 }
 
 // ---------------------------------------------------------------------------
-// v2: implicit GEMM, one body for forward (FORWARD = true) and backward data.
-// Tiles and the thread -> output map are those of common.cuh (tile_multiply).
-// Loads per TILE_K step, 4 elements of each tile per thread, staged through
-// registers so that the next step's global loads are in flight while the
-// current tile is multiplied:
-//   A tile: thread loads kk = a_k, rows a_m + 16*l (16 lanes along kk: in the
-//     forward, consecutive weights of one filter row).
-//   B tile: thread loads column b_n, rows b_k + 4*l (64 lanes along the
-//     columns, i.e. along the innermost spatial axis). The column's image and
-//     spatial position are decoded once; only kk -> (ch, t, r, s) per element.
+// v2: implicit GEMM, one body for forward (FORWARD = true) and backward data,
+// over implicit_gemm_mainloop (common.cuh) with the load layout of
+// conv2d_forward_v2:
+//   A: 16 lanes along kk (in the forward, consecutive weights of one filter row).
+//   B (B_ALONG_COLUMNS): 64 lanes along the columns, i.e. along the innermost
+//     spatial axis. The column's image and spatial position are decoded once;
+//     only kk -> (ch, t, r, s) per element.
 // src is x (forward) or dy (backward data); out is y or dx.
 template <bool FORWARD>
 __device__ __forceinline__ void conv3d_igemm(
     const scalar_t* __restrict__ src, const scalar_t* __restrict__ w, scalar_t* __restrict__ out,
     CONV3D_GEOMETRY)
 {
-    __shared__ tile_a_t As;
-    __shared__ tile_b_t Bs;
-
     // GEMM rows M, src channels, and the spatial sizes of src and out.
     const int M = FORWARD ? K : C;
     const int src_ch = FORWARD ? C : K;
@@ -206,103 +160,53 @@ __device__ __forceinline__ void conv3d_igemm(
     const idx_t oHW = (idx_t)oH * oW, oDHW = oD * oHW;
     const idx_t Ng = (idx_t)N * oDHW;
 
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
-    const int m0 = blockIdx.y * TILE_M;
-    const int a_k = tid % TILE_K, a_m = tid / TILE_K;  // a_m in [0, 16)
-    const int b_n = tid % TILE_N, b_k = tid / TILE_N;  // b_k in [0, 4)
-
-    // This thread's B column: image n and base position, the window origin
-    // (a*sd - pd, ...) in the forward, the shifted position (d + pd, ...) in
-    // the backward.
-    const idx_t b_col = col0 + b_n;
-    const bool b_col_ok = b_col < Ng;
-    const scalar_t* src_img = src;
-    int base_d = 0, base_h = 0, base_w = 0;
-    if (b_col_ok) {
-        const idx_t n = b_col / oDHW;
-        const idx_t p = b_col - n * oDHW;
-        const int o0 = (int)(p / oHW), o1 = (int)((p / oW) % oH), o2 = (int)(p % oW);
-        if (FORWARD) {
-            base_d = o0 * sd - pd; base_h = o1 * sh - ph; base_w = o2 * sw - pw;
-        } else {
-            base_d = o0 + pd; base_h = o1 + ph; base_w = o2 + pw;
-        }
-        src_img = src + n * src_ch * sDHW;
-    }
-
-    scalar_t a_reg[4], b_reg[4];
-    auto load = [&](int k0) {
-        const int ka = k0 + a_k;
-        const int ch_a = ka / TRS, trs_a = ka - ch_a * TRS;
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int m = m0 + a_m + 16 * l;
-            scalar_t u = 0;
-            if (m < M && ka < Kg)   // forward: w[m, kk]; backward: w[k = ch_a, c = m, trs]
-                u = __ldg(w + (FORWARD ? (idx_t)m * Kg + ka : ((idx_t)ch_a * C + m) * TRS + trs_a));
-            a_reg[l] = u;
-        }
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            const int kb = k0 + b_k + 4 * l;
-            scalar_t u = 0;
-            if (b_col_ok && kb < Kg) {
-                const int ch = kb / TRS, trs = kb - ch * TRS;
-                const int t = trs / RS, rs = trs - t * RS;
-                const int r = rs / S, s = rs - r * S;
-                int i0, i1, i2;
-                bool ok;
-                if (FORWARD) {
-                    i0 = base_d + t; i1 = base_h + r; i2 = base_w + s;
-                    ok = in_range(i0, sD) && in_range(i1, sH) && in_range(i2, sW);
-                } else {  // dilated-dy position (d + pd - t, ...) must be a stride multiple
-                    const int q0 = base_d - t, q1 = base_h - r, q2 = base_w - s;
-                    ok = q0 >= 0 && q1 >= 0 && q2 >= 0;
-                    i0 = q0 / sd; i1 = q1 / sh; i2 = q2 / sw;
-                    ok = ok && i0 * sd == q0 && i1 * sh == q1 && i2 * sw == q2
-                            && i0 < sD && i1 < sH && i2 < sW;
-                }
-                if (ok) u = __ldg(src_img + ch * sDHW + ((idx_t)i0 * sH + i1) * sW + i2);
-            }
-            b_reg[l] = u;
-        }
+    // A column: image n and base position, the window origin (a*sd - pd, ...)
+    // in the forward, the shifted position (d + pd, ...) in the backward.
+    struct Column {
+        const scalar_t* img;  // src[n]
+        int bd, bh, bw;
+        bool ok;
     };
-    auto store = [&]() {
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            As[a_k][a_m + 16 * l] = a_reg[l];
-            Bs[b_k + 4 * l][b_n] = b_reg[l];
+    auto column_of = [&](idx_t col) {
+        Column b{src, 0, 0, 0, col < Ng};
+        if (b.ok) {
+            const idx_t n = col / oDHW;
+            const idx_t p = col - n * oDHW;
+            const int o0 = (int)(p / oHW), o1 = (int)((p / oW) % oH), o2 = (int)(p % oW);
+            if (FORWARD) {
+                b.bd = o0 * sd - pd; b.bh = o1 * sh - ph; b.bw = o2 * sw - pw;
+            } else {
+                b.bd = o0 + pd; b.bh = o1 + ph; b.bw = o2 + pw;
+            }
+            b.img = src + n * src_ch * sDHW;
         }
+        return b;
+    };
+    auto load_a = [&](int m, int kk) {  // forward: w[m, kk]; backward: w[k, c = m, trs]
+        const int k = kk / TRS, trs = kk - k * TRS;
+        return m < M ? __ldg(w + (FORWARD ? (idx_t)m * Kg + kk : ((idx_t)k * C + m) * TRS + trs))
+                     : (scalar_t)0;
+    };
+    auto load_b = [&](int kk, const Column& b) {
+        const int ch = kk / TRS, trs = kk - ch * TRS;
+        const int t = trs / RS, rs = trs - t * RS;
+        const int r = rs / S, s = rs - r * S;
+        int i0, i1, i2;
+        bool ok;
+        if (FORWARD) {
+            i0 = b.bd + t; i1 = b.bh + r; i2 = b.bw + s;
+            ok = in_range(i0, sD) && in_range(i1, sH) && in_range(i2, sW);
+        } else {  // dilated-dy position (d + pd - t, ...) must be a stride multiple
+            ok = exact_output(b.bd - t, sd, sD, &i0) && exact_output(b.bh - r, sh, sH, &i1)
+                 && exact_output(b.bw - s, sw, sW, &i2);
+        }
+        return b.ok && ok ? __ldg(b.img + ch * sDHW + ((idx_t)i0 * sH + i1) * sW + i2)
+                          : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    load(0);
-    store();
-    __syncthreads();
-    for (int k0 = 0; k0 < Kg; k0 += TILE_K) {
-        const bool more = k0 + TILE_K < Kg;  // uniform over the block
-        if (more) load(k0 + TILE_K);
-        tile_multiply(As, Bs, acc, tx, ty);
-        __syncthreads();
-        if (more) {
-            store();
-            __syncthreads();
-        }
-    }
-
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-        const idx_t col = col0 + tx + 16 * j;
-        if (col >= Ng) continue;
-        const idx_t n = col / oDHW;
-        const idx_t p = col - n * oDHW;
-#pragma unroll
-        for (int i = 0; i < THREAD_M; ++i) {
-            const int m = m0 + ty + 16 * i;
-            if (m < M) out[(n * M + m) * oDHW + p] = acc[i][j];
-        }
-    }
+    implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
+    store_tile(acc, out, M, Ng, oDHW);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv3d_forward_v2(

@@ -36,8 +36,11 @@
 
 // ---------------------------------------------------------------------------
 // Notes on the math.
-// The windows containing input row h are i in [i_lo, i_hi) from
-// covering_outputs (common.cuh); likewise for columns. Because 2*pad <= kernel,
+// The window loops are the shared helpers of common.cuh, with the depth axis
+// FLAT_AXIS: for_each_in_window (forward) walks a window's in-image elements,
+// for_each_covering_window (backward gather) the windows i in [i_lo, i_hi)
+// x [j_lo, j_hi) that contain an input element (covering_outputs), both in
+// row-major order. Because 2*pad <= kernel,
 // each window overlaps the image, so a max window always has a real element:
 // the first real element seeds the maximum and its index, and padding (-inf)
 // never becomes the argmax.
@@ -47,29 +50,22 @@ extern "C" __global__ void max_pool2d_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int j = (int)(idx % Wo);
-        idx_t t = idx / Wo;
-        const int i = (int)(t % Ho);
-        const idx_t plane = t / Ho;  // n*C + c
+        idx_t plane = idx;  // becomes n*C + c
+        const int j = split_last(plane, Wo);
+        const int i = split_last(plane, Ho);
         const scalar_t* xp = x + plane * H * W;
-        const int h0 = i * sh - ph, w0 = j * sw - pw;
         scalar_t best = negative_infinity();
         int best_at = -1;
-        for (int r = 0; r < R; ++r) {
-            const int h = h0 + r;
-            if (!in_range(h, H)) continue;
-            for (int s = 0; s < S; ++s) {
-                const int ww = w0 + s;
-                if (!in_range(ww, W)) continue;
-                const scalar_t v = xp[(idx_t)h * W + ww];
-                if (best_at < 0 || max_pool_better(v, best)) {
-                    best = v;
-                    best_at = h * W + ww;
-                }
+        for_each_in_window(FLAT_AXIS, ah, aw, 0, i, j, [&](idx_t at, int) {
+            const scalar_t v = xp[at];
+            if (best_at < 0 || max_pool_better(v, best)) {
+                best = v;
+                best_at = (int)at;
             }
-        }
+        });
         y[idx] = best;
         argmax[idx] = best_at;
     }
@@ -80,48 +76,31 @@ extern "C" __global__ void max_pool2d_backward_v1(
     const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * H * W;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int ww = (int)(idx % W);
-        idx_t t = idx / W;
-        const int h = (int)(t % H);
-        const idx_t plane = t / H;
+        idx_t plane = idx;
+        const int ww = split_last(plane, W);
+        const int h = split_last(plane, H);
         const int here = h * W + ww;
-        int i_lo, i_hi, j_lo, j_hi;
-        covering_outputs(h, R, sh, ph, Ho, &i_lo, &i_hi);
-        covering_outputs(ww, S, sw, pw, Wo, &j_lo, &j_hi);
         const idx_t base = plane * Ho * Wo;
         scalar_t acc = 0;
-        for (int i = i_lo; i < i_hi; ++i)
-            for (int j = j_lo; j < j_hi; ++j) {
-                const idx_t o = base + (idx_t)i * Wo + j;
-                if (argmax[o] == here) acc += dy[o];
-            }
+        for_each_covering_window(FLAT_AXIS, ah, aw, 0, h, ww, [&](idx_t o, int) {
+            if (argmax[base + o] == here) acc += dy[base + o];
+        });
         dx[idx] = acc;
     }
 }
 
 // ---------------------------------------------------------------------------
-// One thread owns a whole (n, c) plane of dx, so its read-modify-writes need
-// no atomics and happen in output order. Parallelism is only N*C threads: the
-// fallback for callers that cannot pass the window geometry.
+// One thread owns a whole (n, c) plane of dx (max_pool_route_planes): no
+// atomics, output order. Parallelism is only N*C threads: the fallback for
+// callers that cannot pass the window geometry.
 extern "C" __global__ void max_pool2d_backward_route_v1(
     const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
     int N, int C, int H, int W, int Ho, int Wo)
 {
-    const idx_t planes = (idx_t)N * C;
-    const int HW = H * W;
-    const idx_t HoWo = (idx_t)Ho * Wo;
-    for (idx_t plane = global_thread_id(); plane < planes; plane += grid_stride()) {
-        scalar_t* dxp = dx + plane * HW;
-        const scalar_t* dyp = dy + plane * HoWo;
-        const int* ap = argmax + plane * HoWo;
-        for (int e = 0; e < HW; ++e) dxp[e] = 0;
-        for (idx_t o = 0; o < HoWo; ++o) {
-            const int a = ap[o];
-            if (in_range(a, HW)) dxp[a] += dyp[o];
-        }
-    }
+    max_pool_route_planes(dy, argmax, dx, (idx_t)N * C, H * W, (idx_t)Ho * Wo);
 }
 
 // ---------------------------------------------------------------------------
@@ -129,24 +108,16 @@ extern "C" __global__ void avg_pool2d_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * Ho * Wo;
     const scalar_t divisor = (scalar_t)(R * S);
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int j = (int)(idx % Wo);
-        idx_t t = idx / Wo;
-        const int i = (int)(t % Ho);
-        const idx_t plane = t / Ho;
+        idx_t plane = idx;
+        const int j = split_last(plane, Wo);
+        const int i = split_last(plane, Ho);
         const scalar_t* xp = x + plane * H * W;
-        const int h0 = i * sh - ph, w0 = j * sw - pw;
         scalar_t acc = 0;
-        for (int r = 0; r < R; ++r) {
-            const int h = h0 + r;
-            if (!in_range(h, H)) continue;
-            for (int s = 0; s < S; ++s) {
-                const int ww = w0 + s;
-                if (in_range(ww, W)) acc += xp[(idx_t)h * W + ww];
-            }
-        }
+        for_each_in_window(FLAT_AXIS, ah, aw, 0, i, j, [&](idx_t at, int) { acc += xp[at]; });
         y[idx] = acc / divisor;
     }
 }
@@ -156,20 +127,16 @@ extern "C" __global__ void avg_pool2d_backward_v1(
     const scalar_t* __restrict__ dy, scalar_t* __restrict__ dx,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
+    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * H * W;
     const scalar_t divisor = (scalar_t)(R * S);
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int ww = (int)(idx % W);
-        idx_t t = idx / W;
-        const int h = (int)(t % H);
-        const idx_t plane = t / H;
-        int i_lo, i_hi, j_lo, j_hi;
-        covering_outputs(h, R, sh, ph, Ho, &i_lo, &i_hi);
-        covering_outputs(ww, S, sw, pw, Wo, &j_lo, &j_hi);
+        idx_t plane = idx;
+        const int ww = split_last(plane, W);
+        const int h = split_last(plane, H);
         const scalar_t* dyp = dy + plane * Ho * Wo;
         scalar_t acc = 0;
-        for (int i = i_lo; i < i_hi; ++i)
-            for (int j = j_lo; j < j_hi; ++j) acc += dyp[(idx_t)i * Wo + j];
+        for_each_covering_window(FLAT_AXIS, ah, aw, 0, h, ww, [&](idx_t o, int) { acc += dyp[o]; });
         dx[idx] = acc / divisor;
     }
 }

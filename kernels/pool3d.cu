@@ -36,12 +36,14 @@
 
 // ---------------------------------------------------------------------------
 // Notes on the math.
-// The windows containing input depth d are a in [a_lo, a_hi) from
-// covering_outputs (common.cuh); likewise for rows and columns. Because
+// The window loops are the shared helpers of common.cuh: for_each_in_window
+// (forward) walks a window's in-volume elements, for_each_covering_window
+// (backward gather) the windows a in [a_lo, a_hi) x ... that contain an input
+// element (covering_outputs), both in row-major order. Because
 // 2*pad <= window, each window overlaps the volume, so a max window always
 // has a real element: the first real element seeds the maximum and its index,
 // and padding (-inf) never becomes the argmax. A volume has D*H*W < 2^31
-// elements (the launcher checks: argmax is int32), so in-volume offsets are int.
+// elements (the launcher checks: argmax is int32), so an argmax fits in int.
 
 // Geometry after the pointers: shape, output shape, window, stride, padding.
 #define POOL3D_GEOMETRY                                                         \
@@ -53,36 +55,23 @@ extern "C" __global__ void max_pool3d_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
     POOL3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int e = (int)(idx % Wo);
-        idx_t q = idx / Wo;
-        const int b = (int)(q % Ho);
-        q /= Ho;
-        const int a = (int)(q % Do);
-        const idx_t volume = q / Do;  // n*C + c
+        idx_t volume = idx;  // becomes n*C + c
+        const int e = split_last(volume, Wo);
+        const int b = split_last(volume, Ho);
+        const int a = split_last(volume, Do);
         const scalar_t* xv = x + volume * D * H * W;
-        const int d0 = a * sd - pd, h0 = b * sh - ph, v0 = e * sw - pw;
         scalar_t best = negative_infinity();
         int best_at = -1;
-        for (int t = 0; t < T; ++t) {
-            const int d = d0 + t;
-            if (!in_range(d, D)) continue;
-            for (int r = 0; r < R; ++r) {
-                const int h = h0 + r;
-                if (!in_range(h, H)) continue;
-                for (int s = 0; s < S; ++s) {
-                    const int v = v0 + s;
-                    if (!in_range(v, W)) continue;
-                    const int at = (d * H + h) * W + v;
-                    const scalar_t val = xv[at];
-                    if (best_at < 0 || max_pool_better(val, best)) {
-                        best = val;
-                        best_at = at;
-                    }
-                }
+        for_each_in_window(ad, ah, aw, a, b, e, [&](idx_t at, int) {
+            const scalar_t val = xv[at];
+            if (best_at < 0 || max_pool_better(val, best)) {
+                best = val;
+                best_at = (int)at;
             }
-        }
+        });
         y[idx] = best;
         argmax[idx] = best_at;
     }
@@ -93,83 +82,50 @@ extern "C" __global__ void max_pool3d_backward_v1(
     const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
     POOL3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * D * H * W;
     const idx_t oDHW = (idx_t)Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int v = (int)(idx % W);
-        idx_t q = idx / W;
-        const int h = (int)(q % H);
-        q /= H;
-        const int d = (int)(q % D);
-        const idx_t volume = q / D;
+        idx_t volume = idx;
+        const int v = split_last(volume, W);
+        const int h = split_last(volume, H);
+        const int d = split_last(volume, D);
         const int here = (d * H + h) * W + v;
-        int a_lo, a_hi, b_lo, b_hi, e_lo, e_hi;
-        covering_outputs(d, T, sd, pd, Do, &a_lo, &a_hi);
-        covering_outputs(h, R, sh, ph, Ho, &b_lo, &b_hi);
-        covering_outputs(v, S, sw, pw, Wo, &e_lo, &e_hi);
         const idx_t base = volume * oDHW;
         scalar_t acc = 0;
-        for (int a = a_lo; a < a_hi; ++a)
-            for (int b = b_lo; b < b_hi; ++b)
-                for (int e = e_lo; e < e_hi; ++e) {
-                    const idx_t o = base + ((idx_t)a * Ho + b) * Wo + e;
-                    if (argmax[o] == here) acc += dy[o];
-                }
+        for_each_covering_window(ad, ah, aw, d, h, v, [&](idx_t o, int) {
+            if (argmax[base + o] == here) acc += dy[base + o];
+        });
         dx[idx] = acc;
     }
 }
 
 // ---------------------------------------------------------------------------
-// One thread owns a whole (n, c) volume of dx, so its read-modify-writes need
-// no atomics and happen in output order. Parallelism is only N*C threads: the
-// fallback for callers that cannot pass the window geometry.
+// One thread owns a whole (n, c) volume of dx (max_pool_route_planes): no
+// atomics, output order. Parallelism is only N*C threads: the fallback for
+// callers that cannot pass the window geometry.
 extern "C" __global__ void max_pool3d_backward_route_v1(
     const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
     int N, int C, int D, int H, int W, int Do, int Ho, int Wo)
 {
-    const idx_t volumes = (idx_t)N * C;
-    const int DHW = D * H * W;
-    const idx_t oDHW = (idx_t)Do * Ho * Wo;
-    for (idx_t volume = global_thread_id(); volume < volumes; volume += grid_stride()) {
-        scalar_t* dxv = dx + volume * DHW;
-        const scalar_t* dyv = dy + volume * oDHW;
-        const int* av = argmax + volume * oDHW;
-        for (int i = 0; i < DHW; ++i) dxv[i] = 0;
-        for (idx_t o = 0; o < oDHW; ++o) {
-            const int at = av[o];
-            if (in_range(at, DHW)) dxv[at] += dyv[o];
-        }
-    }
+    max_pool_route_planes(dy, argmax, dx, (idx_t)N * C, D * H * W, (idx_t)Do * Ho * Wo);
 }
 
 // ---------------------------------------------------------------------------
 extern "C" __global__ void avg_pool3d_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, POOL3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * Do * Ho * Wo;
     const scalar_t divisor = (scalar_t)(T * R * S);
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int e = (int)(idx % Wo);
-        idx_t q = idx / Wo;
-        const int b = (int)(q % Ho);
-        q /= Ho;
-        const int a = (int)(q % Do);
-        const idx_t volume = q / Do;
+        idx_t volume = idx;
+        const int e = split_last(volume, Wo);
+        const int b = split_last(volume, Ho);
+        const int a = split_last(volume, Do);
         const scalar_t* xv = x + volume * D * H * W;
-        const int d0 = a * sd - pd, h0 = b * sh - ph, v0 = e * sw - pw;
         scalar_t acc = 0;
-        for (int t = 0; t < T; ++t) {
-            const int d = d0 + t;
-            if (!in_range(d, D)) continue;
-            for (int r = 0; r < R; ++r) {
-                const int h = h0 + r;
-                if (!in_range(h, H)) continue;
-                for (int s = 0; s < S; ++s) {
-                    const int v = v0 + s;
-                    if (in_range(v, W)) acc += xv[(d * H + h) * W + v];
-                }
-            }
-        }
+        for_each_in_window(ad, ah, aw, a, b, e, [&](idx_t at, int) { acc += xv[at]; });
         y[idx] = acc / divisor;
     }
 }
@@ -178,25 +134,18 @@ extern "C" __global__ void avg_pool3d_forward_v1(
 extern "C" __global__ void avg_pool3d_backward_v1(
     const scalar_t* __restrict__ dy, scalar_t* __restrict__ dx, POOL3D_GEOMETRY)
 {
+    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
     const idx_t total = (idx_t)N * C * D * H * W;
     const idx_t oDHW = (idx_t)Do * Ho * Wo;
     const scalar_t divisor = (scalar_t)(T * R * S);
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const int v = (int)(idx % W);
-        idx_t q = idx / W;
-        const int h = (int)(q % H);
-        q /= H;
-        const int d = (int)(q % D);
-        const idx_t volume = q / D;
-        int a_lo, a_hi, b_lo, b_hi, e_lo, e_hi;
-        covering_outputs(d, T, sd, pd, Do, &a_lo, &a_hi);
-        covering_outputs(h, R, sh, ph, Ho, &b_lo, &b_hi);
-        covering_outputs(v, S, sw, pw, Wo, &e_lo, &e_hi);
+        idx_t volume = idx;
+        const int v = split_last(volume, W);
+        const int h = split_last(volume, H);
+        const int d = split_last(volume, D);
         const scalar_t* dyv = dy + volume * oDHW;
         scalar_t acc = 0;
-        for (int a = a_lo; a < a_hi; ++a)
-            for (int b = b_lo; b < b_hi; ++b)
-                for (int e = e_lo; e < e_hi; ++e) acc += dyv[((idx_t)a * Ho + b) * Wo + e];
+        for_each_covering_window(ad, ah, aw, d, h, v, [&](idx_t o, int) { acc += dyv[o]; });
         dx[idx] = acc / divisor;
     }
 }
