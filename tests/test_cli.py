@@ -125,3 +125,20 @@ def test_bad_arguments():
         cli.main(["train", "--optimizer", "lbfgs"])
     with pytest.raises(ValueError, match="unknown optimizer"):
         protocol.make_optimizer("lbfgs", [])
+
+
+def test_outputs_in_new_folders_are_created_before_training(tmp_path):
+    """`make train` writes into out/, which a fresh clone does not have."""
+    out = tmp_path / "out" / "run1"
+    rc = cli.main(["train", *TINY, "--epochs", "1", "--metrics-out", str(out / "metrics.json"),
+                   "--plot", str(out / "curves.png"), "--checkpoint", str(out / "model.ckpt.npz")])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "curves.png", "model.ckpt.npz"}
+
+
+def test_unwritable_output_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match=f"cannot create the folder of {blocker}/x/m.json"):
+        cli.main(["train", *TINY, "--epochs", "1", "--metrics-out", str(blocker / "x" / "m.json")])
+    assert "epoch" not in capsys.readouterr().out

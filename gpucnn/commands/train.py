@@ -5,6 +5,7 @@ The default (`gpucnn train`) trains the default model on Fashion-MNIST from
 is missing (it says which). Ctrl-C saves a checkpoint; --resume continues.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,14 +77,27 @@ def write_plot(path, records, title):
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def prepare_outputs(*paths):
+    """Create the folders of the output files and check they are writable,
+    before any training time is spent."""
+    for path in filter(None, paths):
+        folder = Path(path).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"gpucnn train: cannot create the folder of {path}: {exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise SystemExit(f"gpucnn train: cannot write {path}: folder {folder} is not writable")
 
 
 def run(args):
     if args.early_stopping is not None and not args.val_split:
         raise SystemExit("gpucnn train: --early-stopping needs a validation split (--val-split > 0)")
+    prepare_outputs(args.metrics_out, args.plot, args.checkpoint)
     device = backend.resolve_device(args.device)
     ds = load_data(args)
     data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
@@ -135,7 +149,6 @@ def run(args):
                    "test_loss": float(test["loss"]), "test_accuracy": float(test["accuracy"]),
                    "data_source": ds.source, "train_images": len(data.x_train),
                    "settings": {k: v for k, v in vars(args).items() if k != "func"}}
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics_out).write_text(json.dumps(metrics, indent=2))
         print(f"metrics written to {args.metrics_out}")
     if args.plot:
