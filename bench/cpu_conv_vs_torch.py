@@ -10,7 +10,7 @@ repeat's total is the sum of its three directions. The table reports the
 median and the best (min) of the totals and their ratio ours / torch; the
 load average (os.getloadavg) is printed next to every layer, because the
 machine is shared. Thread counts are set for Numba, the BLAS under NumPy
-(threadpoolctl when installed, else OPENBLAS_NUM_THREADS decides) and PyTorch.
+(via threadpoolctl, a dependency) and PyTorch.
 """
 import argparse
 import json

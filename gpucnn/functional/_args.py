@@ -206,7 +206,7 @@ def check_argmax_range(op, argmax, x_shape):
     through it would otherwise write out of bounds. One reduction (a device
     sync on the GPU)."""
     plane = int(np.prod(x_shape[2:]))
-    if argmax.size and bool(((argmax < 0) | (argmax >= plane)).any()):
+    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
         raise ValueError(f"{op}: argmax holds indices outside the input plane of {plane} "
                          f"elements (x_shape {tuple(x_shape)}, argmax {tuple(argmax.shape)})")
 

@@ -23,9 +23,9 @@ BLAS matmuls on its own samples, so an op has exactly one fork and one join
 and no thread pool ever waits on another. Measured on a loaded 2-core
 machine, interleaving Numba's parallel regions with multi-threaded BLAS calls
 was 10-100x slower (each pool's idle threads spin while the other works).
-Pinning the BLAS to one thread needs threadpoolctl (the limit is process-wide
-while an op runs); without it every op runs in the calling thread, with the
-BLAS's own threads.
+The BLAS is pinned to one thread (through threadpoolctl's library
+controllers; process-wide while an op runs), also when an op runs in the
+calling thread alone. pool_cpu splits its planes with the same over_parts.
 
 Each thread cuts its samples into blocks whose col fits in _COL_BYTES (about
 half an L2 cache): im2col writes a block that the matmuls then read from
@@ -39,16 +39,13 @@ output rows. Everything runs in a fixed order for a fixed thread count, so
 results are deterministic (as is the BLAS for a fixed thread count).
 """
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numba as nb
 import numpy as np
+import threadpoolctl
 
 from ._args import output_shape
-
-try:
-    import threadpoolctl
-except ImportError:       # optional: without it, ops run in the calling thread
-    threadpoolctl = None
 
 _COL_BYTES = 512 << 10   # col buffer per block of samples
 _FLOPS_PER_THREAD = 16e6  # below this much work per thread, a thread costs more than it saves
@@ -164,28 +161,58 @@ class _Plan:
 
 
 _executor = None   # (workers, ThreadPoolExecutor), made on first use
-_blas = None       # threadpoolctl controller of the loaded BLAS libraries
+_blas = None       # threadpoolctl controllers of the loaded BLAS libraries, found on first use
+
+
+@contextmanager
+def _one_blas_thread():
+    """The BLAS libraries at one thread inside (process-wide), restored after.
+    Talks to the libraries' controllers directly: threadpoolctl's limit()
+    re-reads every library's state (measured 7.7 us a call)."""
+    global _blas
+    if _blas is None:
+        _blas = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.num_threads for lib in _blas]
+    for lib, n in zip(_blas, before):
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas, before):
+            if n != 1:
+                lib.set_num_threads(n)
+
+
+def over_parts(fn, N, parts):
+    """[fn(n0, n1) for each of `parts` contiguous parts of range(N)], the first
+    part in the calling thread, the others in the pool; parts <= 1 runs
+    fn(0, N) right here."""
+    global _executor
+    if parts <= 1:
+        return [fn(0, N)]
+    if _executor is None or _executor[0] < parts - 1:
+        if _executor is not None:
+            _executor[1].shutdown()
+        _executor = (parts - 1, ThreadPoolExecutor(parts - 1, thread_name_prefix="gpucnn-cpu"))
+    bounds = [(i * N // parts, (i + 1) * N // parts) for i in range(parts)]
+    futures = [_executor[1].submit(fn, *b) for b in bounds[1:]]
+    first = fn(*bounds[0])
+    return [first] + [f.result() for f in futures]
 
 
 def _over_samples(fn, N, flops):
-    """[fn(n0, n1) for each of up to numba.get_num_threads() contiguous parts of
-    range(N)], the first part in the calling thread, the others in the pool,
-    BLAS at one thread; small ops (under _FLOPS_PER_THREAD a thread) use fewer parts."""
-    global _executor, _blas
-    parts = int(min(N, nb.get_num_threads(), max(1, flops // _FLOPS_PER_THREAD)))
-    if parts <= 1 or threadpoolctl is None:
-        return [fn(0, N)]
-    if _executor is None or _executor[0] != parts - 1:
-        if _executor is not None:
-            _executor[1].shutdown()
-        _executor = (parts - 1, ThreadPoolExecutor(parts - 1, thread_name_prefix="gpucnn-conv"))
-    if _blas is None:
-        _blas = threadpoolctl.ThreadpoolController()
-    bounds = [(i * N // parts, (i + 1) * N // parts) for i in range(parts)]
-    with _blas.limit(limits=1, user_api="blas"):
-        futures = [_executor[1].submit(fn, *b) for b in bounds[1:]]
-        first = fn(*bounds[0])
-        return [first] + [f.result() for f in futures]
+    """over_parts with up to numba.get_num_threads() parts, fewer for small ops
+    (under _FLOPS_PER_THREAD a thread), the BLAS at one thread. Only an op
+    with work for several threads but a single sample keeps the BLAS's own
+    threads (measured: multi-threaded BLAS on small matrices of a loaded
+    machine was 10-100x slower, its threads spinning while descheduled)."""
+    wanted = int(min(nb.get_num_threads(), max(1, flops // _FLOPS_PER_THREAD)))
+    parts = min(N, wanted)
+    if parts == 1 and wanted > 1:
+        return over_parts(fn, N, parts)
+    with _one_blas_thread():
+        return over_parts(fn, N, parts)
 
 
 def _as5d(a):
