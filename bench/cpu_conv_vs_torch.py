@@ -95,7 +95,9 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
-    import torch
+    torch, why = env.import_torch()   # OpenMP waiting passive: see env.OMP_WAIT_POLICY
+    if torch is None:
+        raise SystemExit(why)
     rows = []
     print(f"{'layer':8} {'thr':>3} {'ours med':>9} {'torch med':>9} {'ratio':>6}  "
           f"{'ours best':>9} {'torch best':>10} {'ratio':>6}  {'load1':>5} {'max rel err':>11}")

@@ -46,8 +46,18 @@ def git_info():
     return {"commit": commit or None, "dirty": dirty}
 
 
+# PyTorch's CPU build runs its intra-op pool on OpenMP, whose idle workers
+# spin-wait after every op. Timed side by side in one process, those spinning
+# threads hold a core while our code runs (measured on 2 cores: our 2-thread
+# conv lost half its speed). Passive waiting removes that interference; it
+# cost PyTorch's own 2-thread conv times about 9% there. Set before the first
+# import of torch; an explicit OMP_WAIT_POLICY in the environment wins.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def import_torch():
-    """(torch, '') or (None, why not)."""
+    """(torch, '') or (None, why not); OpenMP waiting passive (see above)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         import torch
     except Exception as exc:  # ImportError or a broken install
@@ -67,8 +77,7 @@ def blas_threads():
 
 class cpu_threads:
     """Context: the same thread count for our Numba code, the BLAS under
-    NumPy (through threadpoolctl when installed; else OPENBLAS_NUM_THREADS
-    decides) and PyTorch's intra-op pool, restored on exit."""
+    NumPy (through threadpoolctl) and PyTorch's intra-op pool, restored on exit."""
 
     def __init__(self, n, torch=None):
         self.n = usable_threads(n)
@@ -121,6 +130,7 @@ def environment(torch=None):
         "gpu_available": backend.gpu_available(),
         "gpu_unavailable_reason": backend.gpu_unavailable_reason() or None,
         "torch": None, "torch_threads": None, "cudnn": None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "git": git_info(),
     }
     env.update(backend.device_info())  # gpu_name, driver, CUDA runtime, SMs (GPU only)

@@ -8,15 +8,26 @@ Training: per channel c, over the batch (and spatial) axes, m values:
     momentum=None: cumulative average, momentum_t = 1 / num_batches_tracked.
 Eval: xhat = (x - running_mean) / sqrt(running_var + eps).
 
-Backward of the training forward (g = dout * weight, sums over the m values):
-    dx = (1 / m) / sqrt(var + eps) * (m * g - sum(g) - xhat * sum(g * xhat))
+Backward of the training forward (sums over the m values of a channel):
     dweight = sum(dout * xhat),  dbias = sum(dout)
+    dx = weight / sqrt(var + eps) * (dout - dbias / m - xhat * dweight / m)
+(the textbook form with g = dout * weight, (1/m)/sqrt(var+eps) * (m g - sum(g)
+- xhat sum(g xhat)), after sum(g) = weight dbias and sum(g xhat) = weight dweight).
+Per-channel sums run as a contiguous reduce over (N, C, spatial) -> (N, C)
+-> (C,), and the elementwise steps work in place: several times faster in
+NumPy than reducing over axes (0, 2, 3) with fresh temporaries.
 In eval mode the layer is a fixed affine map and caches nothing (no backward).
 """
 import numpy as np
 
 from .. import backend
 from .module import Module, Parameter
+
+
+def _channel_sum(a):
+    """Sum over every axis but the channel axis 1, as contiguous reductions."""
+    n, c = a.shape[:2]
+    return a.reshape(n, c, -1).sum(axis=2).sum(axis=0)
 
 
 class _BatchNorm(Module):
@@ -55,14 +66,17 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                              f"got input shape {tuple(x.shape)}")
         xp = backend.get_array_module(x)
-        mu = x.mean(axis=axes)
+        mu = _channel_sum(x) / m
         centered = x - mu.reshape(shape)
-        var = (centered * centered).mean(axis=axes)
+        var = _channel_sum(centered * centered) / m
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = centered * inv_std.reshape(shape)
+        xhat = centered
+        xhat *= inv_std.reshape(shape)                       # in place: centered is not kept
         self._update_running(mu, var * (m / (m - 1)))
-        self._save(xhat, inv_std.reshape(shape))
-        return xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        self._save(xhat, inv_std)
+        y = xhat * self.weight.data.reshape(shape)
+        y += self.bias.data.reshape(shape)
+        return y
 
     def _update_running(self, mu, unbiased_var):
         self.num_batches_tracked = np.array(int(self.num_batches_tracked) + 1, dtype=np.int64)
@@ -73,13 +87,15 @@ class _BatchNorm(Module):
     def backward(self, dout):
         xhat, inv_std = self._take()
         axes, shape = self._shape_and_axes(dout)
-        w = self.weight.data.reshape(shape)
         m = dout.size // dout.shape[1]
-        self.weight.accumulate((dout * xhat).sum(axis=axes))
-        self.bias.accumulate(dout.sum(axis=axes))
-        g = dout * w
-        return (inv_std / m) * (m * g - g.sum(axis=axes).reshape(shape)
-                                - xhat * (g * xhat).sum(axis=axes).reshape(shape))
+        dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
+        self.weight.accumulate(dweight)
+        self.bias.accumulate(dbias)
+        dx = xhat * (-dweight / m).reshape(shape)
+        dx += dout
+        dx -= (dbias / m).reshape(shape)
+        dx *= (self.weight.data * inv_std).reshape(shape)
+        return dx
 
     def macs(self, in_shape, out_shape):
         return 0  # a per-element scale and shift, not counted as multiply-adds
