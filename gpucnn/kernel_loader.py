@@ -6,7 +6,7 @@
 - Each (file, options) pair is compiled once per process into a
   cupy.RawModule; CuPy's on-disk cache (CUPY_CACHE_DIR, default
   ~/.cupy/kernel_cache) makes later processes skip NVRTC. The first call of a
-  kernel family in a fresh cache compiles it (about a second per file).
+  kernel family in a fresh cache compiles it (time not yet measured on a GPU).
 - `launch` casts Python scalars explicitly (int -> np.int32 or np.int64 as
   the kernel's signature says, float -> np.float32) so that a wrong-width
   argument can never reach a kernel.
