@@ -32,7 +32,8 @@ def geometry_2d(nd, *pairs):
 
 
 def resolve_version(table, op, version):
-    """The kernel version to run: `version`, or the highest (fastest) for None."""
+    """The kernel version to run: `version`, or the highest for None (meant to be
+    the fastest; not yet timed on a GPU)."""
     v = max(table[op]) if version is None else version
     if v not in table[op]:
         raise ValueError(f"{op}: kernel version {version!r} does not exist; choose from {table[op]}")

@@ -13,8 +13,8 @@ y (N, K, Ho, Wo) with Ho = (H + 2P - R) // s + 1 (see _args.output_size).
     db[k]       = sum_{n,i,j} dy[n,k,i,j]
 
 The 1-D and 3-D ops are the same sums over one and three spatial offsets.
-`version` picks the GPU kernel version (None = the default, the fastest
-correct one); it is ignored on the CPU.
+`version` picks the GPU kernel version (None = the highest, v2, meant to be
+the fastest; not yet timed on a GPU); it is ignored on the CPU.
 """
 from . import _args
 from ._dispatch import gpu_kwargs, implementation

@@ -10,7 +10,7 @@ dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
 formula; 2 = implicit GEMM with shared-memory tiles. version=None runs the
-highest version (the fastest; 2 for every op).
+highest version (2 for every op; meant to be the fastest, not yet timed on a GPU).
 """
 from .. import backend, kernel_loader
 from ._args import output_shape

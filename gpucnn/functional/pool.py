@@ -73,7 +73,8 @@ def max_pool1d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, p
 def max_pool2d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
                         version=None):
     """Route dy to argmax -> dx of shape x_shape. Passing the forward's
-    kernel_size/stride/padding (the layers do) selects the faster gather."""
+    kernel_size/stride/padding (the layers do) selects the gather, which
+    parallelizes over input elements (the route without it runs a thread per plane)."""
     return _max_backward("max_pool2d_backward", 2, dy, argmax, x_shape, kernel_size, stride, padding, version)
 
 
