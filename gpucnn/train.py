@@ -12,43 +12,20 @@ validation runs in eval mode under no_grad (nothing cached for backward).
 Accuracy compares argmax(logits) with the class index, or with argmax of the
 target row for soft labels (mixup/cutmix).
 """
-import math
 import time
 
 import numpy as np
 
 from . import backend, serialization
-from . import random as grandom
+from .data.loader import DataLoader
 from .nn.loss import SoftmaxCrossEntropy, softmax
 from .nn.module import no_grad
 
 
-class ArrayLoader:
-    """Batches (xb, yb) of in-memory NumPy arrays; len() = number of batches.
-    shuffle: a new permutation each epoch, from a generator seeded with
-    `seed`, or (seed=None) from gpucnn.random's global generator, which makes
-    the order part of a training checkpoint's RNG state."""
-
-    def __init__(self, x, y, batch_size=64, shuffle=True, seed=None):
-        if len(x) != len(y):
-            raise ValueError(f"ArrayLoader: {len(x)} inputs but {len(y)} targets")
-        if batch_size < 1:
-            raise ValueError(f"ArrayLoader: batch_size must be >= 1, got {batch_size}")
-        self.x, self.y, self.batch_size, self.shuffle = x, y, int(batch_size), shuffle
-        self._rng = None if seed is None else np.random.default_rng(seed)
-
-    def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def __iter__(self):
-        n = len(self.x)
-        if self.shuffle:
-            order = (self._rng or grandom.generator()).permutation(n)
-        else:
-            order = np.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+def ArrayLoader(x, y, batch_size=64, shuffle=True, seed=None):
+    """The course's plain mini-batch loop: a DataLoader over in-memory arrays
+    without prefetch (batches drawn without replacement each epoch)."""
+    return DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed, prefetch=0)
 
 
 def _labels(target):

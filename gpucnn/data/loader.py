@@ -19,8 +19,12 @@ class DataLoader:
     drop_last: drop the final batch when it is smaller than batch_size.
     transform: callable(xb, yb, rng) -> (xb, yb), applied per batch (see
         gpucnn.data.transforms); it gets the loader's seeded Generator.
-    seed: seeds the shuffling and the transforms (None = drawn from the
-        global generator, so gpucnn.random.manual_seed makes runs repeatable).
+    seed: seeds the shuffling and the transforms. None = each epoch's
+        generator is drawn from gpucnn.random's global generator when the
+        epoch starts, in the iterating thread: manual_seed makes runs
+        repeatable, a training checkpoint's RNG state fixes the order of the
+        epochs after a resume, and the prefetch thread never touches the
+        global generator.
     prefetch: how many batches a background thread prepares ahead (0 = none).
     """
 
@@ -37,28 +41,32 @@ class DataLoader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.transform = transform
         self.prefetch = int(prefetch)
-        if seed is None:
-            seed = int(gpucnn_random.generator().integers(2 ** 63))
-        self.rng = np.random.default_rng(seed)
+        self.rng = None if seed is None else np.random.default_rng(seed)
 
     def __len__(self):
         n, b = len(self.x), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def _batches(self):
-        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+    def _epoch_rng(self):
+        if self.rng is not None:
+            return self.rng
+        return np.random.default_rng(int(gpucnn_random.generator().integers(2 ** 63)))
+
+    def _batches(self, rng):
+        order = rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if self.shuffle:
                 idx = np.sort(idx)  # same set; sorted gathers read memory in order
             xb, yb = self.x[idx], self.y[idx]
             if self.transform is not None:
-                xb, yb = self.transform(xb, yb, self.rng)
+                xb, yb = self.transform(xb, yb, rng)
             yield xb, yb
 
     def __iter__(self):
+        rng = self._epoch_rng()  # runs at the first next(), in the iterating thread
         if self.prefetch == 0:
-            yield from self._batches()
+            yield from self._batches(rng)
             return
         # A producer thread fills a bounded queue; NumPy releases the GIL in
         # its copies, so batch preparation overlaps with the training step.
@@ -77,7 +85,7 @@ class DataLoader:
 
         def produce():
             try:
-                for item in self._batches():
+                for item in self._batches(rng):
                     if not put(item):
                         return
                 put(done)
