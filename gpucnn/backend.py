@@ -119,3 +119,11 @@ def device_info():
         "cuda_runtime_version": cupy.cuda.runtime.runtimeGetVersion(),
         "cupy_version": cupy.__version__,
     }
+
+
+def gpu_event_times(fn, repeats, warmup, max_seconds):
+    """Seconds per call of fn on the GPU, from a CUDA event pair around each
+    call (cupyx.profiler.benchmark), warm-up calls excluded."""
+    from cupyx.profiler import benchmark
+    result = benchmark(fn, n_repeat=max(1, repeats), n_warmup=warmup, max_duration=max_seconds)
+    return result.gpu_times[0]

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from .. import backend
+
 from .timing import time_cpu, time_gpu
 
 
@@ -38,7 +40,7 @@ def cpu_ceilings(small=False, repeats=5):
 
 
 def gpu_ceilings(small=False, repeats=20):
-    import cupy
+    cupy = backend.cupy
     nbytes = (256 if small else 1024) << 20
     n = 4096 if small else 8192
     src = cupy.ones(nbytes // 4, cupy.float32)

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .. import backend
+
 
 def summarize(times_s, warmup, method):
     """Timing record (seconds) from per-call times."""
@@ -60,10 +62,8 @@ def time_cpu_interleaved(fns, repeats, warmup, max_seconds=math.inf):
 
 
 def time_gpu(fn, repeats, warmup, max_seconds=math.inf):
-    """GPU time per call from CUDA events (cupyx.profiler.benchmark)."""
-    from cupyx.profiler import benchmark
-    result = benchmark(fn, n_repeat=max(1, repeats), n_warmup=warmup, max_duration=max_seconds)
-    return summarize(result.gpu_times[0], warmup, "cuda_events")
+    """GPU time per call from CUDA events (backend.gpu_event_times)."""
+    return summarize(backend.gpu_event_times(fn, repeats, warmup, max_seconds), warmup, "cuda_events")
 
 
 def rotation_count(bytes_per_set, cache_bytes, max_sets=16):
