@@ -26,24 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from .benchmark.env import git_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SANITIZER_TOOLS = ("memcheck", "racecheck")
 
 
-def git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=30)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment():
     """Versions and device facts (no GPU fields when none is usable)."""
     env = {"python": platform.python_version(), "numpy": np.__version__,
-           "cupy": getattr(backend.cupy, "__version__", None), "git_commit": git_commit(),
+           "cupy": getattr(backend.cupy, "__version__", None), "git": git_info(),
            "gpu_usable": backend.gpu_available(), "gpu_unusable_reason": backend.gpu_unavailable_reason()}
     env.update(backend.device_info())
     return env
@@ -94,7 +86,8 @@ def steps(out, data_dir):
 def format_table(env, results):
     lines = [f"GPU {env.get('gpu_name', '-')} | driver {env.get('driver_version', '-')} | "
              f"CUDA runtime {env.get('cuda_runtime_version', '-')} | CuPy {env['cupy']} | "
-             f"NumPy {env['numpy']} | commit {env['git_commit']}"]
+             f"NumPy {env['numpy']} | commit {env['git']['commit']}"
+             f"{' (dirty)' if env['git']['dirty'] else ''}"]
     width = max(len(r["step"]) for r in results)
     for r in results:
         status = "PASS" if r["ok"] else f"FAIL (exit {r['returncode']})"
