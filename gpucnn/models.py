@@ -20,6 +20,7 @@ dense layer to the input size; all convolutions keep the size ("same"
 padding) and each max pool halves it.
 """
 from . import nn
+from .functional import output_size
 
 MODELS = ("lenet5", "lenet_bn", "vgg_small", "resnet_small")
 DEFAULT_MODEL = "lenet_bn"
@@ -34,7 +35,7 @@ def _conv_block(c_in, c_out, k, batch_norm):
 
 def _pool_if_possible(size):
     """A 2x2 max pool while the image is at least 4 pixels wide (8x8 digits stop at 2x2)."""
-    return ([nn.MaxPool2d(2)], size // 2) if size >= 4 else ([], size)
+    return ([nn.MaxPool2d(2)], output_size(size, 2, 2, 0)) if size >= 4 else ([], size)
 
 
 def _lenet(in_channels, num_classes, image_size, channels, hidden, kernel, batch_norm, dropout):
@@ -92,7 +93,7 @@ def resnet_small(in_channels=1, num_classes=10, image_size=28, dropout=None):
     for c_out, stride in ((16, 1), (32, 2), (64, 2)):
         stride = stride if size >= 4 else 1
         layers += _basic_block(c, c_out, stride)
-        size = (size - 1) // stride + 1  # 3x3 conv, padding 1
+        size = output_size(size, 3, stride, 1)
         c = c_out
     layers += [nn.AvgPool2d(size), nn.Flatten()]  # global average pooling
     if dropout:

@@ -114,8 +114,10 @@ def run(args):
           + (f", {len(data.x_val)} validation" if data.x_val is not None else ""))
 
     aug = build_augmentation(args.augment, ds.num_classes, ds.input_shape[-1])
-    train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug,
-                              seed=args.seed + start_epoch)
+    # seed=None: every epoch's order and augmentation come from the global generator
+    # (seeded by make_trainer, restored by --resume), so a resumed run continues
+    # exactly as an uninterrupted one would.
+    train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None)
     val_loader = DataLoader(data.x_val, data.y_val, 512, shuffle=False) if data.x_val is not None else None
     extra = {"model": args.model, "dataset": ds.name}
 

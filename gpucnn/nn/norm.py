@@ -44,18 +44,16 @@ class _BatchNorm(Module):
         self.register_buffer("running_var", np.ones(self.num_features, dtype))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
 
-    def _shape_and_axes(self, x):
+    def _channel_shape(self, x):
         name = type(self).__name__
         if x.ndim not in self.allowed_ndim or x.shape[1] != self.num_features:
             raise ValueError(f"{name}({self.num_features}): input must be "
                              f"{' or '.join(f'{n}-D' for n in self.allowed_ndim)} with "
                              f"{self.num_features} channels on axis 1, got shape {tuple(x.shape)}")
-        axes = (0,) + tuple(range(2, x.ndim))
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return axes, shape
+        return (1, -1) + (1,) * (x.ndim - 2)   # broadcasts a per-channel vector
 
     def forward(self, x):
-        axes, shape = self._shape_and_axes(x)
+        shape = self._channel_shape(x)
         if not self.training:
             xp = backend.get_array_module(x)
             inv_std = (1.0 / xp.sqrt(self.running_var + self.eps)).reshape(shape)
@@ -86,7 +84,7 @@ class _BatchNorm(Module):
 
     def backward(self, dout):
         xhat, inv_std = self._take()
-        axes, shape = self._shape_and_axes(dout)
+        shape = self._channel_shape(dout)
         m = dout.size // dout.shape[1]
         dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
         self.weight.accumulate(dweight)
