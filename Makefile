@@ -5,9 +5,12 @@ PY     := $(VENV)/bin/python
 DATA   ?= /usr/share/datasets/fashion-mnist
 OUT    ?= out
 
-.PHONY: setup data train test test-fast kernels bench gpu-check clean
+.PHONY: setup data train test kernels bench gpu-check clean
 
 $(VENV)/.installed: setup.py
+	@$(PY_SYS) -c "import ensurepip" 2>/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && apt-get install -y -qq python3-venv; } || \
+	  { echo "python3 cannot create a venv: install python3-venv (Debian/Ubuntu)"; exit 1; }
 	$(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"

@@ -21,7 +21,7 @@ setup(
         # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
         "gpu": ["cupy-cuda13x>=13"],
         "gpu-cuda12": ["cupy-cuda12x>=13"],
-        "dev": ["pytest>=7", "scikit-learn>=1.1"],
+        "dev": ["pytest>=7", "scikit-learn>=1.1", "setuptools"],  # setuptools: the wheel test
     },
     entry_points={"console_scripts": ["gpucnn=gpucnn.cli:main"]},
 )

@@ -1,4 +1,5 @@
-"""Everything that proves the GPU kernels, in one command (shared/GPU.md):
+"""Everything that proves the GPU kernels, in one command
+(the team's notes ../shared/GPU.md beside the repository describe it):
 
     python -m gpucnn.gpu_check --out DIR --data-dir PATH      (make gpu-check)
 
@@ -107,7 +108,7 @@ def main(argv=None):
                "data_dir_exists": Path(args.data_dir).is_dir(), "steps": []}
     if not env["gpu_usable"]:
         msg = (f"gpu_check: no usable GPU ({env['gpu_unusable_reason']}); nothing was run. "
-               "Run it on a machine with an NVIDIA GPU and CuPy (see shared/GPU.md).")
+               "Run it on a machine with an NVIDIA GPU and CuPy (see the README's GPU status section).")
         summary["error"] = msg
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
         print(msg, file=sys.stderr)

@@ -7,9 +7,9 @@
   cupy.RawModule; CuPy's on-disk cache (CUPY_CACHE_DIR, default
   ~/.cupy/kernel_cache) makes later processes skip NVRTC. The first call of a
   kernel family in a fresh cache compiles it (time not yet measured on a GPU).
-- `launch` casts Python scalars explicitly (int -> np.int32 or np.int64 as
-  the kernel's signature says, float -> np.float32) so that a wrong-width
-  argument can never reach a kernel.
+- `launch` casts Python scalars explicitly by the kernel's signature string
+  (int -> np.int32 or np.int64, float -> np.float32 or np.float64) so that a
+  wrong-width argument can never reach a kernel.
 """
 import functools
 import os
@@ -81,9 +81,14 @@ _SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 def get_typed_kernel(filename, name, dtype):
-    """The kernel `name` of kernels/<filename> built for float32 or float64."""
-    options = COMPILE_OPTIONS + (f"-DSCALAR={_SCALAR_TYPES[np.dtype(dtype)]}",)
-    return get_kernel(filename, name, options=options)
+    """The kernel `name` of kernels/<filename> built for float32 or float64
+    (looked up once per (file, name, dtype): launches stay cheap)."""
+    return _typed_kernel(filename, name, _SCALAR_TYPES[np.dtype(dtype)])
+
+
+@functools.lru_cache(maxsize=None)
+def _typed_kernel(filename, name, scalar):
+    return get_kernel(filename, name, options=COMPILE_OPTIONS + (f"-DSCALAR={scalar}",))
 
 
 _CASTS = {"i": np.int32, "l": np.int64, "f": np.float32, "d": np.float64}

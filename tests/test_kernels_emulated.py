@@ -175,6 +175,27 @@ def test_backward_filter_is_bitwise_deterministic(dev, case):
         np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.parametrize("nd", [2, 3])
+def test_empty_batch_and_empty_sums(dev, nd):
+    """N = 0 gives empty outputs and a zero dw; K = 0 gives a zero dx. No
+    launch may see an empty grid or leave a poisoned output unwritten."""
+    x = backend.to_gpu(np.ones((0, 2) + (5,) * nd, np.float32))
+    w = backend.to_gpu(np.ones((3, 2) + (3,) * nd, np.float32))
+    conv, bdata, bfilt = {2: (F.conv2d, F.conv2d_backward_data, F.conv2d_backward_filter),
+                          3: (F.conv3d, F.conv3d_backward_data, F.conv3d_backward_filter)}[nd]
+    versions = CONV_OPS[nd][3].VERSIONS
+    for v in versions["forward"]:
+        assert conv(x, w, version=v).shape == (0, 3) + (3,) * nd
+    for v in versions["backward_filter"]:
+        dw = bfilt(backend.to_gpu(np.ones((0, 3) + (3,) * nd, np.float32)), x, w.shape, version=v)
+        np.testing.assert_array_equal(backend.to_cpu(dw), 0)
+    no_filters = backend.to_gpu(np.ones((0, 2) + (3,) * nd, np.float32))
+    for v in versions["backward_data"]:
+        dx = bdata(backend.to_gpu(np.ones((1, 0) + (3,) * nd, np.float32)), no_filters,
+                   (1, 2) + (5,) * nd, version=v)
+        np.testing.assert_array_equal(backend.to_cpu(dx), 0)
+
+
 # ---------------------------------------------------------------------------
 # Pooling: every version of each op of pool_gpu (1-D, 2-D) and pool3d_gpu
 

@@ -42,11 +42,25 @@ def resolve_version(table, op, version):
 
 def check_gemm_size(op, m, *int32_sizes):
     """The v2 kernels put the M tiles on grid y and keep Kgemm (forward,
-    backward-data) or Ngemm (backward-filter) and their loop counters in int32."""
+    backward-data) or Ngemm (backward-filter), their loop counters and the
+    position within one spatial plane in int32."""
     if -(-m // TILE) > kernel_loader.MAX_GRID_Y:
         raise ValueError(f"{op}: {m} channels exceed the GPU kernel's grid limit")
     if any(n > INT32_MAX - TILE for n in int32_sizes):
-        raise ValueError(f"{op}: filter size {int32_sizes} is too large for the GPU kernel")
+        raise ValueError(f"{op}: sizes {int32_sizes} (filter, plane) exceed the GPU kernel's "
+                         f"int32 index range")
+
+
+def run_if_nonempty(out, *inputs):
+    """False when there is nothing to launch: `out` is empty, or the sum that
+    fills it runs over an empty input (then `out` is zeroed here, since a
+    kernel whose loop is empty may return before writing)."""
+    if out.size == 0:
+        return False
+    if any(a.size == 0 for a in inputs):
+        out.fill(0)
+        return False
+    return True
 
 
 def check_plane(op, x_shape):

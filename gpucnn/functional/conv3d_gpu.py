@@ -16,7 +16,7 @@ from math import prod
 
 from .. import kernel_loader
 from ._args import output_shape
-from ._gpu_launch import BLOCK, TILE, check_gemm_size, contiguous, resolve_version
+from ._gpu_launch import BLOCK, TILE, check_gemm_size, contiguous, resolve_version, run_if_nonempty
 
 CONV3D_FILE = "conv3d.cu"
 VERSIONS = {"forward": (1, 2), "backward_data": (1, 2), "backward_filter": (1,)}
@@ -49,7 +49,7 @@ def _launch(op, direction, version, dims, arrays, gemm=None):
     64x64 tile of the rows x cols product per block, rows on grid y."""
     v = resolve_version(VERSIONS, direction, version)
     out = arrays[2]
-    if out.size == 0:
+    if not run_if_nonempty(out, *arrays[:2]):
         return
     if v == 1:
         grid = kernel_loader.grid_1d(out.size, BLOCK)
@@ -57,8 +57,8 @@ def _launch(op, direction, version, dims, arrays, gemm=None):
         rows, cols, kgemm = gemm
         check_gemm_size(op, rows, kgemm)
         grid = (kernel_loader.grid_1d(cols, TILE)[0], -(-rows // TILE))
-    kernel_loader.launch(kernel_loader.get_typed_kernel(CONV3D_FILE, f"conv3d_{direction}_v{v}", out.dtype), grid,
-                         (BLOCK,), _SIG, arrays + dims)
+    kernel = kernel_loader.get_typed_kernel(CONV3D_FILE, f"conv3d_{direction}_v{v}", out.dtype)
+    kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, arrays + dims)
 
 
 def forward(x, w, stride, padding, version=None):

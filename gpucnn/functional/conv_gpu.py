@@ -12,10 +12,10 @@ dtype. Kernel versions: 1 = one thread per output element, straight from the
 formula; 2 = implicit GEMM with shared-memory tiles. version=None runs the
 highest version (2 for every op; meant to be the fastest, not yet timed on a GPU).
 """
-from .. import backend, kernel_loader
+from .. import kernel_loader
 from ._args import output_shape
 from ._gpu_launch import (BLOCK, TILE, TILE_K, as_2d, check_gemm_size, geometry_2d,
-                          resolve_version)
+                          resolve_version, run_if_nonempty)
 
 FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
@@ -59,13 +59,14 @@ def forward(x, w, stride, padding, version=None):
     dims = _plan(N, C, H, W, K, R, S, stride, padding)
     Ho, Wo = dims[7], dims[8]
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
-    if v == 1:
-        grid = kernel_loader.grid_1d(y.size, BLOCK)
-    else:
-        check_gemm_size(op, K, C * R * S)
-        grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-K // TILE))
-    kernel_loader.launch(kernel_loader.get_typed_kernel(FORWARD_FILE, f"conv2d_forward_v{v}", x.dtype), grid, (BLOCK,),
-                         _SIG, (x4, w4, y) + dims)
+    if run_if_nonempty(y, x4, w4):
+        if v == 1:
+            grid = kernel_loader.grid_1d(y.size, BLOCK)
+        else:
+            check_gemm_size(op, K, C * R * S, Ho * Wo)
+            grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-K // TILE))
+        kernel = kernel_loader.get_typed_kernel(FORWARD_FILE, f"conv2d_forward_v{v}", x.dtype)
+        kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (x4, w4, y) + dims)
     return y if nd == 2 else y.reshape(N, K, Wo)
 
 
@@ -80,13 +81,14 @@ def backward_data(dy, w, x_shape, stride, padding, version=None):
     K, _, R, S = w4.shape
     dims = _plan(N, C, H, W, K, R, S, stride, padding)
     dx = kernel_loader.alloc_output((N, C, H, W), dy.dtype)
-    if v == 1:
-        grid = kernel_loader.grid_1d(dx.size, BLOCK)
-    else:
-        check_gemm_size(op, C, K * R * S)
-        grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-C // TILE))
-    kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, f"conv2d_backward_data_v{v}", dy.dtype), grid,
-                         (BLOCK,), _SIG, (dy4, w4, dx) + dims)
+    if run_if_nonempty(dx, dy4, w4):
+        if v == 1:
+            grid = kernel_loader.grid_1d(dx.size, BLOCK)
+        else:
+            check_gemm_size(op, C, K * R * S, H * W)
+            grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-C // TILE))
+        kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, f"conv2d_backward_data_v{v}", dy.dtype)
+        kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (dy4, w4, dx) + dims)
     return dx.reshape(tuple(x_shape))
 
 
@@ -115,20 +117,22 @@ def backward_filter(dy, x, w_shape, stride, padding, version=None):
     dims = _plan(N, C, H, W, K, R, S, stride, padding)
     Ho, Wo = dims[7], dims[8]
     dw = kernel_loader.alloc_output((K, C, R, S), x.dtype)
+    if not run_if_nonempty(dw, dy4, x4):
+        return dw.reshape(tuple(w_shape))
     if v == 1:
-        kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v1", x.dtype),
-                             kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), _SIG,
+        kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v1", x.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), _SIG,
                              (dy4, x4, dw) + dims)
         return dw.reshape(tuple(w_shape))
     crs = C * R * S
-    check_gemm_size(op, K, crs)
+    check_gemm_size(op, K, crs, Ho * Wo)
     splits, chunk = filter_split(K, crs, N * Ho * Wo)
-    out = dw if splits == 1 else backend.cupy.empty((splits, K, C, R, S), dtype=x.dtype)
-    kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v2", x.dtype),
-                         (-(-crs // TILE), -(-K // TILE), splits), (BLOCK,), _SIG + "l",
+    out = dw if splits == 1 else kernel_loader.alloc_output((splits, K, C, R, S), x.dtype)
+    kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v2", x.dtype)
+    kernel_loader.launch(kernel, (-(-crs // TILE), -(-K // TILE), splits), (BLOCK,), _SIG + "l",
                          (dy4, x4, out) + dims + (chunk,))
     if splits > 1:
-        kernel_loader.launch(kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", x.dtype),
-                             kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), "ppli",
+        reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", x.dtype)
+        kernel_loader.launch(reduce, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), "ppli",
                              (out, dw, dw.size, splits))
     return dw.reshape(tuple(w_shape))

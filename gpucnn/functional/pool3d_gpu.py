@@ -39,8 +39,8 @@ def _run(name, version_key, version, out, signature, args):
     """Launch <name>_v<version> with one thread per element of `out`."""
     v = resolve_version(VERSIONS, version_key, version)
     if out.size:
-        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL3D_FILE, f"{name}_v{v}", out.dtype),
-                             kernel_loader.grid_1d(out.size, BLOCK), (BLOCK,), signature, args)
+        kernel = kernel_loader.get_typed_kernel(POOL3D_FILE, f"{name}_v{v}", out.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(out.size, BLOCK), (BLOCK,), signature, args)
 
 
 def max_forward(x, kernel_size, stride, padding, version=None):
@@ -67,13 +67,13 @@ def max_backward(dy, argmax, x_shape, geometry, version=None):
         return dx
     if geometry is None:   # one thread per (n, c) volume
         N, C = x_shape[:2]
-        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL3D_FILE, f"max_pool3d_backward_route_v{v}", dy.dtype),
-                             kernel_loader.grid_1d(N * C, BLOCK), (BLOCK,), "ppp" + "i" * 8,
+        kernel = kernel_loader.get_typed_kernel(POOL3D_FILE, f"max_pool3d_backward_route_v{v}", dy.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(N * C, BLOCK), (BLOCK,), "ppp" + "i" * 8,
                              (dy, argmax, dx) + x_shape + tuple(dy.shape[2:]))
     else:
         _, geom = _geometry(x_shape, *geometry)
-        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL3D_FILE, f"max_pool3d_backward_v{v}", dy.dtype),
-                             kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
+        kernel = kernel_loader.get_typed_kernel(POOL3D_FILE, f"max_pool3d_backward_v{v}", dy.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
                              (dy, argmax, dx) + geom)
     return dx
 

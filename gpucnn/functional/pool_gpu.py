@@ -47,8 +47,8 @@ def max_forward(x, kernel_size, stride, padding, version=None):
     shape, out, geom = _geometry(x.shape, kernel_size, stride, padding)
     y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
     argmax = kernel_loader.alloc_output(shape[:2] + out, "int32")
-    kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_forward_v{v}", x.dtype),
-                         kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
+    kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_forward_v{v}", x.dtype)
+    kernel_loader.launch(kernel, kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
                          (as_2d(x), y, argmax) + geom)
     y_shape = _y_shape(x.shape, out)
     return y.reshape(y_shape), argmax.reshape(y_shape)
@@ -65,14 +65,14 @@ def max_backward(dy, argmax, x_shape, geometry, version=None):
         N, C = dy4.shape[:2]
         shape = tuple(x_shape) if len(x_shape) == 4 else tuple(x_shape[:2]) + (1, x_shape[2])
         dx = kernel_loader.alloc_output(shape, dy.dtype)
-        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_route_v{v}", dy.dtype),
-                             kernel_loader.grid_1d(N * C, BLOCK), (BLOCK,), "ppp" + "i" * 6,
+        kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_route_v{v}", dy.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(N * C, BLOCK), (BLOCK,), "ppp" + "i" * 6,
                              (dy4, argmax4, dx) + shape + dy4.shape[2:])
     else:
         shape, _, geom = _geometry(x_shape, *geometry)
         dx = kernel_loader.alloc_output(shape, dy.dtype)
-        kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_v{v}", dy.dtype),
-                             kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
+        kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_v{v}", dy.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
                              (dy4, argmax4, dx) + geom)
     return dx.reshape(tuple(x_shape))
 
@@ -82,8 +82,8 @@ def avg_forward(x, kernel_size, stride, padding, version=None):
     v = resolve_version(VERSIONS, "avg_forward", version)
     shape, out, geom = _geometry(x.shape, kernel_size, stride, padding)
     y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
-    kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_forward_v{v}", x.dtype),
-                         kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "pp" + _GEOM,
+    kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_forward_v{v}", x.dtype)
+    kernel_loader.launch(kernel, kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "pp" + _GEOM,
                          (as_2d(x), y) + geom)
     return y.reshape(_y_shape(x.shape, out))
 
@@ -93,7 +93,7 @@ def avg_backward(dy, x_shape, kernel_size, stride, padding, version=None):
     v = resolve_version(VERSIONS, "avg_backward", version)
     shape, _, geom = _geometry(x_shape, kernel_size, stride, padding)
     dx = kernel_loader.alloc_output(shape, dy.dtype)
-    kernel_loader.launch(kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_backward_v{v}", dy.dtype),
-                         kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "pp" + _GEOM,
+    kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_backward_v{v}", dy.dtype)
+    kernel_loader.launch(kernel, kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "pp" + _GEOM,
                          (as_2d(dy), dx) + geom)
     return dx.reshape(tuple(x_shape))
