@@ -126,19 +126,19 @@ def _col2im(dcol, kernel, stride, padding, dx):
                     _copy(dx[n, c, d, h], buf[pd + d, ph + h, pw:pw + W])
 
 
-def _lift(nd, values, fill):
-    """A length-nd geometry tuple -> length 3, unit dimensions in front."""
-    return (fill,) * (3 - nd) + tuple(values)
+def lift3(values, fill):
+    """A length-nd geometry tuple -> length 3, unit dimensions in front
+    (shared with pool_cpu: one kernel set serves 1-D, 2-D and 3-D)."""
+    return (fill,) * (3 - len(values)) + tuple(values)
 
 
 class _Plan:
     """One call's geometry as 3-tuples and the block size m (samples per col)."""
 
     def __init__(self, x_shape, w_shape, stride, padding, dtype):
-        nd = len(x_shape) - 2
         self.out = output_shape(x_shape[2:], w_shape[2:], stride, padding)
-        self.kernel, self.stride = _lift(nd, w_shape[2:], 1), _lift(nd, stride, 1)
-        self.padding, self.out3 = _lift(nd, padding, 0), _lift(nd, self.out, 1)
+        self.kernel, self.stride = lift3(w_shape[2:], 1), lift3(stride, 1)
+        self.padding, self.out3 = lift3(padding, 0), lift3(self.out, 1)
         self.rows, self.P = int(np.prod(w_shape[1:])), int(np.prod(self.out))
         self.dtype = np.dtype(dtype)
         self.m = max(1, min(x_shape[0], _COL_BYTES // (self.rows * self.P * self.dtype.itemsize)))
@@ -215,14 +215,15 @@ def _over_samples(fn, N, flops):
         return over_parts(fn, N, parts)
 
 
-def _as5d(a):
+def as5d(a):
+    """(N, C, *spatial) -> a C-contiguous (N, C, D, H, W) view (a copy if needed)."""
     return np.ascontiguousarray(a).reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
 
 
 def forward(x, w, stride, padding):
     plan = _Plan(x.shape, w.shape, stride, padding, x.dtype)
     N, K = x.shape[0], w.shape[0]
-    x5, w2 = _as5d(x), np.ascontiguousarray(w).reshape(K, -1)
+    x5, w2 = as5d(x), np.ascontiguousarray(w).reshape(K, -1)
     y = np.empty((N, K) + plan.out, x.dtype)
     y3 = y.reshape(N, K, plan.P)
 
@@ -240,7 +241,7 @@ def backward_data(dy, w, x_shape, stride, padding):
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)
     w2t = np.ascontiguousarray(w).reshape(K, -1).T
     dx = np.empty(x_shape, dy.dtype)
-    dx5 = _as5d(dx)
+    dx5 = as5d(dx)
 
     def part(n0, n1):
         blocks, dcol = plan.blocks(n0, n1)
@@ -254,7 +255,7 @@ def backward_data(dy, w, x_shape, stride, padding):
 def backward_filter(dy, x, w_shape, stride, padding):
     plan = _Plan(x.shape, w_shape, stride, padding, x.dtype)
     N, K = x.shape[0], w_shape[0]
-    dy3, x5 = np.ascontiguousarray(dy).reshape(N, K, plan.P), _as5d(x)
+    dy3, x5 = np.ascontiguousarray(dy).reshape(N, K, plan.P), as5d(x)
 
     def part(n0, n1):
         dw = np.zeros((K, plan.rows), x.dtype)

@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from ._args import output_shape
-from .conv_cpu import over_parts
+from .conv_cpu import as5d, lift3, over_parts
 
 _ELEMENTS_PER_THREAD = 1 << 17   # fewer elements a thread: a thread costs more than it saves
 
@@ -157,19 +157,14 @@ def _avg_backward(dy, kernel, stride, padding, dx, p0, p1):
                                 row[np.uint64(w0 + (o - o0) * sw)] += g[np.uint64(o)]
 
 
-def _lift(values, fill):
-    """A length-nd geometry tuple -> length 3, unit dimensions in front."""
-    return (fill,) * (3 - len(values)) + tuple(values)
-
-
 def _as4d(a):
     """(N, C, *spatial) -> a C-contiguous (N*C, D, H, W) view (a copy if needed)."""
-    lead = (a.shape[0] * a.shape[1],) + (1,) * (5 - a.ndim)
-    return np.ascontiguousarray(a).reshape(lead + a.shape[2:])
+    a5 = as5d(a)
+    return a5.reshape((a5.shape[0] * a5.shape[1],) + a5.shape[2:])
 
 
 def _geometry(kernel, stride, padding):
-    return _lift(kernel, 1), _lift(stride, 1), _lift(padding, 0)
+    return lift3(kernel, 1), lift3(stride, 1), lift3(padding, 0)
 
 
 def _over_planes(kernel_fn, planes, elements, *args):
