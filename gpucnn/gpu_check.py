@@ -52,23 +52,28 @@ def find_compute_sanitizer():
     return None
 
 
-def run_step(name, cmd, log_path, env=None):
-    """Run cmd with stdout+stderr into log_path; returns the step's record."""
+def run_step(name, cmd, log_path, env=None, timeout=None):
+    """Run cmd with stdout+stderr into log_path; returns the step's record.
+    A step still running after `timeout` seconds is killed and fails."""
     start = time.perf_counter()
+    timed_out = False
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         try:
             rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=env).returncode
+                                env=env, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\ngpu_check: killed after {timeout} s\n")
+            rc, timed_out = None, True
         except OSError as exc:
             log.write(f"could not start: {exc}\n")
             rc = None
-    return {"step": name, "command": cmd, "returncode": rc, "ok": rc == 0,
+    return {"step": name, "command": cmd, "returncode": rc, "ok": rc == 0, "timed_out": timed_out,
             "seconds": round(time.perf_counter() - start, 1), "log": str(log_path)}
 
 
-def steps(out, data_dir):
+def steps(out, data_dir, bench_suite="full"):
     """The (name, command, log, env) of every check, in order."""
     py = sys.executable
     env = dict(os.environ, GPUCNN_POISON="1", GPUCNN_DATA_DIR=str(data_dir))
@@ -79,7 +84,7 @@ def steps(out, data_dir):
         cmd = ([sanitizer, "--tool", tool, "--error-exitcode", "99", py, "-m", "gpucnn.sanitizer_driver"]
                if sanitizer else ["compute-sanitizer"])  # missing: the step fails with "could not start"
         plan.append((f"sanitizer {tool}", cmd, out / f"{tool}.log", env))
-    plan.append(("bench --suite full", [py, "-m", "gpucnn", "bench", "--suite", "full",
+    plan.append((f"bench --suite {bench_suite}", [py, "-m", "gpucnn", "bench", "--suite", bench_suite,
                                         "--json", str(out / "bench.json")], out / "bench.log", None))
     return plan
 
@@ -91,7 +96,8 @@ def format_table(env, results):
              f"{' (dirty)' if env['git']['dirty'] else ''}"]
     width = max(len(r["step"]) for r in results)
     for r in results:
-        status = "PASS" if r["ok"] else f"FAIL (exit {r['returncode']})"
+        status = ("PASS" if r["ok"] else "FAIL (timed out)" if r.get("timed_out")
+                  else f"FAIL (exit {r['returncode']})")
         lines.append(f"{r['step'].ljust(width)}  {status:<16} {r['seconds']:>7.1f}s  {r['log']}")
     return "\n".join(lines)
 
@@ -100,6 +106,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpucnn.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the logs, bench.json and gpu_check.json")
     parser.add_argument("--data-dir", required=True, help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--bench-suite", default="full", help="benchmark suite (default: full)")
+    parser.add_argument("--step-timeout", type=float, default=None, metavar="SECONDS",
+                        help="kill a step that runs longer (it then fails)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,9 +125,9 @@ def main(argv=None):
     if not summary["data_dir_exists"]:
         print(f"gpu_check: warning: --data-dir {args.data_dir} does not exist; "
               "tests that need Fashion-MNIST will skip or fail", file=sys.stderr)
-    for name, cmd, log, step_env in steps(out, args.data_dir):
+    for name, cmd, log, step_env in steps(out, args.data_dir, args.bench_suite):
         print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
-        summary["steps"].append(run_step(name, cmd, log, step_env))
+        summary["steps"].append(run_step(name, cmd, log, step_env, args.step_timeout))
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
     print(format_table(env, summary["steps"]))
     return 0 if all(r["ok"] for r in summary["steps"]) else 1
