@@ -4,12 +4,16 @@
 #
 #   bash bench/gpu_lease.sh OUT_DIR STEP...
 #
-# Steps (in the order given):
+# Steps (in the order given; a step written bg+STEP runs in the background,
+# and the script waits for those at the end):
 #   check[:SUITE]   python -m gpucnn.gpu_check (pytest -m gpu, compute-sanitizer
-#                   memcheck + racecheck, bench --suite SUITE, default full)
+#                   memcheck + racecheck, bench --suite SUITE: default full,
+#                   none for no benchmark)
 #   train:NAME:ARGS gpucnn train --device gpu ARGS (ARGS comma-separated),
-#                   log and metrics to OUT_DIR/train_NAME.{log,json}
-#   e2e             bench --e2e only (a training step vs PyTorch)
+#                   log, metrics and plot to OUT_DIR/train_NAME.{log,json,png}
+#   bench:SUITE[:ARGS] gpucnn bench --suite SUITE ARGS, at most BENCH_MAX_SECONDS
+#                   (default 3) per measurement, to OUT_DIR/bench_SUITE.{log,json}
+# Timings are only meaningful from steps that ran alone.
 # Fashion-MNIST is read from .data/fashion-mnist (carried, git-ignored).
 # Every step has a time limit (STEP_TIMEOUT, default 170 s) so that the whole
 # command ends inside the machine's per-call limit with its logs written.
@@ -20,7 +24,8 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 GPUCNN_DATA_DIR=$PWD/.data/fashion-mni
 limit=${STEP_TIMEOUT:-170}
 py=python3
 { nvidia-smi; $py -c "import cupy, numpy, numba, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__, 'torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"; nproc; } > "$out/env.txt" 2>&1
-for step in "$@"; do
+run_step() {
+  local step=$1
   echo "== $step ($(date +%T))"
   case $step in
     check*)
@@ -30,11 +35,20 @@ for step in "$@"; do
     train:*)
       rest=${step#train:}; name=${rest%%:*}; args=${rest#*:}
       timeout "$limit" $py -m gpucnn train --device gpu --data-dir "$GPUCNN_DATA_DIR" --no-progress \
-        --metrics-out "$out/train_$name.json" ${args//,/ } > "$out/train_$name.log" 2>&1
-      echo "exit $?"; tail -3 "$out/train_$name.log" ;;
-    e2e)
-      timeout "$limit" $py -m gpucnn bench --e2e only --json "$out/e2e.json" > "$out/e2e.log" 2>&1
-      echo "exit $?"; tail -15 "$out/e2e.log" ;;
+        --metrics-out "$out/train_$name.json" --plot "$out/train_$name.png" ${args//,/ } > "$out/train_$name.log" 2>&1
+      echo "== $step: exit $?"; tail -2 "$out/train_$name.log" ;;
+    bench:*)
+      rest=${step#bench:}; suite=${rest%%:*}; args=; [ "$rest" != "$suite" ] && args=${rest#*:}
+      timeout "$limit" $py -m gpucnn bench --suite "$suite" --max-seconds "${BENCH_MAX_SECONDS:-3}" \
+        --json "$out/bench_$suite.json" ${args//,/ } > "$out/bench_$suite.log" 2>&1
+      echo "== $step: exit $?" ;;
     *) echo "unknown step $step" ;;
   esac
+}
+for step in "$@"; do
+  case $step in
+    bg+*) run_step "${step#bg+}" & ;;
+    *) run_step "$step" ;;
+  esac
 done
+wait

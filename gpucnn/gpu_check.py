@@ -84,8 +84,9 @@ def steps(out, data_dir, bench_suite="full"):
         cmd = ([sanitizer, "--tool", tool, "--error-exitcode", "99", py, "-m", "gpucnn.sanitizer_driver"]
                if sanitizer else ["compute-sanitizer"])  # missing: the step fails with "could not start"
         plan.append((f"sanitizer {tool}", cmd, out / f"{tool}.log", env))
-    plan.append((f"bench --suite {bench_suite}", [py, "-m", "gpucnn", "bench", "--suite", bench_suite,
-                                        "--json", str(out / "bench.json")], out / "bench.log", None))
+    if bench_suite != "none":
+        plan.append((f"bench --suite {bench_suite}", [py, "-m", "gpucnn", "bench", "--suite", bench_suite,
+                                                      "--json", str(out / "bench.json")], out / "bench.log", None))
     return plan
 
 
@@ -106,7 +107,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpucnn.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the logs, bench.json and gpu_check.json")
     parser.add_argument("--data-dir", required=True, help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--bench-suite", default="full", help="benchmark suite (default: full)")
+    parser.add_argument("--bench-suite", default="full", help="benchmark suite (default: full; none: no benchmark)")
     parser.add_argument("--step-timeout", type=float, default=None, metavar="SECONDS",
                         help="kill a step that runs longer (it then fails)")
     args = parser.parse_args(argv)
