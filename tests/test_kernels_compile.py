@@ -91,3 +91,14 @@ def test_resolve_version():
     assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_filter", 1) == 1
     with pytest.raises(ValueError, match="forward"):
         _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", 3)
+
+
+def test_resolve_version_picks_v1_for_few_gemm_rows():
+    # version=None: v1 below AUTO_V1_ROWS GEMM rows (measured faster on an H100),
+    # v2 from there on; an explicit version always wins; pools only have v1.
+    rows = _gpu_launch.AUTO_V1_ROWS
+    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_data", None, gemm_rows=3) == 1
+    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", None, gemm_rows=rows - 1) == 1
+    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", None, gemm_rows=rows) == 2
+    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_data", 2, gemm_rows=3) == 2
+    assert _gpu_launch.resolve_version(conv3d_gpu.VERSIONS, "backward_filter", None) == 1

@@ -1,7 +1,7 @@
 """Launch helpers shared by the GPU launcher modules (conv_gpu, pool_gpu,
 conv3d_gpu, pool3d_gpu): block and tile sizes, version lookup, the size
 checks that keep kernel index arithmetic in range, and the 1-D -> 2-D view.
-Status: compiled, not yet run on a GPU.
+Verified on an H100 (bench/results/gpu-h100-2026-11-24/).
 """
 from .. import backend, kernel_loader
 
@@ -31,10 +31,24 @@ def geometry_2d(nd, *pairs):
     return [(unit,) + tuple(p) for p, unit in pairs]
 
 
-def resolve_version(table, op, version):
-    """The kernel version to run: `version`, or the highest for None (meant to be
-    the fastest; not yet timed on a GPU)."""
-    v = max(table[op]) if version is None else version
+# version=None picks by shape. The v2 implicit GEMM spends a 64-row tile on
+# the GEMM rows (K for forward, C for backward-data); with fewer than 16 rows
+# most of the tile idles, and on an H100 v1 won every such case measured
+# (bench/results/gpu-h100-2026-11-24): backward-data of ResNet-50's 7x7 stem
+# (C=3) 11.1 ms vs 90.4 ms, convnet L1 (C=3) 36 vs 246, LeNet conv2 (C=6)
+# 0.17 vs 0.28; forward of LeNet conv1 (K=6) 0.086 vs 0.111. From 16 rows up
+# (C=24, K=16 and more) v2 won. Backward-filter v2 won everywhere (its rows,
+# K, tile with C*R*S), so it gets no gemm_rows.
+AUTO_V1_ROWS = 16
+
+
+def resolve_version(table, op, version, gemm_rows=None):
+    """The kernel version to run: `version`, else v1 when gemm_rows is below
+    AUTO_V1_ROWS, else the highest."""
+    if version is None:
+        small = gemm_rows is not None and gemm_rows < AUTO_V1_ROWS and 1 in table[op]
+        version = 1 if small else max(table[op])
+    v = version
     if v not in table[op]:
         raise ValueError(f"{op}: kernel version {version!r} does not exist; choose from {table[op]}")
     return int(v)

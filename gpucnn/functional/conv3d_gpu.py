@@ -47,7 +47,7 @@ def _launch(op, direction, version, dims, arrays, gemm=None):
     """Run conv3d_<direction>_v<version> over `arrays` (src, w, out).
     v1: one thread per element of out. v2: gemm = (rows, cols, kgemm), a
     64x64 tile of the rows x cols product per block, rows on grid y."""
-    v = resolve_version(VERSIONS, direction, version)
+    v = resolve_version(VERSIONS, direction, version, gemm_rows=gemm[0] if gemm else None)
     out = arrays[2]
     if not run_if_nonempty(out, *arrays[:2]):
         return

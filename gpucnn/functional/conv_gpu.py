@@ -50,7 +50,7 @@ def _plan(N, C, H, W, K, R, S, stride, padding):
 def forward(x, w, stride, padding, version=None):
     """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C, R, S) or (K, C, S)."""
     op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
-    v = resolve_version(VERSIONS, "forward", version)
+    v = resolve_version(VERSIONS, "forward", version, gemm_rows=w.shape[0])
     nd = x.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     x4, w4 = as_2d(x), as_2d(w)
@@ -73,7 +73,7 @@ def forward(x, w, stride, padding, version=None):
 def backward_data(dy, w, x_shape, stride, padding, version=None):
     """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C, R, S) (or 1-D)."""
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
-    v = resolve_version(VERSIONS, "backward_data", version)
+    v = resolve_version(VERSIONS, "backward_data", version, gemm_rows=w.shape[1])
     nd = dy.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     dy4, w4 = as_2d(dy), as_2d(w)

@@ -1,0 +1,58 @@
+"""Where the host time of a GPU training step goes: cProfile over N steps of
+a model (forward, cross-entropy, backward, Adam), the GPU synchronized once
+per step, after a warm-up that compiles every kernel.
+
+    python bench/profile_gpu_step.py --model lenet_bn --batch 128 --steps 50
+
+Prints the step time and the 30 functions with the most own time.
+"""
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+
+from gpucnn import backend, models, nn, optim
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="lenet_bn")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--top", type=int, default=30)
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    model = models.build(args.model).to_gpu()
+    xp = backend.cupy
+    x = xp.asarray(rng.standard_normal((args.batch, 1, 28, 28), dtype=np.float32))
+    y = xp.asarray(rng.integers(0, 10, args.batch))
+    loss_fn = nn.SoftmaxCrossEntropy()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+
+    def step():
+        opt.zero_grad()
+        _, dlogits = loss_fn(model(x), y)
+        model.backward(dlogits)
+        opt.step()
+        backend.synchronize(xp)
+
+    for _ in range(5):
+        step()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    plain = (time.perf_counter() - t) / args.steps
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.steps):
+        step()
+    prof.disable()
+    print(f"{args.model} batch {args.batch}: {plain * 1e3:.2f} ms/step without the profiler")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
