@@ -75,6 +75,14 @@ def get_kernel(filename, name, options=COMPILE_OPTIONS, name_expressions=None):
                       tuple(name_expressions) if name_expressions else None).get_function(name)
 
 
+@functools.lru_cache(maxsize=None)
+def elementwise_kernel(name, in_params, out_params, body):
+    """A cupy.ElementwiseKernel: one launch for an elementwise formula over
+    broadcast arrays (CuPy compiles it on first use, once per dtype)."""
+    backend.require_gpu(f"the fused kernel {name}")
+    return backend.cupy.ElementwiseKernel(in_params, out_params, body, name)
+
+
 # Each .cu is written over `scalar_t` (kernels/common.cuh) and compiled once
 # per dtype with -DSCALAR=float or -DSCALAR=double; names stay extern "C".
 _SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}

@@ -399,3 +399,32 @@ def test_gpu_matches_cpu(name, make, make_input):
         np.testing.assert_allclose(backend.to_cpu(p_gpu.grad), p_cpu.grad, rtol=1e-4, atol=1e-5, err_msg=key)
     for key, value in cpu.state_dict().items():
         np.testing.assert_allclose(backend.to_cpu(gpu.state_dict()[key]), value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_batchnorm_running_stats_and_eval_match_cpu(momentum, dtype):
+    # The GPU batch norm runs fused kernels (gpucnn.fused_gpu): three training
+    # batches (running statistics, cumulative average for momentum=None),
+    # then eval mode, all against the CPU layer.
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    rng = np.random.default_rng(3)
+    cpu = nn.BatchNorm2d(4, momentum=momentum).astype(dtype)
+    cpu.weight.data[:] = rng.uniform(0.5, 1.5, 4)
+    cpu.bias.data[:] = rng.standard_normal(4)
+    gpu = nn.BatchNorm2d(4, momentum=momentum).astype(dtype)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to_gpu()
+    for _ in range(3):
+        x = (rng.standard_normal((5, 4, 3, 2)) * 2 + 1).astype(dtype)
+        dout = rng.standard_normal(x.shape).astype(dtype)
+        np.testing.assert_allclose(backend.to_cpu(gpu(backend.to_gpu(x))), cpu(x), **tol)
+        np.testing.assert_allclose(backend.to_cpu(gpu.backward(backend.to_gpu(dout))), cpu.backward(dout), **tol)
+    for key, value in cpu.state_dict().items():
+        np.testing.assert_allclose(backend.to_cpu(gpu.state_dict()[key]), value, err_msg=key, **tol)
+    np.testing.assert_allclose(backend.to_cpu(gpu.weight.grad), cpu.weight.grad, **tol)
+    cpu.eval()
+    gpu.eval()
+    x = rng.standard_normal((2, 4, 3, 3)).astype(dtype)
+    np.testing.assert_allclose(backend.to_cpu(gpu(backend.to_gpu(x))), cpu(x), **tol)

@@ -147,6 +147,28 @@ def test_trajectory_matches_written_out_formula(name, cfg):
             np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=f"step {step + 1}")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-9, 1e-12), (np.float32, 1e-4, 1e-5)],
+                         ids=["float64", "float32"])
+@pytest.mark.parametrize("name,cfg", CASES, ids=IDS)
+def test_gpu_trajectory_matches_written_out_formula(name, cfg, dtype, rtol, atol):
+    # On the GPU, SGD with momentum and Adam/AdamW without amsgrad take the
+    # fused path (gpucnn.fused_gpu); the others the array code on CuPy.
+    from gpucnn import backend
+    params = [Parameter(backend.to_gpu(a.astype(dtype))) for a in _initial()]
+    opt = getattr(optim, name)(params, **cfg)
+    reference = _reference(name, cfg)
+    for step in range(STEPS):
+        opt.zero_grad()
+        for k, p in enumerate(params):
+            p.grad = _grad(p.data, k)
+        opt.step()
+        for k, p in enumerate(params):
+            assert backend.is_gpu_array(p.data) and p.data.dtype == dtype
+            np.testing.assert_allclose(backend.to_cpu(p.data), reference[step][k], rtol=rtol, atol=atol,
+                                       err_msg=f"step {step + 1}")
+
+
 @pytest.mark.parametrize("name,cfg", CASES, ids=IDS)
 def test_trajectory_matches_torch_optim(name, cfg):
     torch = pytest.importorskip("torch")

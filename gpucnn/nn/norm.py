@@ -17,10 +17,12 @@ Per-channel sums run as a contiguous reduce over (N, C, spatial) -> (N, C)
 -> (C,), and the elementwise steps work in place: several times faster in
 NumPy than reducing over axes (0, 2, 3) with fresh temporaries.
 In eval mode the layer is a fixed affine map and caches nothing (no backward).
+On the GPU the elementwise steps are fused launches (gpucnn.fused_gpu): the
+same formulas, with the per-channel sums still taken by CuPy.
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, fused_gpu
 from .module import Module, Parameter
 
 
@@ -54,6 +56,10 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         shape = self._channel_shape(x)
+        on_gpu = backend.is_gpu_array(x)
+        if not self.training and on_gpu:
+            return fused_gpu.batch_norm_eval(x, self.running_mean.reshape(shape), self.running_var.reshape(shape),
+                                             self.eps, self.weight.data.reshape(shape), self.bias.data.reshape(shape))
         if not self.training:
             xp = backend.get_array_module(x)
             inv_std = (1.0 / xp.sqrt(self.running_var + self.eps)).reshape(shape)
@@ -63,6 +69,8 @@ class _BatchNorm(Module):
         if m < 2:
             raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                              f"got input shape {tuple(x.shape)}")
+        if on_gpu:
+            return self._forward_gpu(x, shape, m)
         xp = backend.get_array_module(x)
         mu = _channel_sum(x) / m
         centered = x - mu.reshape(shape)
@@ -76,9 +84,23 @@ class _BatchNorm(Module):
         y += self.bias.data.reshape(shape)
         return y
 
-    def _update_running(self, mu, unbiased_var):
+    def _forward_gpu(self, x, shape, m):
+        mu = _channel_sum(x) / m
+        sum_sq = _channel_sum(fused_gpu.squared_deviation(x, mu.reshape(shape)))
+        inv_std, self.running_mean, self.running_var = fused_gpu.batch_norm_stats(
+            sum_sq, m, self.eps, mu, self.running_mean, self.running_var, self._next_factor())
+        xhat, y = fused_gpu.batch_norm_normalize(x, mu.reshape(shape), inv_std.reshape(shape),
+                                                 self.weight.data.reshape(shape), self.bias.data.reshape(shape))
+        self._save(xhat, inv_std)
+        return y
+
+    def _next_factor(self):
+        """Counts the batch; the weight of its statistics in the running ones."""
         self.num_batches_tracked = np.array(int(self.num_batches_tracked) + 1, dtype=np.int64)
-        factor = 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    def _update_running(self, mu, unbiased_var):
+        factor = self._next_factor()
         self.running_mean = (1 - factor) * self.running_mean + factor * mu
         self.running_var = (1 - factor) * self.running_var + factor * unbiased_var
 
@@ -89,6 +111,9 @@ class _BatchNorm(Module):
         dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
         self.weight.accumulate(dweight)
         self.bias.accumulate(dbias)
+        if backend.is_gpu_array(dout):
+            return fused_gpu.batch_norm_backward(dout, xhat, dweight.reshape(shape), dbias.reshape(shape), m,
+                                                 self.weight.data.reshape(shape), inv_std.reshape(shape))
         dx = xhat * (-dweight / m).reshape(shape)
         dx += dout
         dx -= (dbias / m).reshape(shape)

@@ -31,6 +31,10 @@ Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=Fals
 AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False)
     p <- p (1 - lr wd) (decoupled decay), then Adam's update without the L2 term.
 
+On the GPU, SGD with momentum and Adam/AdamW (without amsgrad) run their
+update as one fused launch per parameter (gpucnn.fused_gpu); the formulas
+are the ones above.
+
 `params` is a list of Parameters (model.parameters()) or of dicts
 {'params': [...], <hyperparameter overrides>} (parameter groups, as in torch).
 state_dict() is torch's layout: {'state': {index: {name: array or number}},
@@ -40,7 +44,9 @@ import copy
 import math
 from typing import ClassVar
 
-from .. import backend
+import numpy as np
+
+from .. import backend, fused_gpu
 from ..nn.module import Parameter
 
 
@@ -168,8 +174,16 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
 
     def _update(self, p, g, state, group):
-        g = _l2(p, g, group["weight_decay"])
         momentum = group["momentum"]
+        if momentum and backend.is_gpu_array(p.data):  # one fused launch
+            first = "momentum_buffer" not in state
+            if first:
+                state["momentum_buffer"] = backend.get_array_module(p.data).empty_like(p.data)
+            fused_gpu.sgd_momentum_step(p.data, g, state["momentum_buffer"], lr=group["lr"],
+                                        weight_decay=group["weight_decay"], momentum=momentum,
+                                        dampening=group["dampening"], nesterov=group["nesterov"], first=first)
+            return
+        g = _l2(p, g, group["weight_decay"])
         if momentum:
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = g.copy()
@@ -276,6 +290,11 @@ class Adam(Optimizer):
         t = state["step"]
         xp = backend.get_array_module(p.data)
         (beta1, beta2), lr = group["betas"], group["lr"]
+        if xp is not np and not group["amsgrad"]:  # one fused launch
+            fused_gpu.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1,
+                                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                                decoupled=self.decoupled_weight_decay, t=t)
+            return
         if self.decoupled_weight_decay:
             p.data *= 1 - lr * group["weight_decay"]
         else:
