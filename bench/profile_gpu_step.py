@@ -4,7 +4,9 @@ per step, after a warm-up that compiles every kernel.
 
     python bench/profile_gpu_step.py --model lenet_bn --batch 128 --steps 50
 
-Prints the step time and the 30 functions with the most own time.
+Prints the step time (the median over N steps, each ending in a device sync) and the 30 functions with the most own time (--no-profile: only
+the step time). Run two checkouts one after the other in one session to
+compare them (PYTHONPATH picks the gpucnn).
 """
 import argparse
 import cProfile
@@ -22,6 +24,7 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--no-profile", action="store_true", help="only the step time")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     model = models.build(args.model).to_gpu()
@@ -41,16 +44,20 @@ def main():
 
     for _ in range(5):
         step()
-    t = time.perf_counter()
+    times = []
     for _ in range(args.steps):
+        t = time.perf_counter()
         step()
-    plain = (time.perf_counter() - t) / args.steps
+        times.append(time.perf_counter() - t)
+    plain = float(np.median(times))
+    print(f"{args.model} batch {args.batch}: {plain * 1e3:.2f} ms/step (median) without the profiler", flush=True)
+    if args.no_profile:
+        return
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.steps):
         step()
     prof.disable()
-    print(f"{args.model} batch {args.batch}: {plain * 1e3:.2f} ms/step without the profiler")
     pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
 
 

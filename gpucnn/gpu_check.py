@@ -77,7 +77,7 @@ def steps(out, data_dir, bench_suite="full"):
     """The (name, command, log, env) of every check, in order."""
     py = sys.executable
     env = dict(os.environ, GPUCNN_POISON="1", GPUCNN_DATA_DIR=str(data_dir))
-    plan = [("pytest -m gpu", [py, "-m", "pytest", "-m", "gpu", "-q", "-rfEs"],
+    plan = [("pytest -m gpu", [py, "-m", "pytest", "-m", "gpu", "-v", "-rfEs"],
              out / "pytest_gpu.log", env)]
     sanitizer = find_compute_sanitizer()
     for tool in SANITIZER_TOOLS:
