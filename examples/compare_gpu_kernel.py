@@ -1,8 +1,8 @@
 """Run gpucnn's conv2d forward on the GPU (when one is usable) and compare it
 with the float64 plain-loop reference gpucnn.testing.reference.conv_forward_ref.
 Without a GPU it compares the CPU path instead and says why the GPU part was
-skipped. (The CUDA kernels are compiled, not yet run on a GPU, in this
-project's CI; this script is one way to check them on a GPU machine.)
+skipped. (CI has no GPU; the kernels were verified on an H100, see
+bench/results/gpu-h100-2026-11-24/; this script is a quick check on any GPU.)
 
     python examples/compare_gpu_kernel.py
     python examples/compare_gpu_kernel.py --batch 2 --channels 3 --filters 4 --size 9 --stride 2 --padding 1

@@ -5,7 +5,7 @@
 // launchers are gpucnn/functional/conv_gpu.py. Standalone compile check:
 //     nvcc -arch=sm_90 -cubin -I kernels -DSCALAR=float kernels/conv2d_forward.cu
 // (python -m gpucnn.kernel_check prints every kernel's registers and spills).
-// Status: compiled, not yet run on a GPU.
+// Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
 //
 // Math. x (N, C, H, W), w (K, C, R, S), stride (sh, sw), padding (ph, pw),
 // y (N, K, Ho, Wo) with Ho = (H + 2 ph - R) / sh + 1, Wo likewise:

@@ -5,7 +5,7 @@
 // launchers are gpucnn/functional/conv3d_gpu.py. Standalone compile check:
 //     nvcc -arch=sm_90 -cubin -I kernels -DSCALAR=float kernels/conv3d.cu
 // (python -m gpucnn.kernel_check prints every kernel's registers and spills).
-// Status: compiled, not yet run on a GPU.
+// Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
 //
 // Math. x (N, C, D, H, W), w (K, C, T, R, S), stride (sd, sh, sw), padding
 // (pd, ph, pw), y / dy (N, K, Do, Ho, Wo) with Do = (D + 2 pd - T) / sd + 1,

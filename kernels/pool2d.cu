@@ -5,7 +5,7 @@
 // cupy.RawModule, options --std=c++17 -lineinfo -DSCALAR=float|double); the
 // launchers are gpucnn/functional/pool_gpu.py. Standalone compile check:
 //     nvcc -arch=sm_90 -cubin -I kernels -DSCALAR=float kernels/pool2d.cu
-// Status: compiled, not yet run on a GPU.
+// Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
 //
 // Math. x (N, C, H, W), window R x S, stride (sh, sw), padding (ph, pw) with
 // 2 ph <= R and 2 pw <= S (every window holds a real element), y (N, C, Ho, Wo),

@@ -8,7 +8,7 @@
   on the CPU NumPy's BLAS with the benchmark's thread count.
 
 `small=True` (the quick suite) uses sizes that take a fraction of a second.
-The GPU branch is compiled, not yet run on a GPU.
+The GPU branch ran on an H100 (bench/results/gpu-h100-2026-11-24).
 """
 import os
 

@@ -6,7 +6,7 @@ It is timed with the wall clock, the GPU synchronized at the end of each
 step, on every device at hand: gpucnn on the CPU and the GPU, and the same
 architecture in PyTorch (CPU; CUDA with TF32 off) when importable, built
 layer by layer from the gpucnn model with its weights copied in.
-The GPU runs are compiled, not yet run on a GPU.
+The GPU runs ran on an H100 (bench/results/gpu-h100-2026-11-24).
 """
 import numpy as np
 

@@ -2,15 +2,15 @@
 
 Called by gpucnn.functional.conv after validation (stride and padding are
 3-tuples); the math is in that module's docstring and at the top of
-conv3d.cu. Status: compiled, not yet run on a GPU.
+conv3d.cu. Status: verified on an H100 (bench/results/gpu-h100-2026-11-24).
 
 Inputs may be non-contiguous CuPy arrays of float32 or float64; each is made
 C-contiguous once, and outputs come from kernel_loader.alloc_output. dtype
 handling (one build of the .cu per dtype, -DSCALAR), version lookup and the
 v2 tile constants are shared through _gpu_launch. Kernel versions: 1 = one thread
 per output element, straight from the formula; 2 = implicit GEMM with
-shared-memory tiles (forward and backward-data only). version=None runs the
-highest version.
+shared-memory tiles (forward and backward-data only). version=None picks by
+shape, as for 2-D (_gpu_launch.resolve_version).
 """
 from math import prod
 

@@ -3,14 +3,15 @@ convolutions run on the same kernels with unit height.
 
 Called by gpucnn.functional.conv after validation (tuples already normalized);
 the math is in that module's docstring and at the top of each .cu file.
-Status: compiled, not yet run on a GPU.
+Status: verified on an H100 (bench/results/gpu-h100-2026-11-24).
 
 dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 .cu file is compiled once per dtype with -DSCALAR=float or -DSCALAR=double
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
-formula; 2 = implicit GEMM with shared-memory tiles. version=None runs the
-highest version (2 for every op; meant to be the fastest, not yet timed on a GPU).
+formula; 2 = implicit GEMM with shared-memory tiles. version=None picks by
+shape (_gpu_launch.resolve_version: v1 for forward/backward-data with fewer
+than 16 GEMM rows, else v2), from timings on an H100.
 """
 from .. import kernel_loader
 from ._args import output_shape

@@ -3,7 +3,7 @@ runs on the same kernels with unit height.
 
 Called by gpucnn.functional.pool after validation (tuples already normalized);
 the semantics are in that module's docstring and at the top of pool2d.cu.
-Status: compiled, not yet run on a GPU. dtype handling, the 1-D reshape and
+Status: verified on an H100. dtype handling, the 1-D reshape and
 version lookup are shared through _gpu_launch (one .cu build per dtype, -DSCALAR).
 """
 from .. import kernel_loader

@@ -3,8 +3,8 @@
 
 Every layer is array code over NumPy or CuPy (the module comes from
 gpucnn.backend.get_array_module); conv and pooling call gpucnn.functional.
-Status: checked on the CPU (float64 gradient checks, PyTorch comparisons);
-the CuPy path is written but has not yet run on a GPU.
+Status: checked on the CPU (float64 gradient checks, PyTorch comparisons)
+and on an H100 (every layer's forward and backward against the CPU path).
 """
 from . import init
 from .activation import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
