@@ -100,7 +100,9 @@ def _typed_kernel(filename, name, scalar):
 
 
 _CASTS = {"i": np.int32, "l": np.int64, "f": np.float32, "d": np.float64}
-_INT32 = np.iinfo(np.int32)
+# Plain ints: np.iinfo's min/max are recomputed on every access, and this
+# check runs for every int argument of every launch.
+_INT32_MIN, _INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 
 
 def cast_args(signature, args):
@@ -115,9 +117,10 @@ def cast_args(signature, args):
                 raise TypeError(f"kernel argument must be a CuPy array, got {type(a).__name__}")
             out.append(a)
         elif code == "i":
-            if not _INT32.min <= int(a) <= _INT32.max:
+            value = int(a)
+            if not _INT32_MIN <= value <= _INT32_MAX:
                 raise OverflowError(f"kernel int32 argument {a} out of range")
-            out.append(np.int32(a))
+            out.append(np.int32(value))
         else:
             out.append(_CASTS[code](a))
     return tuple(out)

@@ -62,10 +62,12 @@ def check_arrays(op, **arrays):
             kinds.add("numpy")
         else:
             raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in given.items())
+    def shapes():  # only for the messages: formatting costs more than the checks
+        return ", ".join(f"{k} {tuple(a.shape)}" for k, a in given.items())
+
     if len(kinds) > 1:
         desc = ", ".join(f"{k}={'cupy' if backend.is_gpu_array(a) else 'numpy'}" for k, a in given.items())
-        raise TypeError(f"{op}: cannot mix NumPy and CuPy arrays ({desc}; shapes {shapes})")
+        raise TypeError(f"{op}: cannot mix NumPy and CuPy arrays ({desc}; shapes {shapes()})")
     dtypes = {k: np.dtype(a.dtype) for k, a in given.items()}
     for name, dt in dtypes.items():
         if dt not in FLOAT_DTYPES:
@@ -73,7 +75,7 @@ def check_arrays(op, **arrays):
                             f"(shape {tuple(given[name].shape)})")
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{k}: {dt}" for k, dt in dtypes.items())
-        raise TypeError(f"{op}: all arrays must have the same dtype, got {desc} (shapes {shapes})")
+        raise TypeError(f"{op}: all arrays must have the same dtype, got {desc} (shapes {shapes()})")
     return backend.get_array_module(*given.values())
 
 
