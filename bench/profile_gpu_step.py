@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from gpucnn import backend, models, nn, optim
+from gpucnn.benchmark.e2e import gpucnn_step
 
 
 def main():
@@ -28,20 +29,9 @@ def main():
     args = p.parse_args()
     rng = np.random.default_rng(0)
     model = models.build(args.model).to_gpu()
-    xp = backend.cupy
-    x = xp.asarray(rng.standard_normal((args.batch, 1, 28, 28), dtype=np.float32))
-    y = xp.asarray(rng.integers(0, 10, args.batch))
-    loss_fn = nn.SoftmaxCrossEntropy()
-    opt = optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-
-    def step():
-        opt.zero_grad()
-        _, dlogits = loss_fn(model(x), y)
-        model.backward(dlogits)
-        opt.step()
-        backend.synchronize(xp)
-
+    x = backend.to_gpu(rng.standard_normal((args.batch, 1, 28, 28), dtype=np.float32))
+    y = backend.to_gpu(rng.integers(0, 10, args.batch))
+    step = gpucnn_step(model, nn, optim, x, y, opt=optim.Adam(model.parameters(), lr=1e-3))
     for _ in range(5):
         step()
     times = []

@@ -27,10 +27,11 @@ def _images_per_s(batch, timing):
     return batch / timing["median_s"]
 
 
-def gpucnn_step(model, nn, optim, x, y):
-    """A zero-argument training step of a gpucnn model on (x, y)."""
+def gpucnn_step(model, nn, optim, x, y, opt=None):
+    """A zero-argument training step of a gpucnn model on (x, y), with `opt`
+    (default: SGD, LR and MOMENTUM)."""
     loss_fn = nn.SoftmaxCrossEntropy()
-    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    opt = opt if opt is not None else optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     xp = backend.get_array_module(x)
     model.train()
 
