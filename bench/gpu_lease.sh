@@ -8,15 +8,16 @@
 # and the script waits for those at the end):
 #   check[:SUITE]   python -m gpucnn.gpu_check (pytest -m gpu, compute-sanitizer
 #                   memcheck + racecheck, bench --suite SUITE: default full,
-#                   none for no benchmark)
+#                   which outlasts a 10-minute call; none for no benchmark)
 #   train:NAME:ARGS gpucnn train --device gpu ARGS (ARGS comma-separated),
 #                   log, metrics and plot to OUT_DIR/train_NAME.{log,json,png}
 #   bench:SUITE[:ARGS] gpucnn bench --suite SUITE ARGS, at most BENCH_MAX_SECONDS
 #                   (default 3) per measurement, to OUT_DIR/bench_SUITE.{log,json}
 # Timings are only meaningful from steps that ran alone.
 # Fashion-MNIST is read from .data/fashion-mnist (carried, git-ignored).
-# Every step has a time limit (STEP_TIMEOUT, default 170 s) so that the whole
-# command ends inside the machine's per-call limit with its logs written.
+# Every step has a time limit (STEP_TIMEOUT, default 170 s; gpu_check applies
+# it to each of its own steps): choose it so that the steps of one command
+# end inside the machine's per-call limit, with their logs written.
 set -u
 out=${1:?usage: bash bench/gpu_lease.sh OUT_DIR STEP...}; shift
 mkdir -p "$out"

@@ -4,9 +4,11 @@ per step, after a warm-up that compiles every kernel.
 
     python bench/profile_gpu_step.py --model lenet_bn --batch 128 --steps 50
 
-Prints the step time (the median over N steps, each ending in a device sync) and the 30 functions with the most own time (--no-profile: only
-the step time). Run two checkouts one after the other in one session to
-compare them (PYTHONPATH picks the gpucnn).
+Prints the step time (the median over N steps, each ending in a device sync)
+and the 30 functions with the most own time (--no-profile: only the step
+time). To compare two checkouts, run each in turn in one session (PYTHONPATH
+picks the gpucnn); both need gpucnn.benchmark.e2e.gpucnn_step with its `opt`
+argument (commit f792033 and later).
 """
 import argparse
 import cProfile

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,21 +55,27 @@ def find_compute_sanitizer():
 
 def run_step(name, cmd, log_path, env=None, timeout=None):
     """Run cmd with stdout+stderr into log_path; returns the step's record.
-    A step still running after `timeout` seconds is killed and fails."""
+    A step still running after `timeout` seconds is killed with its whole
+    process group (compute-sanitizer's target too) and fails."""
     start = time.perf_counter()
     timed_out = False
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            log.write(f"\ngpu_check: killed after {timeout} s\n")
-            rc, timed_out = None, True
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         except OSError as exc:
             log.write(f"could not start: {exc}\n")
             rc = None
+        else:
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                log.write(f"\ngpu_check: killed after {timeout} s\n")
+                rc, timed_out = None, True
     return {"step": name, "command": cmd, "returncode": rc, "ok": rc == 0, "timed_out": timed_out,
             "seconds": round(time.perf_counter() - start, 1), "log": str(log_path)}
 

@@ -6,7 +6,8 @@
 - Each (file, options) pair is compiled once per process into a
   cupy.RawModule; CuPy's on-disk cache (CUPY_CACHE_DIR, default
   ~/.cupy/kernel_cache) makes later processes skip NVRTC. The first call of a
-  kernel family in a fresh cache compiles it (time not yet measured on a GPU).
+  kernel family in a fresh cache compiles it (on an H100, vgg_small's first
+  training epoch in a fresh process took 19.8 s, the second 7.6 s).
 - `launch` casts Python scalars explicitly by the kernel's signature string
   (int -> np.int32 or np.int64, float -> np.float32 or np.float64) so that a
   wrong-width argument can never reach a kernel.

@@ -7,8 +7,8 @@ resume with the very same random stream.
 
 On a GPU, dropout masks come from a CuPy generator that is itself seeded from
 this one (see `device_generator`); such runs are repeatable for one seed, but
-the CuPy stream is not part of `get_state()`. (This CuPy path has not yet
-run on a GPU.)
+the CuPy stream is not part of `get_state()`. (This path ran in the GPU
+training runs on an H100, bench/results/gpu-h100-2026-11-24/.)
 """
 import numpy as np
 

@@ -13,9 +13,8 @@ y (N, K, Ho, Wo) with Ho = (H + 2P - R) // s + 1 (see _args.output_size).
     db[k]       = sum_{n,i,j} dy[n,k,i,j]
 
 The 1-D and 3-D ops are the same sums over one and three spatial offsets.
-`version` picks the GPU kernel version (None = by shape: v1 for forward and
-backward-data with fewer than 16 GEMM rows, else v2, the faster ones on an
-H100); it is ignored on the CPU.
+`version` picks the GPU kernel version (None = by shape, the faster one on
+an H100: see _gpu_launch.resolve_version); it is ignored on the CPU.
 """
 from . import _args
 from ._dispatch import gpu_kwargs, implementation

@@ -10,8 +10,8 @@ dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
 formula; 2 = implicit GEMM with shared-memory tiles. version=None picks by
-shape (_gpu_launch.resolve_version: v1 for forward/backward-data with fewer
-than 16 GEMM rows, else v2), from timings on an H100.
+shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
+forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 """
 from .. import kernel_loader
 from ._args import output_shape

@@ -56,8 +56,8 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         shape = self._channel_shape(x)
-        on_gpu = backend.is_gpu_array(x)
-        if not self.training and on_gpu:
+        fused = fused_gpu.applies(x, self.weight.data, self.running_mean)
+        if not self.training and fused:
             return fused_gpu.batch_norm_eval(x, self.running_mean.reshape(shape), self.running_var.reshape(shape),
                                              self.eps, self.weight.data.reshape(shape), self.bias.data.reshape(shape))
         if not self.training:
@@ -69,7 +69,7 @@ class _BatchNorm(Module):
         if m < 2:
             raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                              f"got input shape {tuple(x.shape)}")
-        if on_gpu:
+        if fused:
             return self._forward_gpu(x, shape, m)
         xp = backend.get_array_module(x)
         mu = _channel_sum(x) / m
@@ -87,8 +87,9 @@ class _BatchNorm(Module):
     def _forward_gpu(self, x, shape, m):
         mu = _channel_sum(x) / m
         sum_sq = _channel_sum(fused_gpu.squared_deviation(x, mu.reshape(shape)))
+        factor = self._next_factor()
         inv_std, self.running_mean, self.running_var = fused_gpu.batch_norm_stats(
-            sum_sq, m, self.eps, mu, self.running_mean, self.running_var, self._next_factor())
+            sum_sq, m, self.eps, mu, self.running_mean, self.running_var, factor)
         xhat, y = fused_gpu.batch_norm_normalize(x, mu.reshape(shape), inv_std.reshape(shape),
                                                  self.weight.data.reshape(shape), self.bias.data.reshape(shape))
         self._save(xhat, inv_std)
@@ -111,7 +112,7 @@ class _BatchNorm(Module):
         dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
         self.weight.accumulate(dweight)
         self.bias.accumulate(dbias)
-        if backend.is_gpu_array(dout):
+        if fused_gpu.applies(dout, xhat):
             return fused_gpu.batch_norm_backward(dout, xhat, dweight.reshape(shape), dbias.reshape(shape), m,
                                                  self.weight.data.reshape(shape), inv_std.reshape(shape))
         dx = xhat * (-dweight / m).reshape(shape)

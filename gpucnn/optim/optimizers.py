@@ -44,8 +44,6 @@ import copy
 import math
 from typing import ClassVar
 
-import numpy as np
-
 from .. import backend, fused_gpu
 from ..nn.module import Parameter
 
@@ -175,13 +173,15 @@ class SGD(Optimizer):
 
     def _update(self, p, g, state, group):
         momentum = group["momentum"]
-        if momentum and backend.is_gpu_array(p.data):  # one fused launch
-            first = "momentum_buffer" not in state
-            if first:
-                state["momentum_buffer"] = backend.get_array_module(p.data).empty_like(p.data)
-            fused_gpu.sgd_momentum_step(p.data, g, state["momentum_buffer"], lr=group["lr"],
+        if momentum and fused_gpu.applies(p.data, g):  # one fused launch
+            buf = state.get("momentum_buffer")
+            first = buf is None
+            if first:  # the kernel sets it to g; kept only once that launch went through
+                buf = backend.get_array_module(p.data).empty_like(p.data)
+            fused_gpu.sgd_momentum_step(p.data, g, buf, lr=group["lr"],
                                         weight_decay=group["weight_decay"], momentum=momentum,
                                         dampening=group["dampening"], nesterov=group["nesterov"], first=first)
+            state["momentum_buffer"] = buf
             return
         g = _l2(p, g, group["weight_decay"])
         if momentum:
@@ -290,7 +290,7 @@ class Adam(Optimizer):
         t = state["step"]
         xp = backend.get_array_module(p.data)
         (beta1, beta2), lr = group["betas"], group["lr"]
-        if xp is not np and not group["amsgrad"]:  # one fused launch
+        if fused_gpu.applies(p.data, g) and not group["amsgrad"]:  # one fused launch
             fused_gpu.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1,
                                 beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                                 decoupled=self.decoupled_weight_decay, t=t)
