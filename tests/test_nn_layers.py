@@ -428,3 +428,34 @@ def test_gpu_batchnorm_running_stats_and_eval_match_cpu(momentum, dtype):
     gpu.eval()
     x = rng.standard_normal((2, 4, 3, 3)).astype(dtype)
     np.testing.assert_allclose(backend.to_cpu(gpu(backend.to_gpu(x))), cpu(x), **tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("make,shape", [(lambda: nn.BatchNorm2d(3), (4, 3, 5, 7)),
+                                        (lambda: nn.BatchNorm1d(3), (6, 3)),
+                                        (lambda: nn.BatchNorm1d(3, momentum=None), (2, 3, 9))],
+                         ids=["2d", "1d-2d-input", "1d-3d-input-cumulative"])
+def test_batchnorm_numba_kernels_match_array_code(monkeypatch, make, shape, dtype, tol):
+    # The CPU training path runs gpucnn/nn/norm_cpu.py (Numba, float64 sums);
+    # the NumPy array code (kept for mixed dtypes) is the reference here.
+    from gpucnn.nn import norm as norm_module
+
+    def run():
+        grandom.manual_seed(0)
+        layer = make().astype(dtype)
+        rng = np.random.default_rng(4)
+        layer.weight.data[:] = rng.uniform(0.5, 1.5, 3)
+        layer.bias.data[:] = rng.standard_normal(3)
+        out = []
+        for _ in range(3):
+            x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+            x = x.transpose(1, 0, *range(2, x.ndim)).copy().transpose(1, 0, *range(2, x.ndim))  # non-contiguous
+            out += [layer(x), layer.backward(rng.standard_normal(shape).astype(dtype))]
+        out += [layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var]
+        return out
+    numba_path = run()
+    monkeypatch.setattr(norm_module, "_on_cpu", lambda *arrays: False)
+    array_code = run()
+    for i, (a, b) in enumerate(zip(numba_path, array_code)):
+        assert a.dtype == dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"result {i}")

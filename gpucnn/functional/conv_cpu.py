@@ -201,6 +201,17 @@ def over_parts(fn, N, parts):
     return [first] + [f.result() for f in futures]
 
 
+_ELEMENTS_PER_THREAD = 1 << 17   # fewer elements a thread: a thread costs more than it saves
+
+
+def over_items(kernel_fn, items, elements, *args):
+    """[kernel_fn(*args, i0, i1) for the parts [i0, i1) of range(items)] (planes
+    of a pool, channels of a batch norm), split across threads when the op
+    touches enough `elements` (memory-bound work: no BLAS inside)."""
+    parts = min(items, nb.get_num_threads(), max(1, elements // _ELEMENTS_PER_THREAD))
+    return over_parts(lambda i0, i1: kernel_fn(*args, i0, i1), items, parts)
+
+
 def _over_samples(fn, N, flops):
     """over_parts with up to numba.get_num_threads() parts, fewer for small ops
     (under _FLOPS_PER_THREAD a thread), the BLAS at one thread. Only an op

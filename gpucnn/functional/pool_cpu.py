@@ -23,9 +23,7 @@ import numba as nb
 import numpy as np
 
 from ._args import output_shape
-from .conv_cpu import as5d, lift3, over_parts
-
-_ELEMENTS_PER_THREAD = 1 << 17   # fewer elements a thread: a thread costs more than it saves
+from .conv_cpu import as5d, lift3, over_items
 
 
 @nb.njit(inline="always")
@@ -167,19 +165,12 @@ def _geometry(kernel, stride, padding):
     return lift3(kernel, 1), lift3(stride, 1), lift3(padding, 0)
 
 
-def _over_planes(kernel_fn, planes, elements, *args):
-    """[kernel_fn(*args, p0, p1) for the parts [p0, p1) of range(planes)], split
-    across threads when large."""
-    parts = min(planes, nb.get_num_threads(), max(1, elements // _ELEMENTS_PER_THREAD))
-    return over_parts(lambda p0, p1: kernel_fn(*args, p0, p1), planes, parts)
-
-
 def max_forward(x, kernel, stride, padding):
     shape = x.shape[:2] + output_shape(x.shape[2:], kernel, stride, padding)
     y = np.empty(shape, x.dtype)
     arg = np.empty(shape, np.int32)
     x4 = _as4d(x)
-    _over_planes(_max_forward, x4.shape[0], x.size,
+    over_items(_max_forward, x4.shape[0], x.size,
                  x4, *_geometry(kernel, stride, padding), _as4d(y), _as4d(arg))
     return y, arg
 
@@ -191,7 +182,7 @@ def max_backward(dy, argmax, x_shape, geometry):
     that argmax indexes the input plane (_args.check_argmax_range)."""
     NC, plane, P = x_shape[0] * x_shape[1], int(np.prod(x_shape[2:])), int(np.prod(dy.shape[2:]))
     dx = np.empty(x_shape, dy.dtype)
-    _over_planes(_max_backward, NC, dx.size, np.ascontiguousarray(dy).reshape(NC, P),
+    over_items(_max_backward, NC, dx.size, np.ascontiguousarray(dy).reshape(NC, P),
                  np.ascontiguousarray(argmax).reshape(NC, P), dx.reshape(NC, plane))
     return dx
 
@@ -199,7 +190,7 @@ def max_backward(dy, argmax, x_shape, geometry):
 def avg_forward(x, kernel, stride, padding):
     y = np.empty(x.shape[:2] + output_shape(x.shape[2:], kernel, stride, padding), x.dtype)
     x4 = _as4d(x)
-    _over_planes(_avg_forward, x4.shape[0], x.size,
+    over_items(_avg_forward, x4.shape[0], x.size,
                  x4, *_geometry(kernel, stride, padding), _as4d(y))
     return y
 
@@ -207,6 +198,6 @@ def avg_forward(x, kernel, stride, padding):
 def avg_backward(dy, x_shape, kernel, stride, padding):
     dx = np.empty(x_shape, dy.dtype)
     dx4 = _as4d(dx)
-    _over_planes(_avg_backward, dx4.shape[0], dx.size,
+    over_items(_avg_backward, dx4.shape[0], dx.size,
                  _as4d(dy), *_geometry(kernel, stride, padding), dx4)
     return dx

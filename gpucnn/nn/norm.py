@@ -18,12 +18,21 @@ Per-channel sums run as a contiguous reduce over (N, C, spatial) -> (N, C)
 NumPy than reducing over axes (0, 2, 3) with fresh temporaries.
 In eval mode the layer is a fixed affine map and caches nothing (no backward).
 On the GPU the elementwise steps are fused launches (gpucnn.fused_gpu): the
-same formulas, with the per-channel sums still taken by CuPy.
+same formulas, with the per-channel sums still taken by CuPy. On the CPU,
+training runs Numba kernels (norm_cpu: the same formulas in 3 passes forward
+and 2 backward, sums in float64). Inputs of mixed dtypes take the array code
+below on either device, which promotes as NumPy does.
 """
 import numpy as np
 
 from .. import backend, fused_gpu
+from . import norm_cpu
 from .module import Module, Parameter
+
+
+def _on_cpu(*arrays):
+    """True when every array is a NumPy array of one dtype (norm_cpu's case)."""
+    return all(isinstance(a, np.ndarray) for a in arrays) and len({a.dtype for a in arrays}) == 1
 
 
 def _channel_sum(a):
@@ -71,6 +80,11 @@ class _BatchNorm(Module):
                              f"got input shape {tuple(x.shape)}")
         if fused:
             return self._forward_gpu(x, shape, m)
+        if _on_cpu(x, self.weight.data, self.running_mean):
+            y, xhat, mu, var, inv_std = norm_cpu.forward(x, self.eps, self.weight.data, self.bias.data)
+            self._update_running(mu, var * (m / (m - 1)))
+            self._save(xhat, inv_std)
+            return y
         xp = backend.get_array_module(x)
         mu = _channel_sum(x) / m
         centered = x - mu.reshape(shape)
@@ -109,10 +123,16 @@ class _BatchNorm(Module):
         xhat, inv_std = self._take()
         shape = self._channel_shape(dout)
         m = dout.size // dout.shape[1]
+        fused = fused_gpu.applies(dout, xhat)
+        if not fused and _on_cpu(dout, xhat, self.weight.data):
+            dx, dweight, dbias = norm_cpu.backward(dout, xhat, self.weight.data, inv_std)
+            self.weight.accumulate(dweight)
+            self.bias.accumulate(dbias)
+            return dx
         dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
         self.weight.accumulate(dweight)
         self.bias.accumulate(dbias)
-        if fused_gpu.applies(dout, xhat):
+        if fused:
             return fused_gpu.batch_norm_backward(dout, xhat, dweight.reshape(shape), dbias.reshape(shape), m,
                                                  self.weight.data.reshape(shape), inv_std.reshape(shape))
         dx = xhat * (-dweight / m).reshape(shape)
