@@ -48,6 +48,17 @@ def is_gpu_array(a):
     return cupy is not None and isinstance(a, cupy.ndarray)
 
 
+def one_device_and_dtype(*arrays):
+    """'gpu' when every array is a CuPy array, 'cpu' when every one is a NumPy
+    array, and they share one dtype; else None (the fused and Numba paths need
+    that; mixed inputs take the array code, which promotes as NumPy does)."""
+    if len({a.dtype for a in arrays}) != 1:
+        return None
+    if all(is_gpu_array(a) for a in arrays):
+        return "gpu"
+    return "cpu" if all(isinstance(a, np.ndarray) for a in arrays) else None
+
+
 def get_array_module(*arrays):
     """cupy if any argument is a CuPy array, else numpy (like cupy.get_array_module)."""
     if cupy is not None:

@@ -23,7 +23,7 @@ from .kernel_loader import elementwise_kernel
 
 def applies(*arrays):
     """True when every array is a CuPy array of one dtype (the fused kernels' case)."""
-    return all(backend.is_gpu_array(a) for a in arrays) and len({a.dtype for a in arrays}) == 1
+    return backend.one_device_and_dtype(*arrays) == "gpu"
 
 # ---- optimizers (in place on p and the state arrays) -------------------------
 

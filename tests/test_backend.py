@@ -75,3 +75,10 @@ def test_grid_limit():
     assert kernel_loader.grid_1d(257, 256) == (2,)
     with pytest.raises(ValueError, match="grid limit"):
         kernel_loader.grid_1d(2**31 * 256 + 1, 256)
+
+
+def test_one_device_and_dtype():
+    a32, b32, a64 = np.zeros(2, np.float32), np.ones(3, np.float32), np.zeros(2)
+    assert backend.one_device_and_dtype(a32, b32) == "cpu"
+    assert backend.one_device_and_dtype(a32, a64) is None          # mixed dtypes
+    assert backend.one_device_and_dtype(a32, np.float32(1.0)) is None  # a scalar is not an array

@@ -32,7 +32,7 @@ from .module import Module, Parameter
 
 def _on_cpu(*arrays):
     """True when every array is a NumPy array of one dtype (norm_cpu's case)."""
-    return all(isinstance(a, np.ndarray) for a in arrays) and len({a.dtype for a in arrays}) == 1
+    return backend.one_device_and_dtype(*arrays) == "cpu"
 
 
 def _channel_sum(a):

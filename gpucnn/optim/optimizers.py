@@ -288,13 +288,13 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = _zeros_like(p.data)
         state["step"] += 1
         t = state["step"]
-        xp = backend.get_array_module(p.data)
         (beta1, beta2), lr = group["betas"], group["lr"]
         if fused_gpu.applies(p.data, g) and not group["amsgrad"]:  # one fused launch
             fused_gpu.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1,
                                 beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                                 decoupled=self.decoupled_weight_decay, t=t)
             return
+        xp = backend.get_array_module(p.data)
         if self.decoupled_weight_decay:
             p.data *= 1 - lr * group["weight_decay"]
         else:
