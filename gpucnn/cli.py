@@ -5,7 +5,10 @@ sub-parser and sets `func=run` on it.
 """
 import argparse
 import importlib
+import os
 import sys
+
+from .commands.errors import EXIT_USAGE, CommandError
 
 COMMANDS = (
     "gpucnn.commands.train",     # gpucnn train
@@ -26,7 +29,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except CommandError as exc:
+        if os.environ.get("GPUCNN_DEBUG") == "1":
+            raise
+        print(f"gpucnn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
