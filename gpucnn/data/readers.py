@@ -94,11 +94,18 @@ def read_cifar10_batch(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected a CIFAR-10 python batch)")
     with open(path, "rb") as f:
+        head = f.read(2)
+        if len(head) < 2 or head[0] != 0x80:  # CIFAR's batches are protocol-2 pickles: PROTO opcode first
+            raise ValueError(f"{path}: not a CIFAR-10 python batch (not a pickle of protocol 2 or later; "
+                             f"starts with {head!r})")
+        f.seek(0)
         try:
             batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-        except EOFError as exc:
-            raise ValueError(f"{path}: truncated CIFAR-10 python batch (the pickle ends early)") from exc
-        except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        except (EOFError, pickle.UnpicklingError) as exc:
+            if isinstance(exc, EOFError) or "truncated" in str(exc):
+                raise ValueError(f"{path}: truncated CIFAR-10 python batch (the pickle ends early)") from exc
+            raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
