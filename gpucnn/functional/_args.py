@@ -201,9 +201,11 @@ def check_argmax(op, dy, argmax):
         raise TypeError(f"{op}: argmax must be an int32 array, got {type(argmax).__name__}")
     if backend.is_gpu_array(argmax) != backend.is_gpu_array(dy):
         raise TypeError(f"{op}: cannot mix NumPy and CuPy arrays (dy and argmax)")
-    if np.dtype(argmax.dtype) != np.int32 or tuple(argmax.shape) != tuple(dy.shape):
+    if np.dtype(argmax.dtype) != np.int32:
         raise TypeError(f"{op}: argmax must be int32 with dy's shape {tuple(dy.shape)}, "
                         f"got {argmax.dtype} {tuple(argmax.shape)}")
+    if tuple(argmax.shape) != tuple(dy.shape):  # a shape error, like every other
+        raise ValueError(f"{op}: argmax must have dy's shape {tuple(dy.shape)}, got {tuple(argmax.shape)}")
 
 
 def check_argmax_range(op, argmax, x_shape):

@@ -23,7 +23,7 @@ from ._dispatch import gpu_kwargs, implementation
 def _forward(op, nd, x, w, b, stride, padding, version):
     xp, a = _args.conv_forward_args(op, nd, x, w, b, stride, padding)
     impl = implementation("conv", xp, nd)
-    y = impl.forward(x, w, a.stride, a.padding, **gpu_kwargs(xp, version))
+    y = impl.forward(x, w, a.stride, a.padding, **gpu_kwargs(xp, version, "conv", nd, "forward"))
     if b is not None:
         y += b.reshape((1, -1) + (1,) * nd)
     return y
@@ -32,13 +32,15 @@ def _forward(op, nd, x, w, b, stride, padding, version):
 def _backward_data(op, nd, dy, w, x_shape, stride, padding, version):
     xp, a = _args.conv_backward_data_args(op, nd, dy, w, x_shape, stride, padding)
     impl = implementation("conv", xp, nd)
-    return impl.backward_data(dy, w, a.x_shape, a.stride, a.padding, **gpu_kwargs(xp, version))
+    return impl.backward_data(dy, w, a.x_shape, a.stride, a.padding,
+                              **gpu_kwargs(xp, version, "conv", nd, "backward_data"))
 
 
 def _backward_filter(op, nd, dy, x, w_shape, stride, padding, version):
     xp, a = _args.conv_backward_filter_args(op, nd, dy, x, w_shape, stride, padding)
     impl = implementation("conv", xp, nd)
-    return impl.backward_filter(dy, x, a.w_shape, a.stride, a.padding, **gpu_kwargs(xp, version))
+    return impl.backward_filter(dy, x, a.w_shape, a.stride, a.padding,
+                                **gpu_kwargs(xp, version, "conv", nd, "backward_filter"))
 
 
 def conv1d(x, w, b=None, stride=1, padding=0, *, version=None):

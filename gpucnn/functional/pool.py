@@ -23,7 +23,7 @@ from ._dispatch import gpu_kwargs, implementation
 def _max_forward(op, nd, x, kernel_size, stride, padding, version):
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
     return implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding,
-                                                      **gpu_kwargs(xp, version))
+                                                      **gpu_kwargs(xp, version, "pool", nd, "max_forward"))
 
 
 def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, version):
@@ -37,19 +37,19 @@ def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, ver
         xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax)
         x_shape, geometry = a.x_shape, (a.kernel, a.stride, a.padding)
     return implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, geometry,
-                                                       **gpu_kwargs(xp, version))
+                                                       **gpu_kwargs(xp, version, "pool", nd, "max_backward"))
 
 
 def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
     return implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
-                                                      **gpu_kwargs(xp, version))
+                                                      **gpu_kwargs(xp, version, "pool", nd, "avg_forward"))
 
 
 def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding, version):
     xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding)
     return implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
-                                                       **gpu_kwargs(xp, version))
+                                                       **gpu_kwargs(xp, version, "pool", nd, "avg_backward"))
 
 
 def max_pool1d(x, kernel_size, stride=None, padding=0, *, version=None):
