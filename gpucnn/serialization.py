@@ -27,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-from . import backend
+from . import backend, safetensors_io
 from . import random as grandom
 
 MANIFEST = "__gpucnn__"
@@ -119,9 +119,22 @@ def _atomic_write(path, write):
             os.close(dir_fd)
 
 
-def save(obj, path):
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` atomically (see the module docstring)."""
+    _atomic_write(os.fspath(path), lambda f: f.write(data))
+
+
+def save(obj, path, format=None):
     """Save a dict (a state_dict, an optimizer state, a checkpoint) to `path`
-    (written as given; no suffix is added)."""
+    (written as given; no suffix is added). format: "npz" (gpucnn's format,
+    any nesting), "safetensors" (a flat state dict, readable by PyTorch; see
+    safetensors_io) or None: safetensors when the path ends in .safetensors."""
+    if format is None:
+        format = "safetensors" if os.fspath(path).endswith(safetensors_io.SUFFIX) else "npz"
+    if format == "safetensors":
+        return safetensors_io.save_file(obj, path, atomic_write_bytes)
+    if format != "npz":
+        raise ValueError(f"gpucnn.save: format must be 'npz' or 'safetensors', got {format!r}")
     if not isinstance(obj, dict):
         raise TypeError(f"gpucnn.save: expected a dict, got {type(obj).__name__}")
     path = os.fspath(path)
@@ -139,10 +152,13 @@ def save(obj, path):
 
 
 def load(path):
-    """Read a file written by `save` -> dict (NumPy arrays, Python values)."""
+    """Read a file written by `save` (either format, told apart by its first
+    bytes) -> dict (NumPy arrays, Python values)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"gpucnn.load: no such file: {path!r}")
+    if safetensors_io.is_safetensors(path):
+        return safetensors_io.load_file(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile) or MANIFEST not in npz.files:
