@@ -10,7 +10,7 @@ safetensors.torch.load_file into a torch module of the same architecture,
 and the other way round.
 
     save_file(state, path)   a flat {str: array} dict (NumPy or CuPy), written atomically
-    load_file(path)          -> {str: NumPy array}
+    load_file(path)          -> {str: NumPy array} (in the saved order)
     is_safetensors(path)     sniffs the header (gpucnn.load uses it)
 """
 import json
@@ -23,6 +23,7 @@ from . import backend
 
 SUFFIX = ".safetensors"
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+KEY_ORDER = "gpucnn.key_order"   # header metadata: the saved dict's key order (JSON list)
 
 
 def _safetensors():
@@ -60,13 +61,14 @@ def save_file(state, path, write_atomically):
                             f"safetensors file holds only arrays (a flat state dict). Save nested or "
                             f"non-array values (optimizer state, checkpoints) with format='npz'")
         arrays[key] = np.ascontiguousarray(backend.to_cpu(value))
-    write_atomically(path, _safetensors().save(arrays))
+    # the library lays tensors out by dtype and name; the header's metadata keeps the dict's order
+    metadata = {"format": "pt", KEY_ORDER: json.dumps(list(arrays))}
+    write_atomically(path, _safetensors().save(arrays, metadata=metadata))
 
 
 def load_file(path):
-    """{name: NumPy array} from a .safetensors file, in the order of the data in
-    the file (the writer's order, e.g. PyTorch's state_dict order; the JSON
-    header itself is sorted by name)."""
+    """{name: NumPy array} from a .safetensors file, in the saved dict's order
+    when gpucnn wrote it, else in the order of the data in the file."""
     from .serialization import SerializationError
     try:
         with open(path, "rb") as f:
@@ -78,6 +80,12 @@ def load_file(path):
     except Exception as exc:  # includes the Rust reader's SafetensorError
         raise SerializationError(f"gpucnn.load: {os.fspath(path)!r} is not a readable safetensors file "
                                  f"(truncated or corrupt): {type(exc).__name__}: {exc}") from exc
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
     order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    try:
+        saved = json.loads(metadata.get(KEY_ORDER, "[]"))
+    except ValueError:
+        saved = []
+    if sorted(saved) == sorted(order):
+        order = saved
     return {k: arrays[k] for k in order}
