@@ -60,7 +60,7 @@ def save_file(state, path, write_atomically):
             raise TypeError(f"gpucnn.save(format='safetensors'): {key!r} is a {type(value).__name__}; a "
                             f"safetensors file holds only arrays (a flat state dict). Save nested or "
                             f"non-array values (optimizer state, checkpoints) with format='npz'")
-        arrays[key] = np.ascontiguousarray(backend.to_cpu(value))
+        arrays[key] = np.require(backend.to_cpu(value), requirements="C")  # keeps 0-d arrays 0-d
     # the library lays tensors out by dtype and name; the header's metadata keeps the dict's order
     metadata = {"format": "pt", KEY_ORDER: json.dumps(list(arrays))}
     write_atomically(path, _safetensors().save(arrays, metadata=metadata))
