@@ -8,7 +8,7 @@ import pytest
 
 import gpucnn
 from gpucnn import cli, inference, models, serialization
-from gpucnn.data import FASHION_MNIST_CLASSES, Normalize, load_dataset, read_idx_images
+from gpucnn.data import FASHION_MNIST_CLASSES, Normalize, load_dataset
 from gpucnn.data.datasets import FASHION_MNIST_DIR
 from gpucnn.image_files import read_image
 from gpucnn.nn.loss import softmax
@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
 
 
 def _untrained_checkpoint(path, name, input_shape, classes, normalize, seed=0):
+    """A fresh zoo model saved with metadata (predictions need no training to be compared)."""
     gpucnn.manual_seed(seed)
     model = models.build(name, input_shape[0], len(classes), input_shape[1])
     meta = inference.ModelMetadata(name, {"in_channels": input_shape[0], "num_classes": len(classes),
@@ -104,10 +105,13 @@ def test_eval_reproduces_the_test_accuracy_training_reported(trained, tmp_path, 
     assert f"test accuracy {metrics['test_accuracy']:.4f}" in out and "support" in out
 
 
-def test_eval_reproduces_training_after_early_stopping(tmp_path):
+def test_eval_reproduces_training_after_early_stopping(tmp_path, capsys):
+    """Early stopping restores an earlier epoch's weights after the last per-epoch
+    checkpoint: training re-writes the checkpoint with the weights it tests."""
     ckpt, metrics = tmp_path / "es.ckpt", tmp_path / "m.json"
-    assert cli.main(["train", *TINY, "--model", "lenet5", "--epochs", "4", "--lr", "0.05", "--early-stopping", "1",
+    assert cli.main(["train", *TINY, "--model", "lenet5", "--epochs", "6", "--lr", "0.01", "--early-stopping", "1",
                      "--checkpoint", str(ckpt), "--metrics-out", str(metrics)]) == 0
+    assert "restored the weights of epoch 3" in capsys.readouterr().out  # this run does stop early
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["test_accuracy"] == \
         json.loads(metrics.read_text())["test_accuracy"]
@@ -136,46 +140,39 @@ def _predict_json(tmp_path, ckpt, files, *extra):
     return rc, json.loads(out.read_text())
 
 
-def test_png_files_predict_as_the_in_memory_pipeline(tmp_path):
-    """uint8 images -> PNG -> predict gives bitwise the probabilities of the dataset
-    path (uint8 / 255 -> Normalize -> model), for every file."""
-    raw, data = _uint8_dataset(tmp_path)
-    ds = load_dataset("npz", data)
-    norm = Normalize.fit(ds.x_train)
-    model = _untrained_checkpoint(tmp_path / "m.ckpt", "lenet_bn", (1, 10, 10), ("a", "b", "c"), norm)
+def _check_png_pipeline(tmp_path, ds, name, n=4):
+    """The first n test images of dataset `ds` (in memory: uint8 / 255) saved as 8-bit PNG
+    files: `gpucnn predict` gives bitwise the probabilities of the in-memory pipeline
+    (Normalize, then the model), for every file, and the classes in order."""
+    norm = Normalize.fit(ds.x_train[:500])
+    c, h, _ = ds.input_shape
+    model = _untrained_checkpoint(tmp_path / "m.ckpt", name, (c, h, h), ds.classes, norm)
     files = []
-    for i, img in enumerate(raw):
+    for i, img in enumerate(ds.x_test[:n, 0]):
         files.append(tmp_path / f"img{i}.png")
-        PIL.fromarray(img).save(files[-1])
-    rc, result = _predict_json(tmp_path, tmp_path / "m.ckpt", files, "--top", "3")
+        PIL.fromarray((img * 255).round().astype(np.uint8)).save(files[-1])  # exact: pixels are k / 255
+    rc, result = _predict_json(tmp_path, tmp_path / "m.ckpt", files, "--top", str(len(ds.classes)))
     assert rc == 0
-    expected = _in_memory_proba(model, norm, ds.x_test)
+    expected = _in_memory_proba(model, norm, ds.x_test[:n])
     got = np.array([[t["probability"] for t in sorted(p["top"], key=lambda t: t["class_index"])]
                     for p in result["predictions"]])
     np.testing.assert_array_equal(got, expected)
     for p, row in zip(result["predictions"], expected):
-        assert p["class_index"] == int(row.argmax()) and p["class_name"] == "abc"[p["class_index"]]
+        assert p["class_index"] == int(row.argmax()) and p["class_name"] == ds.classes[p["class_index"]]
         assert p["probability"] == p["top"][0]["probability"] == float(row.max())
         assert [t["probability"] for t in p["top"]] == sorted((t["probability"] for t in p["top"]), reverse=True)
 
 
+def test_png_files_predict_as_the_in_memory_pipeline(tmp_path):
+    _, data = _uint8_dataset(tmp_path)
+    _check_png_pipeline(tmp_path, load_dataset("npz", data), "lenet_bn", n=6)
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
 def test_fashion_mnist_png_predicts_as_the_in_memory_pipeline(tmp_path):
-    raw = read_idx_images(next(FASHION_MNIST_DIR.glob("t10k-images-idx3-ubyte*")))[:4]
-    x = raw[:, None].astype(np.float32) / np.float32(255.0)  # as load_dataset scales it
-    norm = Normalize(np.float32(0.2860), np.float32(0.3530))
-    model = _untrained_checkpoint(tmp_path / "f.ckpt", "lenet_bn", (1, 28, 28), FASHION_MNIST_CLASSES, norm, seed=1)
-    files = []
-    for i, img in enumerate(raw):
-        files.append(tmp_path / f"fm{i}.png")
-        PIL.fromarray(img).save(files[-1])
-    rc, result = _predict_json(tmp_path, tmp_path / "f.ckpt", files, "--top", "10")
-    assert rc == 0
-    expected = _in_memory_proba(model, norm, x)
-    for p, row in zip(result["predictions"], expected):
-        assert p["class_name"] == FASHION_MNIST_CLASSES[int(row.argmax())]
-        np.testing.assert_array_equal([t["probability"] for t in sorted(p["top"], key=lambda t: t["class_index"])],
-                                      row)
+    ds = load_dataset("fashion-mnist")
+    assert ds.classes == FASHION_MNIST_CLASSES
+    _check_png_pipeline(tmp_path, ds, "lenet_bn")
 
 
 def test_predict_reports_bad_files_and_still_predicts_the_others(trained, tmp_path, capsys):
