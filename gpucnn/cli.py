@@ -16,6 +16,9 @@ COMMANDS = (
     "gpucnn.commands.summary",   # gpucnn summary
     "gpucnn.commands.search",    # gpucnn search
     "gpucnn.benchmark.command",  # gpucnn bench
+    "gpucnn.commands.evaluate",  # gpucnn eval
+    "gpucnn.commands.predict",   # gpucnn predict
+    "gpucnn.commands.export",    # gpucnn export
 )
 
 

@@ -31,7 +31,7 @@ import zipfile
 
 import numpy as np
 
-from . import backend
+from . import backend, safetensors_io
 from . import random as grandom
 
 MANIFEST = "__gpucnn__"
@@ -123,10 +123,15 @@ def _atomic_write(path, write):
             os.close(dir_fd)
 
 
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` atomically (see the module docstring): the old file
+    stays whole if the write fails (disk full, killed)."""
+    _atomic_write(os.fspath(path), lambda f: f.write(data))
+
+
 def write_text_atomic(path, text):
-    """Write a text file atomically (as the checkpoints are): the old file stays
-    whole if the write fails (disk full, killed)."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    """A text file written atomically, as the checkpoints are."""
+    atomic_write_bytes(path, text.encode())
 
 
 # Leading bytes of formats a gpucnn file is mistaken for (checked in order).
@@ -156,9 +161,17 @@ def _not_a_zip(path):
         return f"is not a zip/.npz archive (first bytes {head[:8].hex(' ')})"
 
 
-def save(obj, path):
+def save(obj, path, format=None):
     """Save a dict (a state_dict, an optimizer state, a checkpoint) to `path`
-    (written as given; no suffix is added)."""
+    (written as given; no suffix is added). format: "npz" (gpucnn's format,
+    any nesting), "safetensors" (a flat state dict, readable by PyTorch; see
+    safetensors_io) or None: safetensors when the path ends in .safetensors."""
+    if format is None:
+        format = "safetensors" if os.fspath(path).endswith(safetensors_io.SUFFIX) else "npz"
+    if format == "safetensors":
+        return safetensors_io.save_file(obj, path, atomic_write_bytes)
+    if format != "npz":
+        raise ValueError(f"gpucnn.save: format must be 'npz' or 'safetensors', got {format!r}")
     if not isinstance(obj, dict):
         raise TypeError(f"gpucnn.save: expected a dict, got {type(obj).__name__}")
     path = os.fspath(path)
@@ -176,10 +189,13 @@ def save(obj, path):
 
 
 def load(path):
-    """Read a file written by `save` -> dict (NumPy arrays, Python values)."""
+    """Read a file written by `save` (either format, told apart by its first
+    bytes) -> dict (NumPy arrays, Python values)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"gpucnn.load: no such file: {path!r}")
+    if safetensors_io.is_safetensors(path):
+        return safetensors_io.load_file(path)
     what = _not_a_zip(path)
     if what:
         raise SerializationError(f"gpucnn.load: {path!r} {what}")

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import backend, models, protocol, serialization
+from .. import backend, inference, models, protocol, serialization
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
 from ..train import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
@@ -220,7 +220,8 @@ def run(args):
     train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None)
     val_loader = DataLoader(data.x_val, data.y_val, 512, shuffle=False) if data.x_val is not None else None
     extra = {"model": args.model, "dataset": ds.name, "input_shape": list(ds.input_shape),
-             "num_classes": ds.num_classes}
+             "num_classes": ds.num_classes,  # "inference": what gpucnn.load_model needs
+             inference.METADATA_KEY: inference.training_metadata(args.model, ds, data.normalize, args.dropout)}
 
     def on_epoch_end(rec):
         print(protocol.epoch_line(rec, args.epochs))
@@ -251,6 +252,8 @@ def run(args):
         best = max(trainer.history, key=lambda r: r["val_accuracy"])
         print(f"early stopping: no better val accuracy for {args.early_stopping} epoch(s); "
               f"restored the weights of epoch {best['epoch']}")
+        if args.checkpoint:  # the checkpoint holds the weights the test accuracy below is measured with
+            trainer.save_checkpoint(args.checkpoint, trainer.history[-1]["epoch"], extra=extra)
 
     records = [{k: (None if v is None else float(v)) if k != "epoch" else int(v) for k, v in r.items()}
                for r in trainer.history]

@@ -16,11 +16,13 @@ The 1-D and 3-D ops are the same sums over one and three spatial offsets.
 `version` picks the GPU kernel version (None = by shape, the faster one on
 an H100: see _gpu_launch.resolve_version); it is ignored on the CPU.
 """
+from .. import backend
 from . import _args
 from ._dispatch import gpu_kwargs, implementation
 
 
 def _forward(op, nd, x, w, b, stride, padding, version):
+    x, w, b = map(backend.dlpack_or_same, (x, w, b))  # DLPack inputs (PyTorch, JAX): zero-copy views
     xp, a = _args.conv_forward_args(op, nd, x, w, b, stride, padding)
     impl = implementation("conv", xp, nd)
     y = impl.forward(x, w, a.stride, a.padding, **gpu_kwargs(xp, version, "conv", nd, "forward"))
@@ -30,6 +32,7 @@ def _forward(op, nd, x, w, b, stride, padding, version):
 
 
 def _backward_data(op, nd, dy, w, x_shape, stride, padding, version):
+    dy, w = map(backend.dlpack_or_same, (dy, w))
     xp, a = _args.conv_backward_data_args(op, nd, dy, w, x_shape, stride, padding)
     impl = implementation("conv", xp, nd)
     return impl.backward_data(dy, w, a.x_shape, a.stride, a.padding,
@@ -37,6 +40,7 @@ def _backward_data(op, nd, dy, w, x_shape, stride, padding, version):
 
 
 def _backward_filter(op, nd, dy, x, w_shape, stride, padding, version):
+    dy, x = map(backend.dlpack_or_same, (dy, x))
     xp, a = _args.conv_backward_filter_args(op, nd, dy, x, w_shape, stride, padding)
     impl = implementation("conv", xp, nd)
     return impl.backward_filter(dy, x, a.w_shape, a.stride, a.padding,

@@ -16,11 +16,13 @@ windows accumulate, in a fixed order (deterministic).
 Average pooling: padding counts as zeros and is included in the divisor
 (R*S, count_include_pad in PyTorch's terms).
 """
+from .. import backend
 from . import _args
 from ._dispatch import gpu_kwargs, implementation
 
 
 def _max_forward(op, nd, x, kernel_size, stride, padding, version):
+    x = backend.dlpack_or_same(x)  # DLPack inputs (PyTorch, JAX): zero-copy views
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
     return implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding,
                                                       **gpu_kwargs(xp, version, "pool", nd, "max_forward"))
@@ -30,6 +32,7 @@ def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, ver
     """Without kernel_size the window geometry is unknown: the CPU scatters in
     output order and the GPU runs a plane-serial route (both deterministic).
     With it, each input element gathers from the windows that contain it."""
+    dy, argmax = map(backend.dlpack_or_same, (dy, argmax))
     if kernel_size is None:
         xp, x_shape = _args.max_pool_backward_args(op, nd, dy, argmax, x_shape)
         geometry = None
@@ -41,12 +44,14 @@ def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, ver
 
 
 def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
+    x = backend.dlpack_or_same(x)
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
     return implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
                                                       **gpu_kwargs(xp, version, "pool", nd, "avg_forward"))
 
 
 def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding, version):
+    dy = backend.dlpack_or_same(dy)
     xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding)
     return implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
                                                        **gpu_kwargs(xp, version, "pool", nd, "avg_backward"))
