@@ -5,8 +5,12 @@
     gpucnn.optim        torch.optim-compatible optimizers and LR schedules
     gpucnn.train        Trainer / fit
     gpucnn.save / load  state dicts in a format that never executes code
+    gpucnn.set_float32_conv_precision / float32_conv_precision   (docs/precision.md)
 """
 from . import backend, functional, random
+from . import backends
+from .precision import (float32_conv_precision, get_float32_conv_precision,
+                        set_float32_conv_precision)
 from .backend import get_array_module, gpu_available, to_cpu, to_gpu
 from .random import manual_seed
 from .serialization import load, load_checkpoint, save, save_checkpoint

@@ -16,11 +16,14 @@ forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 from .. import kernel_loader
 from ._args import output_shape
 from ._gpu_launch import (BLOCK, TILE, TILE_K, as_2d, check_gemm_size, geometry_2d,
-                          resolve_version, run_if_nonempty)
+                          run_if_nonempty, select_version)
 
 FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
 VERSIONS = {"forward": (1, 2), "backward_data": (1, 2), "backward_filter": (1, 2)}
+# Versions that run on tensor cores (float32 only; the precision picks TF32,
+# BF16 or 3xTF32 inside them).
+TENSOR_CORE = ()
 
 # Every kernel these launchers use, with its file (the tests check the names).
 KERNELS = {
@@ -48,10 +51,18 @@ def _plan(N, C, H, W, K, R, S, stride, padding):
     return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding)
 
 
-def forward(x, w, stride, padding, version=None):
+def _select(direction, version, precision, dtype, gemm_rows, shapes, run):
+    """select_version for this module's table (autotune keyed by op and shapes)."""
+    return select_version(VERSIONS, direction, version, gemm_rows=gemm_rows, dtype=dtype,
+                          precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run)
+
+
+def forward(x, w, stride, padding, version=None, precision="highest"):
     """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C, R, S) or (K, C, S)."""
     op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
-    v = resolve_version(VERSIONS, "forward", version, gemm_rows=w.shape[0])
+    v = _select("forward", version, precision, x.dtype, w.shape[0],
+                dict(x=x.shape, w=w.shape, s=stride, p=padding),
+                lambda v: forward(x, w, stride, padding, v, precision))
     nd = x.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     x4, w4 = as_2d(x), as_2d(w)
@@ -71,10 +82,12 @@ def forward(x, w, stride, padding, version=None):
     return y if nd == 2 else y.reshape(N, K, Wo)
 
 
-def backward_data(dy, w, x_shape, stride, padding, version=None):
+def backward_data(dy, w, x_shape, stride, padding, version=None, precision="highest"):
     """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C, R, S) (or 1-D)."""
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
-    v = resolve_version(VERSIONS, "backward_data", version, gemm_rows=w.shape[1])
+    v = _select("backward_data", version, precision, dy.dtype, w.shape[1],
+                dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding),
+                lambda v: backward_data(dy, w, x_shape, stride, padding, v, precision))
     nd = dy.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     dy4, w4 = as_2d(dy), as_2d(w)
@@ -105,11 +118,13 @@ def filter_split(K, crs, kgemm):
     return -(-kgemm // chunk), chunk
 
 
-def backward_filter(dy, x, w_shape, stride, padding, version=None):
+def backward_filter(dy, x, w_shape, stride, padding, version=None, precision="highest"):
     """dw of shape w_shape from dy (N, K, Ho, Wo) and x (N, C, H, W) (or 1-D).
     Deterministic: no atomics, every sum in a fixed order."""
     op = "conv2d_backward_filter" if x.ndim == 4 else "conv1d_backward_filter"
-    v = resolve_version(VERSIONS, "backward_filter", version)
+    v = _select("backward_filter", version, precision, x.dtype, None,
+                dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding),
+                lambda v: backward_filter(dy, x, w_shape, stride, padding, v, precision))
     nd = x.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     dy4, x4 = as_2d(dy), as_2d(x)
