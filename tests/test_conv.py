@@ -18,7 +18,9 @@ from gpucnn.testing import reference as ref
 # ||out - ref|| / ||ref|| bound per dtype (float32 sums of <= 16*5*5 products)
 REL_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
-CONV_GPU_VERSIONS = (1, 2)   # must equal gpucnn.functional.conv_gpu.VERSIONS[direction]
+CONV_GPU_VERSIONS = (1, 2)   # swept here in every direction
+# Tensor-core versions, swept per precision in tests/test_tensor_core_emulated.py (and on a GPU there).
+TC_VERSIONS = {"forward": (3,)}
 BACKENDS = ["cpu"] + [pytest.param(("gpu", v), marks=pytest.mark.gpu, id=f"gpu-v{v}")
                       for v in CONV_GPU_VERSIONS]
 # 3-D runs in conv3d_gpu / pool3d_gpu, and the pools take no version: default kernel only
@@ -215,7 +217,7 @@ def test_conv_backward_filter_is_deterministic(run, backend):
 @pytest.mark.parametrize("direction", ["forward", "backward_data", "backward_filter"])
 def test_conv_gpu_versions_are_all_tested(direction):  # a registry check: no GPU needed
     from gpucnn.functional import conv_gpu
-    assert tuple(conv_gpu.VERSIONS[direction]) == CONV_GPU_VERSIONS
+    assert tuple(conv_gpu.VERSIONS[direction]) == CONV_GPU_VERSIONS + TC_VERSIONS.get(direction, ())
 
 
 @pytest.mark.parametrize("layout", ["transposed", "sliced"])
