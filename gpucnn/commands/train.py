@@ -124,6 +124,15 @@ def prepare_outputs(*paths):
             raise CommandError(f"cannot write {path}: folder {folder} is not writable; choose another path")
 
 
+def split_data(ds, val_split, args):
+    """protocol.prepare_data, with a split that leaves a part empty as a user error."""
+    try:
+        return protocol.prepare_data(ds, val_split, args.subset, args.seed)
+    except ValueError as exc:
+        raise CommandError(f"cannot split the training set: {exc}; use a larger --subset or a smaller "
+                           f"--val-split") from None
+
+
 def resolve_device(choice):
     try:
         return backend.resolve_device(choice)
@@ -196,7 +205,7 @@ def run(args):
     ds = load_data(args)
     if resume_state is not None:
         check_resume_matches_data(args, resume_state, ds)
-    data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
+    data = split_data(ds, args.val_split, args)
     trainer = protocol.make_trainer(
         args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
