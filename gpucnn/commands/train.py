@@ -150,7 +150,7 @@ def read_resume_checkpoint(args):
                            f"gpucnn train --checkpoint") from None
     except serialization.SerializationError as exc:
         raise CommandError(f"--resume: {exc}; give a checkpoint written by gpucnn train --checkpoint") from None
-    user = ((state.get("extra") or {}).get("user") or {}) if isinstance(state.get("extra"), dict) else {}
+    user = _saved_arguments(state)
     if user.get("model") not in (None, args.model):
         raise CommandError(f"--resume {args.resume} holds a {user['model']!r} model, but --model is "
                            f"{args.model!r}; pass --model {user['model']}")
@@ -161,8 +161,15 @@ def read_resume_checkpoint(args):
     return state
 
 
+def _saved_arguments(state):
+    """The {"model", "dataset", ...} a checkpoint was trained with ({} if it does not say)."""
+    extra = state.get("extra")
+    user = extra.get("user") if isinstance(extra, dict) else None
+    return user if isinstance(user, dict) else {}
+
+
 def check_resume_matches_data(args, state, ds):
-    user = (state.get("extra") or {}).get("user") or {}
+    user = _saved_arguments(state)
     if user.get("dataset") not in (None, ds.name):
         raise CommandError(f"--resume {args.resume} was trained on {user['dataset']!r}, but this run loads "
                            f"{ds.name!r}; pass --dataset {user['dataset']} (and its --data-dir)")
@@ -244,7 +251,7 @@ def run(args):
     except KeyboardInterrupt:
         path = args.checkpoint or INTERRUPT_CHECKPOINT
         done = trainer.history[-1]["epoch"] if trainer.history else start_epoch
-        trainer.save_checkpoint(path, done, extra=extra)
+        save_or_fail("checkpoint", path, lambda: trainer.save_checkpoint(path, done, extra=extra))
         print(f"\ninterrupted: saved a checkpoint after epoch {done} to {path}; "
               f"continue with --resume {path}", file=sys.stderr)
         return 130
