@@ -53,6 +53,8 @@ CASES = [
     ("pool-stride-0", lambda: F.max_pool2d(X, 2, stride=0), ValueError, r"max_pool2d: stride .*\(0, 0\)"),
     ("pool-padding-neg", lambda: F.avg_pool2d(X, 3, padding=(0, -1)), ValueError,
      r"avg_pool2d: padding .*\(0, -1\)"),
+    ("pool-empty-spatial", lambda: F.max_pool1d(np.ones((1, 1, 0), np.float32), 4, 1, 2), ValueError,
+     r"max_pool1d: input \(1, 1, 0\) has an empty spatial dimension"),
     ("pool-padding-over-half", lambda: F.max_pool2d(X, 3, padding=2), ValueError,
      r"max_pool2d: padding \(2, 2\) .*half.*\(3, 3\)"),
     ("pool-int-dtype", lambda: F.max_pool2d(X.astype(np.int8), 2), TypeError, r"max_pool2d: x .*int8"),

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import protocol
 from .errors import CommandError, nonnegative_float, nonnegative_int, positive_float, positive_int, ranged
-from .train import add_common_arguments, load_data, prepare_outputs, resolve_device
+from .train import add_common_arguments, load_data, prepare_outputs, resolve_device, split_data
 
 
 def add_parser(subparsers):
@@ -46,7 +46,10 @@ def run(args):
     device = resolve_device(args.device)
     ds = load_data(args)
     val_split = 0.0 if args.k_folds else (args.val_split or 0.1)
-    data = protocol.prepare_data(ds, val_split, args.subset, args.seed)
+    data = split_data(ds, val_split, args)
+    if args.k_folds and args.k_folds > len(data.x_train):
+        raise CommandError(f"--k-folds {args.k_folds} is more than the {len(data.x_train)} training images; "
+                           f"pass a smaller --k-folds or a larger --subset")
     space = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
              "optimizer": args.optimizer}
     configs = protocol.search_space(args.mode, space, args.trials, args.seed)

@@ -124,6 +124,15 @@ def prepare_outputs(*paths):
             raise CommandError(f"cannot write {path}: folder {folder} is not writable; choose another path")
 
 
+def split_data(ds, val_split, args):
+    """protocol.prepare_data, with a split that leaves a part empty as a user error."""
+    try:
+        return protocol.prepare_data(ds, val_split, args.subset, args.seed)
+    except ValueError as exc:
+        raise CommandError(f"cannot split the training set: {exc}; use a larger --subset or a smaller "
+                           f"--val-split") from None
+
+
 def resolve_device(choice):
     try:
         return backend.resolve_device(choice)
@@ -141,7 +150,7 @@ def read_resume_checkpoint(args):
                            f"gpucnn train --checkpoint") from None
     except serialization.SerializationError as exc:
         raise CommandError(f"--resume: {exc}; give a checkpoint written by gpucnn train --checkpoint") from None
-    user = ((state.get("extra") or {}).get("user") or {}) if isinstance(state.get("extra"), dict) else {}
+    user = _saved_arguments(state)
     if user.get("model") not in (None, args.model):
         raise CommandError(f"--resume {args.resume} holds a {user['model']!r} model, but --model is "
                            f"{args.model!r}; pass --model {user['model']}")
@@ -152,8 +161,15 @@ def read_resume_checkpoint(args):
     return state
 
 
+def _saved_arguments(state):
+    """The {"model", "dataset", ...} a checkpoint was trained with ({} if it does not say)."""
+    extra = state.get("extra")
+    user = extra.get("user") if isinstance(extra, dict) else None
+    return user if isinstance(user, dict) else {}
+
+
 def check_resume_matches_data(args, state, ds):
-    user = (state.get("extra") or {}).get("user") or {}
+    user = _saved_arguments(state)
     if user.get("dataset") not in (None, ds.name):
         raise CommandError(f"--resume {args.resume} was trained on {user['dataset']!r}, but this run loads "
                            f"{ds.name!r}; pass --dataset {user['dataset']} (and its --data-dir)")
@@ -196,7 +212,7 @@ def run(args):
     ds = load_data(args)
     if resume_state is not None:
         check_resume_matches_data(args, resume_state, ds)
-    data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
+    data = split_data(ds, args.val_split, args)
     trainer = protocol.make_trainer(
         args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
@@ -236,7 +252,7 @@ def run(args):
     except KeyboardInterrupt:
         path = args.checkpoint or INTERRUPT_CHECKPOINT
         done = trainer.history[-1]["epoch"] if trainer.history else start_epoch
-        trainer.save_checkpoint(path, done, extra=extra)
+        save_or_fail("checkpoint", path, lambda: trainer.save_checkpoint(path, done, extra=extra))
         print(f"\ninterrupted: saved a checkpoint after epoch {done} to {path}; "
               f"continue with --resume {path}", file=sys.stderr)
         return 130

@@ -316,6 +316,9 @@ class PoolArgs:
         self.x_shape = tuple(x_shape)
         check_geometry(op, self.x_shape[2:], self.kernel, self.stride, self.padding,
                        f"input {self.x_shape}", self.dilation)
+        if any(h < 1 for h in self.x_shape[2:]):  # every window would be padding only
+            raise ValueError(f"{op}: input {self.x_shape} has an empty spatial dimension; pooling "
+                             f"needs at least one element per window")
         if any(2 * p > k for k, p in zip(self.kernel, self.padding)):
             raise ValueError(f"{op}: padding {self.padding} must be at most half the kernel "
                              f"size {self.kernel} (input {self.x_shape})")
