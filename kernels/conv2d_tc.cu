@@ -60,8 +60,9 @@
 #define TC_MODE_BF16 1
 #define TC_MODE_3XTF32 2
 
-// Planted bugs (tests/test_tensor_core_emulated.py shows the emulator catches
-// each); only a build with -DGPUCNN_EMU_PLANTED_BUGS instantiates them.
+// Planted bugs: the kernels below instantiate PLANT = TC_PLANT_NONE only;
+// tests/test_tensor_core_emulated.py appends kernels with each bug to this
+// source for an emulator build, and shows the emulator catches every one.
 #define TC_PLANT_NONE 0
 #define TC_PLANT_LANE 1      // a1/a2 fragment registers swapped (wrong lane mapping)
 #define TC_PLANT_NO_WAIT 2   // no cp.async.wait_group before the barrier
@@ -265,18 +266,3 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_bf16_v3(
 extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_3xtf32_v3(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE>(TC_ARGS);
 }
-
-#ifdef GPUCNN_EMU_PLANTED_BUGS
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_lane_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_LANE>(TC_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_lane_bf16_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_LANE>(TC_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_no_wait_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NO_WAIT>(TC_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_swizzle_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_SWIZZLE>(TC_ARGS);
-}
-#endif

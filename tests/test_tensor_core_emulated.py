@@ -24,7 +24,7 @@ import pytest
 
 import cuda_emulator as emu
 import gpucnn.functional as F
-from gpucnn import backend
+from gpucnn import backend, kernel_loader
 from gpucnn.functional import conv_gpu
 from gpucnn.testing import reference as ref
 
@@ -100,15 +100,26 @@ def test_default_choice_uses_tensor_cores_only_when_permitted(dev):
 
 
 # ---------------------------------------------------------------------------
-# Planted bugs: one build of conv2d_tc.cu with -DGPUCNN_EMU_PLANTED_BUGS adds
-# kernels that differ from the real ones by one bug each.
+# Planted bugs: an emulator build of conv2d_tc.cu with kernels appended that
+# differ from the real ones by one bug each (the PLANT template parameter).
+
+PLANTED = "".join(
+    f"""
+extern "C" __global__ void __launch_bounds__(TC_THREADS) {name}(TC_PARAMS) {{
+    conv2d_forward_tc<{mode}, {plant}>(TC_ARGS);
+}}
+""" for name, mode, plant in [("plant_lane_tf32_v3", "TC_MODE_TF32", "TC_PLANT_LANE"),
+                               ("plant_lane_bf16_v3", "TC_MODE_BF16", "TC_PLANT_LANE"),
+                               ("plant_no_wait_tf32_v3", "TC_MODE_TF32", "TC_PLANT_NO_WAIT"),
+                               ("plant_swizzle_tf32_v3", "TC_MODE_TF32", "TC_PLANT_SWIZZLE")])
+
 
 @pytest.fixture(scope="module")
 def planted_build(cxx):
     if not emu.sanitizers_work(cxx):
         pytest.skip("no sanitizer runtime")
-    return emu.build.build(files=["conv2d_tc.cu"], defines=("-DGPUCNN_EMU_PLANTED_BUGS",),
-                           dtypes=("float32",))
+    source = kernel_loader.read_source(conv_gpu.TC_FILE) + PLANTED
+    return emu.build.build(sources={conv_gpu.TC_FILE: source}, dtypes=("float32",))
 
 
 @pytest.fixture
