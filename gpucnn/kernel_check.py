@@ -49,8 +49,11 @@ def find_nvcc():
 
 
 def scalar_variants(path):
-    """('float', 'double') when the file (with its includes) honours -DSCALAR, else (None,)."""
-    return SCALARS if "SCALAR" in kernel_loader.read_source(path.name) else (None,)
+    """('float', 'double') when the file is written over scalar_t (honours
+    -DSCALAR), else (None,): a float-only file such as conv2d_tc.cu, which
+    includes common.cuh but never names scalar_t, is compiled once."""
+    own = re.sub(r"//[^\n]*", "", path.read_text())
+    return SCALARS if re.search(r"\b(?:scalar_t|SCALAR)\b", own) else (None,)
 
 
 def parse_ptxas(text):
