@@ -30,6 +30,19 @@ import threading
 PRECISIONS = ("highest", "high", "medium")
 DEFAULT = "highest"
 
+# Documented error bound of each mode for float32 convolutions: relative L2
+# error against the float64 reference, inputs ~N(0, 1). An operand rounded to
+# p mantissa bits has relative error <= u = 2**-(p+1), a product <= 2u, and
+# independent rounding errors of the terms of a sum leave a relative L2
+# error of about u; the bounds are 2u (measured in the emulator, CPU-side:
+# docs/precision.md). float16 inputs/outputs: FLOAT16_TOLERANCE.
+TOLERANCE = {
+    "highest": 1e-5,   # DESIGN.md; 3xTF32 drops lo*lo, ~u_tf32**2 = 2.4e-7
+    "high": 1e-3,      # TF32: u = 2**-11 = 4.9e-4
+    "medium": 8e-3,    # BF16: u = 2**-8 = 3.9e-3
+}
+FLOAT16_TOLERANCE = 1e-3   # the float16 result's own rounding, u = 2**-11
+
 _lock = threading.Lock()
 _process_default = DEFAULT
 # None: no block active in this context -> the process-wide default.

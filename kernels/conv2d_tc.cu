@@ -34,9 +34,12 @@
 // copies of tile kt+2 into tile kt-1's stage, then runs the mma on tile kt.
 //
 // Indexing. The B loader decodes its column (n, i, j) once, before the main
-// loop; the Kgemm index kk -> (c, r, s) comes from a precomputed table
-// `taps` (3 ints per kk, built by the launcher), so the main loop does no
-// integer division. Flat offsets into x, w and y are 64-bit.
+// loop; the Kgemm index kk -> (c, r, s) comes from a table `taps` the
+// launcher builds, one 64-bit word per kk:
+//     (c*H*W + r*W + s) << 32 | r << 16 | s      (the launcher checks C*H*W < 2^31)
+// so a tap costs one 8-byte load, two bounds checks and one add: the main
+// loop does no integer division. The A loader walks a pointer along w's rows.
+// Flat offsets into x, w and y are 64-bit.
 //
 // Shared memory: each stage holds A as [64 rows m][16 kk] and B as [64 cols][16 kk]
 // (B transposed, so both fragments read (row, kk) pairs the same way), and
@@ -60,8 +63,9 @@
 #define TC_MODE_BF16 1
 #define TC_MODE_3XTF32 2
 
-// Planted bugs (tests/test_tensor_core_emulated.py shows the emulator catches
-// each); only a build with -DGPUCNN_EMU_PLANTED_BUGS instantiates them.
+// Planted bugs: the kernels below instantiate PLANT = TC_PLANT_NONE only;
+// tests/test_tensor_core_emulated.py appends kernels with each bug to this
+// source for an emulator build, and shows the emulator catches every one.
 #define TC_PLANT_NONE 0
 #define TC_PLANT_LANE 1      // a1/a2 fragment registers swapped (wrong lane mapping)
 #define TC_PLANT_NO_WAIT 2   // no cp.async.wait_group before the barrier
@@ -157,7 +161,7 @@ __device__ __forceinline__ void tc_stage_mma(float acc[2][4][4], const float* As
 template <int MODE, int PLANT>
 __device__ __forceinline__ void conv2d_forward_tc(
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-        const int* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
+        const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
         int Ho, int Wo, int sh, int sw, int ph, int pw) {
     __shared__ __align__(16) float As[TC_STAGES][TC_BM * TC_BK];
     __shared__ __align__(16) float Bs[TC_STAGES][TC_BN * TC_BK];
@@ -170,42 +174,44 @@ __device__ __forceinline__ void conv2d_forward_tc(
     const int kgemm = C * R * S;
     const idx_t HW = (idx_t)H * W, P = (idx_t)Ho * Wo, ncols = (idx_t)N * P;
 
-    // A loader: kk = a_kk of rows a_row + 8*e (16 consecutive floats of a w row per 16 threads).
+    // A loader: column a_kk of rows a_row + 8*e (16 consecutive floats of a w
+    // row per 16 threads); a pointer walks along the rows, 16 floats a tile.
     const int a_kk = tid & (TC_BK - 1), a_row = tid >> 4;
-    // B loader: one column for the whole loop, kk = b_kk + 2*e; decoded here, once.
+    const idx_t a_step = (idx_t)8 * kgemm;
+    const float* a_src = w + (idx_t)(m0 + a_row) * kgemm + a_kk;
+    unsigned a_rows_ok = 0;   // bit e: row a_row + 8*e < K
+    for (int e = 0; e < TC_BM / 8; ++e) a_rows_ok |= (unsigned)(m0 + a_row + 8 * e < K) << e;
+    // B loader: one column (n, i, j) for the whole loop, decoded here once;
+    // rows kk = b_kk + 2*e from the packed tap table, walked 16 entries a tile.
     const int b_col = tid & (TC_BN - 1), b_kk = tid >> 6;
     const idx_t col = col0 + b_col;
     const bool col_ok = col < ncols;
-    idx_t x_base = 0;
+    idx_t x_col = 0;   // x offset of tap (c, r, s) = (0, 0, 0) for this column (may be < 0)
     int h0 = 0, w0 = 0;
     if (col_ok) {
         const idx_t n = col / P;
         const int pq = (int)(col - n * P);
         const int i = pq / Wo, j = pq - (pq / Wo) * Wo;
-        x_base = n * C * HW;
         h0 = i * sh - ph;
         w0 = j * sw - pw;
+        x_col = n * C * HW + (idx_t)h0 * W + w0;
     }
+    const long long* tap = taps + b_kk;
 
-    auto load_tile = [&](int stage, int kt) {
-        const int k_base = kt * TC_BK;
-        const int ka = k_base + a_kk;
+    auto load_tile = [&](int stage, int k_left) {   // k_left = kgemm - this tile's first kk
         for (int e = 0; e < TC_BM / 8; ++e) {
-            const int row = a_row + 8 * e, m = m0 + row;
-            const bool ok = m < K && ka < kgemm;
-            cp_async4(&As[stage][tc_store_slot<PLANT>(row, a_kk)], ok ? w + (idx_t)m * kgemm + ka : w, ok);
+            const bool ok = ((a_rows_ok >> e) & 1) && a_kk < k_left;
+            cp_async4(&As[stage][tc_store_slot<PLANT>(a_row + 8 * e, a_kk)], ok ? a_src + e * a_step : w, ok);
         }
         for (int e = 0; e < TC_BK / 2; ++e) {
-            const int kl = b_kk + 2 * e, kk = k_base + kl;
-            const float* src = x;
-            bool ok = col_ok && kk < kgemm;
-            if (ok) {
-                const int c = taps[3 * kk], h = h0 + taps[3 * kk + 1], ww = w0 + taps[3 * kk + 2];
-                ok = in_range(h, H) && in_range(ww, W);
-                if (ok) src = x + x_base + c * HW + (idx_t)h * W + ww;
-            }
-            cp_async4(&Bs[stage][tc_store_slot<PLANT>(b_col, kl)], src, ok);
+            const int kl = b_kk + 2 * e;
+            bool ok = col_ok && kl < k_left;
+            const long long t = ok ? tap[2 * e] : 0;
+            ok = ok && in_range(h0 + (int)((t >> 16) & 0xffff), H) && in_range(w0 + (int)(t & 0xffff), W);
+            cp_async4(&Bs[stage][tc_store_slot<PLANT>(b_col, kl)], ok ? x + (x_col + (t >> 32)) : x, ok);
         }
+        a_src += TC_BK;
+        tap += TC_BK;
     };
 
     float acc[2][4][4];
@@ -215,14 +221,14 @@ __device__ __forceinline__ void conv2d_forward_tc(
 
     const int ktiles = (kgemm + TC_BK - 1) / TC_BK;
     for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < ktiles) load_tile(s, s);
+        if (s < ktiles) load_tile(s, kgemm - s * TC_BK);
         cp_async_commit();   // possibly empty: the group count stays fixed
     }
     int read_stage = 0, write_stage = TC_STAGES - 1;
     for (int kt = 0; kt < ktiles; ++kt) {
         if (PLANT != TC_PLANT_NO_WAIT) cp_async_wait<TC_STAGES - 2>();
         __syncthreads();
-        if (kt + TC_STAGES - 1 < ktiles) load_tile(write_stage, kt + TC_STAGES - 1);
+        if (kt + TC_STAGES - 1 < ktiles) load_tile(write_stage, kgemm - (kt + TC_STAGES - 1) * TC_BK);
         cp_async_commit();
         tc_stage_mma<MODE, PLANT>(acc, As[read_stage], Bs[read_stage], wm, wn, g, t);
         read_stage = read_stage == TC_STAGES - 1 ? 0 : read_stage + 1;
@@ -246,11 +252,11 @@ __device__ __forceinline__ void conv2d_forward_tc(
 }
 
 // ---------------------------------------------------------------------------
-// Kernels. Arguments: x, w, y, taps (3 ints (c, r, s) per kk), then
+// Kernels. Arguments: x, w, y, taps (one packed tap per kk, see the notes), then
 // N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw.
 
 #define TC_PARAMS const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, \
-    const int* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, \
+    const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, \
     int sh, int sw, int ph, int pw
 #define TC_ARGS x, w, y, taps, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
 
@@ -265,18 +271,3 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_bf16_v3(
 extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_3xtf32_v3(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE>(TC_ARGS);
 }
-
-#ifdef GPUCNN_EMU_PLANTED_BUGS
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_lane_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_LANE>(TC_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_lane_bf16_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_LANE>(TC_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_no_wait_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NO_WAIT>(TC_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS) plant_swizzle_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_SWIZZLE>(TC_ARGS);
-}
-#endif

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import gpucnn.functional as F
+from gpucnn import precision
 from gpucnn.testing import reference as ref
 
 from test_kernels_emulated import cxx, dev, emulator_build, run  # noqa: F401  (fixtures, helper)
 
-HALF_TOL = 1e-3
+HALF_TOL = precision.FLOAT16_TOLERANCE
 H = np.float16
 
 

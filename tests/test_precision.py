@@ -15,7 +15,7 @@ from gpucnn.testing import reference as ref
 
 from test_kernels_emulated import cxx, dev, emulator_build  # noqa: F401  (fixtures)
 
-HIGHEST_TOL = 1e-5   # relative L2 against the float64 reference (DESIGN.md)
+HIGHEST_TOL = precision.TOLERANCE["highest"]   # relative L2 against the float64 reference
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +261,49 @@ def test_autotune_flag_reads_the_environment():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**__import__("os").environ, "GPUCNN_AUTOTUNE": env}, check=True)
         assert out.stdout.strip() == want
+
+
+# ---------------------------------------------------------------------------
+# gpucnn bench: the "precision" field
+
+def _bench(monkeypatch, device, precisions):
+    from types import SimpleNamespace
+
+    from gpucnn import backend
+    from gpucnn.benchmark import runner, schema, suites, timing
+    if device == "gpu":   # the GPU flow with NumPy arrays standing in (as tests/test_bench.py does)
+        monkeypatch.setattr(backend, "cupy", SimpleNamespace(
+            __version__="stand-in", ndarray=type("NoSuchArray", (), {}), asarray=np.array,
+            get_default_memory_pool=lambda: SimpleNamespace(free_all_blocks=lambda: None),
+            cuda=SimpleNamespace(Device=lambda: SimpleNamespace(id=0),
+                                 get_current_stream=lambda: SimpleNamespace(ptr=0),
+                                 runtime=SimpleNamespace(cudaDevAttrL2CacheSize=38,
+                                                         deviceGetAttribute=lambda attr, dev: 1 << 16))))
+        monkeypatch.setattr(backend, "resolve_device", lambda device=None: "gpu")
+        monkeypatch.setattr(runner, "time_gpu", timing.time_cpu)
+    monkeypatch.setattr(runner.ceilings, "measure", lambda device, small=False: {"device": device, "skipped": "test"})
+    cases = [suites.conv("c", 1, 2, 6, 3, 3, padding=1), suites.pool("p", 1, 2, 6, 2)]
+    doc = runner.Runner(device=device, repeats=1, warmup=0, use_torch=False, log=lambda m: None,
+                        precisions=precisions).run(cases, ["conv_forward", "max_pool_forward"], suite="t")
+    assert schema.validate(doc) == []
+    return {e["op"]: e["versions"] for e in doc["results"]}, doc
+
+
+def test_bench_cpu_results_carry_the_precision_they_computed(monkeypatch):
+    versions, doc = _bench(monkeypatch, "cpu", ("high",))
+    assert [v.get("precision") for v in versions["conv_forward"]] == ["highest"]   # CPU: float32
+    assert "precision" not in versions["max_pool_forward"][0]
+    assert doc["settings"]["precisions"] == ["high"]
+
+
+def test_bench_gpu_times_each_precision_of_the_tensor_core_version(monkeypatch):
+    from gpucnn.benchmark import report, runner
+    versions, doc = _bench(monkeypatch, "gpu", ("highest", "high", "medium"))
+    pairs = [(v["version"], v["precision"]) for v in versions["conv_forward"]]
+    assert pairs == [("1", "highest"), ("2", "highest"),
+                     ("3", "highest"), ("3", "high"), ("3", "medium")]
+    tolerances = [v["check"]["tolerance"] for v in versions["conv_forward"]]
+    assert tolerances == [runner.CHECK_TOLERANCES[p] for _, p in pairs]
+    assert "3 medium" in report.text_report(doc)
+    with pytest.raises(ValueError, match="'highest', 'high', 'medium'"):
+        runner.Runner(device="cpu", use_torch=False, precisions=("fast",))

@@ -9,13 +9,9 @@ PTX ISA specifies them, the cp.async pipeline and the swizzle agree with the
 float64 reference within each precision's tolerance, and that the emulator
 fails a kernel with a planted bug of each kind.
 
-Tolerances (relative L2 against float64, inputs ~N(0, 1)): an operand
-rounded to p mantissa bits has relative error <= u = 2**-(p+1), a product
-<= 2u, and independent errors of the terms of a sum leave a relative L2
-error of about u:
-    highest (3xTF32)  1e-5    (DESIGN.md; the dropped lo*lo term is ~u_tf32**2 = 2.4e-7)
-    high    (TF32)    1e-3    (2 u_tf32, u_tf32 = 2**-11 = 4.9e-4)
-    medium  (BF16)    8e-3    (2 u_bf16, u_bf16 = 2**-8 = 3.9e-3)
+Tolerances: gpucnn.precision.TOLERANCE (relative L2 against float64;
+highest 1e-5, high (TF32) 1e-3, medium (BF16) 8e-3, each 2u of its operand
+rounding; the derivation is there).
 """
 import subprocess
 
@@ -24,13 +20,13 @@ import pytest
 
 import cuda_emulator as emu
 import gpucnn.functional as F
-from gpucnn import backend
+from gpucnn import kernel_loader, precision
 from gpucnn.functional import conv_gpu
 from gpucnn.testing import reference as ref
 
 from test_kernels_emulated import cxx, dev, emulator_build, on_device, run  # noqa: F401
 
-TOL = {"highest": 1e-5, "high": 1e-3, "medium": 8e-3}
+TOL = precision.TOLERANCE
 KERNELS = emu.build.HERE.parent.parent / "kernels"
 
 # (N, C, K, spatial, kernel, stride, padding, layout)
@@ -100,15 +96,26 @@ def test_default_choice_uses_tensor_cores_only_when_permitted(dev):
 
 
 # ---------------------------------------------------------------------------
-# Planted bugs: one build of conv2d_tc.cu with -DGPUCNN_EMU_PLANTED_BUGS adds
-# kernels that differ from the real ones by one bug each.
+# Planted bugs: an emulator build of conv2d_tc.cu with kernels appended that
+# differ from the real ones by one bug each (the PLANT template parameter).
+
+PLANTED = "".join(
+    f"""
+extern "C" __global__ void __launch_bounds__(TC_THREADS) {name}(TC_PARAMS) {{
+    conv2d_forward_tc<{mode}, {plant}>(TC_ARGS);
+}}
+""" for name, mode, plant in [("plant_lane_tf32_v3", "TC_MODE_TF32", "TC_PLANT_LANE"),
+                               ("plant_lane_bf16_v3", "TC_MODE_BF16", "TC_PLANT_LANE"),
+                               ("plant_no_wait_tf32_v3", "TC_MODE_TF32", "TC_PLANT_NO_WAIT"),
+                               ("plant_swizzle_tf32_v3", "TC_MODE_TF32", "TC_PLANT_SWIZZLE")])
+
 
 @pytest.fixture(scope="module")
 def planted_build(cxx):
     if not emu.sanitizers_work(cxx):
         pytest.skip("no sanitizer runtime")
-    return emu.build.build(files=["conv2d_tc.cu"], defines=("-DGPUCNN_EMU_PLANTED_BUGS",),
-                           dtypes=("float32",))
+    source = kernel_loader.read_source(conv_gpu.TC_FILE) + PLANTED
+    return emu.build.build(sources={conv_gpu.TC_FILE: source}, dtypes=("float32",))
 
 
 @pytest.fixture
@@ -314,3 +321,22 @@ def test_warp_instruction_semantics(warp_program, what):
 def test_emulator_aborts_on_misused_warp_instructions(warp_program, what, message):
     r = subprocess.run([warp_program, what], capture_output=True, text=True)
     assert r.returncode == 3 and message in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# On a real GPU (pytest -m gpu; part of python -m gpucnn.gpu_check)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}K{}-x{}-k{}-s{}-p{}-{}".format(*c).replace(" ", ""))
+def test_tensor_core_forward_on_the_gpu(monkeypatch, case, precision):
+    from gpucnn import backend
+    monkeypatch.setattr(kernel_loader, "POISON_OUTPUTS", True)
+    x, w = problem(case)
+    fn = F.conv1d if len(case[3]) == 1 else F.conv2d
+    out = backend.to_cpu(fn(backend.to_gpu(x), backend.to_gpu(w), None, case[5], case[6],
+                            version=3, precision=precision))
+    assert rel_l2(out, ref.conv_forward_ref(x, w, None, case[5], case[6])) <= TOL[precision]
+    half = fn(backend.to_gpu(x.astype(np.float16)), backend.to_gpu(w.astype(np.float16)), None,
+              case[5], case[6], version=3, precision=precision)
+    assert half.dtype == np.float16

@@ -35,6 +35,9 @@ def add_parser(subparsers):
                    help="CPU threads for Numba, the BLAS and PyTorch alike (default: Numba's count)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop a measurement after this many timed seconds, at least one call (default: no limit)")
+    p.add_argument("--precision", nargs="+", choices=("highest", "high", "medium"), default=["highest"],
+                   metavar="P", help="conv precisions to time on the GPU: highest, high (TF32), medium "
+                   "(BF16); each GPU result records its \"precision\" (default: highest)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparisons")
     p.add_argument("--no-cpu-baseline", action="store_true",
                    help="GPU runs: do not time (or check against) our CPU path")
@@ -69,7 +72,7 @@ def run(args):
     try:
         runner = Runner(device=args.device, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                         use_torch=not args.no_torch, cpu_baseline=not args.no_cpu_baseline,
-                        max_seconds=args.max_seconds, log=_log)
+                        max_seconds=args.max_seconds, log=_log, precisions=args.precision)
     except RuntimeError as exc:  # --device gpu without a usable GPU
         raise CommandError(f"{exc}; use --device cpu (or auto)") from None
     only_e2e = args.e2e == "only"

@@ -87,11 +87,13 @@ def forward(x, w, stride, padding, version=None, precision="highest"):
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
     if run_if_nonempty(y, x4, w4):
         if v == 3:
-            check_gemm_size(op, K, C * R * S, Ho * Wo)
+            check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
+            if max(R, S) >= 1 << 16:
+                raise ValueError(f"{op}: kernel {(R, S)} too large for the tensor-core kernel's tap table")
             grid = (kernel_loader.grid_1d(N * Ho * Wo, TC_TILE)[0], -(-K // TC_TILE))
             kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[precision], x.dtype)
             kernel_loader.launch(kernel, grid, (TC_THREADS,), "pppp" + "i" * 13,
-                                 (x4, w4, y, _tap_table(C, R, S, backend.cupy)) + dims)
+                                 (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims)
             return y if nd == 2 else y.reshape(N, K, Wo)
         if v == 1:
             grid = kernel_loader.grid_1d(y.size, BLOCK)
@@ -128,12 +130,13 @@ def backward_data(dy, w, x_shape, stride, padding, version=None, precision="high
 
 
 @functools.lru_cache(maxsize=64)
-def _tap_table(C, R, S, xp):
-    """The tensor-core kernels' kk -> (c, r, s) table, int32 (C*R*S, 3), on
-    the device of array module xp (in the key: the tests swap in an emulator)."""
+def _tap_table(C, H, W, R, S, xp):
+    """The tensor-core kernels' table, one int64 per kk = (c*R + r)*S + s:
+    (c*H*W + r*W + s) << 32 | r << 16 | s (kernels/conv2d_tc.cu), on the
+    device of array module xp (in the key: the tests swap in an emulator)."""
     kk = np.arange(C * R * S, dtype=np.int64)
-    table = np.stack([kk // (R * S), kk // S % R, kk % S], axis=1).astype(np.int32)
-    return backend.to_gpu(table)
+    c, r, s = kk // (R * S), kk // S % R, kk % S
+    return backend.to_gpu(((c * H * W + r * W + s) << 32) | (r << 16) | s)
 
 
 def filter_split(K, crs, kgemm):

@@ -120,10 +120,10 @@ def _reaches_barrier(name, functions, seen=()):
     return any(_reaches_barrier(f, functions, seen + (name,)) for f in named - set(seen) - {name})
 
 
-def discover(filename, source, cxx, defines=()):
+def discover(filename, source, cxx):
     """The extern "C" __global__ kernels of one source text, as dicts
     {name, file, params, barrier, max_threads}."""
-    pre = subprocess.run([cxx, "-E", "-P", "-x", "c++", "-DSCALAR=float", *defines, "-"], input=source,
+    pre = subprocess.run([cxx, "-E", "-P", "-x", "c++", "-DSCALAR=float", "-"], input=source,
                          capture_output=True, text=True)
     if pre.returncode:
         raise RuntimeError(f"preprocessing {filename} failed:\n{pre.stderr}")
@@ -181,10 +181,10 @@ def _key(cxx, sources, extra=()):
     return h.hexdigest()[:20]
 
 
-def _compile(cxx, workdir, final, dtype, defines=()):
+def _compile(cxx, workdir, final, dtype):
     """emu_<dtype> in workdir; debug paths name `final`, where workdir will be."""
     exe = workdir / f"emu_{dtype}"
-    cmd = [cxx, *CXXFLAGS, f"-DSCALAR={SCALARS[dtype]}", *defines, f"-fdebug-prefix-map={workdir}={final}",
+    cmd = [cxx, *CXXFLAGS, f"-DSCALAR={SCALARS[dtype]}", f"-fdebug-prefix-map={workdir}={final}",
            "-I", str(HERE), "-I", str(workdir), str(HERE / "emu_main.cpp"), "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -197,25 +197,25 @@ def cache_root():
     return Path(env) if env else Path.home() / ".cache" / "gpucnn-emu"
 
 
-def build(root=None, files=None, defines=(), dtypes=tuple(SCALARS)):
+def build(root=None, sources=None, dtypes=tuple(SCALARS)):
     """The emulator build for the current kernel sources (built on first use):
-    a directory with emu_<dtype> for each dtype and kernels.json. `files`
-    (default: every kernels/*.cu) and `defines` (e.g. -DGPUCNN_EMU_PLANTED_BUGS)
-    make a variant build, cached under its own key."""
+    a directory with emu_<dtype> for each dtype and kernels.json. `sources`
+    ({file name: text}, default: every kernels/*.cu as NVRTC gets it) makes
+    a variant build (the tests' planted bugs), cached under its own key."""
     cxx = find_cxx()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    names = files or [p.name for p in kernel_loader.kernel_files()]
-    sources = {name: kernel_loader.read_source(name) for name in names}
-    defines, dtypes = tuple(defines), tuple(dtypes)
+    if sources is None:
+        sources = {p.name: kernel_loader.read_source(p.name) for p in kernel_loader.kernel_files()}
+    dtypes = tuple(dtypes)
     root = Path(root) if root else cache_root()
-    out = root / _key(cxx, sources, defines + dtypes)
+    out = root / _key(cxx, sources, dtypes)
     if (out / "kernels.json").is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=root, prefix="building-"))
     try:
-        kernels = [k for name, text in sorted(sources.items()) for k in discover(name, text, cxx, defines)]
+        kernels = [k for name, text in sorted(sources.items()) for k in discover(name, text, cxx)]
         names = [k["name"] for k in kernels]
         if len(set(names)) != len(names):
             raise ValueError(f"kernel names defined twice across kernels/*.cu: {names}")
@@ -223,7 +223,7 @@ def build(root=None, files=None, defines=(), dtypes=tuple(SCALARS)):
             (work / name).write_text(text)
         (work / "emu_kernels.inc").write_text(_dispatcher(sorted(sources), kernels))
         with concurrent.futures.ThreadPoolExecutor(len(dtypes)) as pool:
-            list(pool.map(lambda dt: _compile(cxx, work, out, dt, defines), dtypes))
+            list(pool.map(lambda dt: _compile(cxx, work, out, dt), dtypes))
         (work / "kernels.json").write_text(json.dumps(kernels, indent=1))
         try:
             os.replace(work, out)
