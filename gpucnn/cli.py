@@ -15,6 +15,8 @@ COMMANDS = (
     "gpucnn.commands.summary",   # gpucnn summary
     "gpucnn.commands.search",    # gpucnn search
     "gpucnn.benchmark.command",  # gpucnn bench
+    "gpucnn.commands.check",     # gpucnn check
+    "gpucnn.commands.lr_find",   # gpucnn lr-find
 )
 
 

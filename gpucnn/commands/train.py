@@ -34,13 +34,18 @@ def add_common_arguments(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser("train", help="train a CNN", description=__doc__.splitlines()[0])
-    add_common_arguments(p)
+def add_optimizer_arguments(p):
+    """Batch size and optimizer arguments shared by `train`, `check` and `lr-find`."""
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=protocol.OPTIMIZERS, default="adam")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default depends on the optimizer)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("train", help="train a CNN", description=__doc__.splitlines()[0])
+    add_common_arguments(p)
+    add_optimizer_arguments(p)
     p.add_argument("--schedule", choices=protocol.SCHEDULES, default="none")
     p.add_argument("--warmup", type=int, default=0, metavar="EPOCHS", help="linear learning-rate warmup epochs")
     p.add_argument("--metrics-out", metavar="FILE.json")
