@@ -59,7 +59,7 @@ def _batches(loader):
             raise ValueError("lr_find: the loader yields no batches")
 
 
-def lr_find(trainer, loader, min_lr=1e-7, max_lr=10.0, steps=100, beta=0.98, diverge=4.0, progress=None):
+def lr_find(trainer, loader, min_lr=1e-7, max_lr=10.0, steps=100, beta=0.9, diverge=4.0, progress=None):
     """Run the range test with `trainer`'s model, optimizer and loss on
     `loader`'s mini-batches -> LRFindResult. progress(i, lr, loss) per step."""
     if not 0 < min_lr < max_lr:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .. import backend, models, protocol
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
+from ..monitor import TrainingMonitor, json_safe, plot_monitor
+from ..monitor import warnings as monitor_warnings
 
 INTERRUPT_CHECKPOINT = "gpucnn-interrupted.ckpt.npz"
 
@@ -53,6 +55,10 @@ def add_parser(subparsers):
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint written after every epoch and on Ctrl-C")
     p.add_argument("--resume", metavar="FILE", help="continue training from a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    p.add_argument("--monitor", action="store_true",
+                   help="record per-layer health each epoch (update/weight ratios, activations, dead ReLUs, "
+                        "gradient norms) into the metrics JSON, with warnings")
+    p.add_argument("--monitor-plot", metavar="FILE.png", help="plot of the --monitor statistics (implies --monitor)")
     p.set_defaults(func=run)
 
 
@@ -102,7 +108,7 @@ def prepare_outputs(*paths):
 def run(args):
     if args.early_stopping is not None and not args.val_split:
         raise SystemExit("gpucnn train: --early-stopping needs a validation split (--val-split > 0)")
-    prepare_outputs(args.metrics_out, args.plot, args.checkpoint)
+    prepare_outputs(args.metrics_out, args.plot, args.checkpoint, args.monitor_plot)
     device = backend.resolve_device(args.device)
     ds = load_data(args)
     data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
@@ -122,12 +128,16 @@ def run(args):
     # seed=None: every epoch's order and augmentation come from the global generator
     # (seeded by make_trainer, restored by --resume), so a resumed run continues
     # exactly as an uninterrupted one would.
+    if args.monitor or args.monitor_plot:
+        trainer.monitor = TrainingMonitor(trainer.model)
     train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None)
     val_loader = DataLoader(data.x_val, data.y_val, 512, shuffle=False) if data.x_val is not None else None
     extra = {"model": args.model, "dataset": ds.name}
 
     def on_epoch_end(rec):
         print(protocol.epoch_line(rec, args.epochs))
+        for line in monitor_warnings(trainer.monitor.history[-1]) if trainer.monitor else ():
+            print(f"  warning: {line}")
         if args.checkpoint:
             trainer.save_checkpoint(args.checkpoint, rec["epoch"], extra=extra)
 
@@ -156,9 +166,14 @@ def run(args):
                    "test_loss": float(test["loss"]), "test_accuracy": float(test["accuracy"]),
                    "data_source": ds.source, "train_images": len(data.x_train),
                    "settings": {k: v for k, v in vars(args).items() if k != "func"}}
+        if trainer.monitor is not None:
+            metrics["monitor"] = json_safe(trainer.monitor.history)
         Path(args.metrics_out).write_text(json.dumps(metrics, indent=2))
         print(f"metrics written to {args.metrics_out}")
     if args.plot:
         write_plot(args.plot, records, f"{args.model} on {ds.name}: test accuracy {test['accuracy']:.4f}")
         print(f"plot written to {args.plot}")
+    if args.monitor_plot:
+        plot_monitor(trainer.monitor.history, args.monitor_plot, f"{args.model} on {ds.name}: training health")
+        print(f"monitor plot written to {args.monitor_plot}")
     return 0
