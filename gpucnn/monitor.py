@@ -131,8 +131,9 @@ def warnings(record, ratio_range=RATIO_RANGE, dead_limit=DEAD_RELU_LIMIT):
     for name, stats in record["parameters"].items():
         ratio = stats["update_ratio"]
         if len(stats["shape"]) >= 2 and not lo <= ratio <= hi:
-            out.append(f"update/weight ratio of {name} is {ratio:.2e}, outside [{lo:g}, {hi:g}] "
-                       f"({'lr too small?' if ratio < lo else 'lr too large?'})")
+            hint = "no update: a zero gradient?" if ratio == 0 else "lr too small?" if ratio < lo else \
+                "lr too large?" if ratio > hi else "not finite: diverged?"
+            out.append(f"update/weight ratio of {name} is {ratio:.2e}, outside [{lo:g}, {hi:g}] ({hint})")
     for name, stats in record["activations"].items():
         if stats["zero_fraction"] is not None and stats["zero_fraction"] > dead_limit:
             out.append(f"ReLU {name} outputs zero for {stats['zero_fraction']:.1%} of its inputs "
