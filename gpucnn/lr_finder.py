@@ -10,7 +10,9 @@ exponential moving average with bias correction,
 
     avg_i = beta * avg_(i-1) + (1 - beta) * loss_i,   smoothed_i = avg_i / (1 - beta^(i+1)),
 
-and the sweep stops early once the loss diverges: a non-finite loss, or a
+with beta = 0.9 (a memory of about 10 steps: with the default 100 steps over
+eight decades the smoothed curve lags the raw one by under a decade), and
+the sweep stops early once the loss diverges: a non-finite loss, or a
 smoothed loss above `diverge` (4) times the best smoothed loss so far.
 
 Suggested learning rate (RULE): the learning rate at the minimum of the

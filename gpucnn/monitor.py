@@ -120,7 +120,7 @@ class TrainingMonitor:
         sums.append(flat.sum())
         squares.append(flat @ flat)
         if isinstance(module, ReLU):
-            zeros.append((flat == 0).sum())
+            zeros.append(flat.size - backend.get_array_module(flat).count_nonzero(flat))
         self._acts[name] = (sums, squares, count + flat.size, zeros)
 
 

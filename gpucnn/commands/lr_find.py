@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import backend, lr_finder, protocol
 from ..data import DataLoader, build_augmentation
 from .errors import CommandError
-from .train import add_common_arguments, add_optimizer_arguments, load_data, prepare_outputs
+from .train import add_common_arguments, add_optimizer_arguments, load_data, make_trainer_from_args, prepare_outputs
 
 
 def add_parser(subparsers):
@@ -36,10 +36,7 @@ def run(args):
     device = backend.resolve_device(args.device)
     ds = load_data(args)
     data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
-    trainer = protocol.make_trainer(
-        args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
-        device=device, seed=args.seed)
+    trainer = make_trainer_from_args(args, ds, device)
     aug = build_augmentation(args.augment, ds.num_classes, ds.input_shape[-1])
     loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=args.seed)
     print(f"model: {args.model}; optimizer {args.optimizer}; device {device}; lr {args.min_lr:g} -> "

@@ -71,6 +71,15 @@ def load_data(args, log=print):
     return ds
 
 
+def make_trainer_from_args(args, ds, device, **schedule):
+    """protocol.make_trainer for the model, optimizer and loss options of `args`
+    (schedule: make_trainer's schedule/epochs/warmup, for commands that have them)."""
+    return protocol.make_trainer(
+        args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
+        device=device, seed=args.seed, **schedule)
+
+
 def write_plot(path, records, title):
     import matplotlib
     matplotlib.use("Agg")
@@ -112,10 +121,8 @@ def run(args):
     device = backend.resolve_device(args.device)
     ds = load_data(args)
     data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
-    trainer = protocol.make_trainer(
-        args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
-        schedule=args.schedule, epochs=args.epochs, warmup=args.warmup, device=device, seed=args.seed)
+    trainer = make_trainer_from_args(args, ds, device, schedule=args.schedule, epochs=args.epochs,
+                                     warmup=args.warmup)
     start_epoch = 0
     if args.resume:
         start_epoch = int(trainer.load_checkpoint(args.resume)["epoch"])
