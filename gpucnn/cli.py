@@ -19,6 +19,8 @@ COMMANDS = (
     "gpucnn.commands.evaluate",  # gpucnn eval
     "gpucnn.commands.predict",   # gpucnn predict
     "gpucnn.commands.export",    # gpucnn export
+    "gpucnn.commands.check",     # gpucnn check
+    "gpucnn.commands.lr_find",   # gpucnn lr-find
 )
 
 

@@ -55,6 +55,7 @@ class Trainer:
         self.device = backend.resolve_device(device)
         self.full_batch = full_batch
         self.history = []
+        self.monitor = None  # a gpucnn.monitor.TrainingMonitor, or None (off)
         if self.device == "gpu":
             model.to_gpu()
         else:
@@ -85,6 +86,8 @@ class Trainer:
         start = time.perf_counter()
         if self.full_batch:
             self.optimizer.zero_grad()
+        if self.monitor is not None:
+            self.monitor.begin_epoch()
         for i, (xb, yb) in enumerate(loader):
             xb, yb = self._input(xb), self._move(yb)
             n = len(xb)
@@ -100,6 +103,8 @@ class Trainer:
             else:
                 self.optimizer.zero_grad()
                 self.model.backward(dlogits)
+                if self.monitor is not None:
+                    self.monitor.before_step()
                 self.optimizer.step()
             seen += n
             loss_sum += loss * n
@@ -111,8 +116,12 @@ class Trainer:
             for p in self.model.parameters():
                 if p.grad is not None:
                     p.grad /= seen
+            if self.monitor is not None:
+                self.monitor.before_step()
             self.optimizer.step()
         seconds = time.perf_counter() - start
+        if self.monitor is not None:
+            self.monitor.end_epoch()  # outside `seconds`: its host copies are not the step's cost
         if self.scheduler is not None:
             self.scheduler.step()
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
@@ -171,6 +180,8 @@ class Trainer:
             finally:
                 if bar:
                     bar.close()
+                if self.monitor is not None:
+                    self.monitor.detach()
             val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "accuracy": None}
             record = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],

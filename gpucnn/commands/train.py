@@ -16,6 +16,8 @@ from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load
 from ..train import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
     positive_int
+from ..monitor import TrainingMonitor, json_safe, plot_monitor
+from ..monitor import warnings as monitor_warnings
 
 INTERRUPT_CHECKPOINT = "gpucnn-interrupted.ckpt.npz"
 
@@ -45,14 +47,19 @@ def add_common_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the batch order")
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser("train", help="train a CNN", description=__doc__.splitlines()[0])
-    add_common_arguments(p)
+def add_optimizer_arguments(p):
+    """Batch size and optimizer arguments shared by `train`, `check` and `lr-find`."""
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per mini-batch")
     p.add_argument("--optimizer", choices=protocol.OPTIMIZERS, default="adam", help="update rule")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate > 0 (default: the optimizer's usual value)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="L2 weight decay")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("train", help="train a CNN", description=__doc__.splitlines()[0])
+    add_common_arguments(p)
+    add_optimizer_arguments(p)
     p.add_argument("--schedule", choices=protocol.SCHEDULES, default="none", help="learning-rate schedule")
     p.add_argument("--warmup", type=nonnegative_int, default=0, metavar="EPOCHS",
                    help="linear learning-rate warmup epochs")
@@ -68,6 +75,11 @@ def add_parser(subparsers):
                    help="skip (and count) a batch whose loss is NaN/inf instead of stopping (default: stop)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar, one line per epoch only (default: a bar)")
+    p.add_argument("--monitor", action="store_true",
+                   help="record per-layer health each epoch (update/weight ratios, activations, dead ReLUs, "
+                        "gradient norms) into the metrics JSON, with warnings (default: off)")
+    p.add_argument("--monitor-plot", metavar="FILE.png",
+                   help="plot of the --monitor statistics, implies --monitor (default: no plot)")
     p.set_defaults(func=run)
 
 
@@ -86,6 +98,15 @@ def load_data(args, log=print):
     for note in ds.notes:
         log(f"  note: {note}")
     return ds
+
+
+def make_trainer_from_args(args, ds, device, **schedule):
+    """protocol.make_trainer for the model, optimizer and loss options of `args`
+    (schedule: make_trainer's schedule/epochs/warmup, for commands that have them)."""
+    return protocol.make_trainer(
+        args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
+        device=device, seed=args.seed, **schedule)
 
 
 def write_plot(path, records, title):
@@ -206,17 +227,15 @@ def save_or_fail(what, path, write):
 def run(args):
     if args.early_stopping is not None and not args.val_split:
         raise CommandError("--early-stopping needs a validation split; pass --val-split above 0")
-    prepare_outputs(args.metrics_out, args.plot, args.checkpoint)
+    prepare_outputs(args.metrics_out, args.plot, args.checkpoint, args.monitor_plot)
     device = resolve_device(args.device)
     resume_state = read_resume_checkpoint(args) if args.resume else None
     ds = load_data(args)
     if resume_state is not None:
         check_resume_matches_data(args, resume_state, ds)
     data = split_data(ds, args.val_split, args)
-    trainer = protocol.make_trainer(
-        args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
-        schedule=args.schedule, epochs=args.epochs, warmup=args.warmup, device=device, seed=args.seed)
+    trainer = make_trainer_from_args(args, ds, device, schedule=args.schedule, epochs=args.epochs,
+                                     warmup=args.warmup)
     trainer.skip_nonfinite = args.skip_nonfinite
     start_epoch = 0
     if args.resume:
@@ -233,6 +252,8 @@ def run(args):
     # seed=None: every epoch's order and augmentation come from the global generator
     # (seeded by make_trainer, restored by --resume), so a resumed run continues
     # exactly as an uninterrupted one would.
+    if args.monitor or args.monitor_plot:
+        trainer.monitor = TrainingMonitor(trainer.model)
     train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None)
     val_loader = DataLoader(data.x_val, data.y_val, 512, shuffle=False) if data.x_val is not None else None
     extra = {"model": args.model, "dataset": ds.name, "input_shape": list(ds.input_shape),
@@ -241,6 +262,8 @@ def run(args):
 
     def on_epoch_end(rec):
         print(protocol.epoch_line(rec, args.epochs))
+        for line in monitor_warnings(trainer.monitor.history[-1]) if trainer.monitor else ():
+            print(f"  warning: {line}")
         if args.checkpoint:
             save_or_fail("checkpoint", args.checkpoint,
                          lambda: trainer.save_checkpoint(args.checkpoint, rec["epoch"], extra=extra))
@@ -282,6 +305,8 @@ def run(args):
                    "nonfinite_steps_skipped": trainer.nonfinite_steps,
                    "provenance": provenance(device, args.seed, getattr(args, "argv", None)),
                    "settings": {k: v for k, v in vars(args).items() if k not in ("func", "argv")}}
+        if trainer.monitor is not None:
+            metrics["monitor"] = json_safe(trainer.monitor.history)
         save_or_fail("metrics file", args.metrics_out,
                      lambda: serialization.write_text_atomic(args.metrics_out, json.dumps(metrics, indent=2)))
         print(f"metrics written to {args.metrics_out}")
@@ -289,4 +314,8 @@ def run(args):
         save_or_fail("plot", args.plot, lambda: write_plot(
             args.plot, records, f"{args.model} on {ds.name}: test accuracy {test['accuracy']:.4f}"))
         print(f"plot written to {args.plot}")
+    if args.monitor_plot:
+        save_or_fail("monitor plot", args.monitor_plot, lambda: plot_monitor(
+            trainer.monitor.history, args.monitor_plot, f"{args.model} on {ds.name}: training health"))
+        print(f"monitor plot written to {args.monitor_plot}")
     return 0
