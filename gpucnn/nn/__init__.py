@@ -15,8 +15,9 @@ from .loss import MSELoss, SoftmaxCrossEntropy, softmax
 from .module import Module, Parameter, Residual, Sequential, forward_hook, is_grad_enabled, no_grad
 from .norm import BatchNorm1d, BatchNorm2d
 from .pool import AvgPool1d, AvgPool2d, AvgPool3d, MaxPool1d, MaxPool2d, MaxPool3d
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["ELU", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d",
            "Conv3d", "Dropout", "Flatten", "LeakyReLU", "Linear", "MSELoss", "MaxPool1d", "MaxPool2d", "MaxPool3d",
            "Maxout", "Module", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
-           "Tanh", "forward_hook", "init", "is_grad_enabled", "no_grad", "softmax"]
+           "SyncBatchNorm", "Tanh", "forward_hook", "init", "is_grad_enabled", "no_grad", "softmax"]
