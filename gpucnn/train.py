@@ -40,6 +40,9 @@ class Trainer:
         self.device = backend.resolve_device(device)
         self.full_batch = full_batch
         self.history = []
+        # Data-parallel runs set this to a callable(*sums) -> the same sums over every
+        # process (gpucnn.commands.train_distributed), so metrics are sums / counts.
+        self.reduce_sums = None
         if self.device == "gpu":
             model.to_gpu()
         else:
@@ -55,6 +58,9 @@ class Trainer:
         if params and np.dtype(xb.dtype).kind == "f":
             xb = xb.astype(params[0].data.dtype, copy=False)
         return self._move(xb)
+
+    def _total(self, *sums):
+        return sums if self.reduce_sums is None else self.reduce_sums(*sums)
 
     def _correct(self, logits, yb):
         return int((logits.argmax(axis=1) == _labels(yb)).sum())
@@ -93,6 +99,7 @@ class Trainer:
                     p.grad /= seen
             self.optimizer.step()
         seconds = time.perf_counter() - start
+        seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         if self.scheduler is not None:
             self.scheduler.step()
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
@@ -115,6 +122,7 @@ class Trainer:
                     correct += self._correct(logits, yb)
         finally:
             self.model.train(was_training)
+        seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     def predict_proba(self, x, batch_size=512):

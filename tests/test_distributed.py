@@ -162,3 +162,37 @@ def test_a_collective_timeout_aborts_the_job():
     done, seconds = mpirun(2, WORKER, "timeout", timeout=90)
     assert done.returncode != 0 and seconds < 25   # the idle rank would sleep 30 s
     assert "rank 0 of 2: all-reduce of 3 float64 values waited more than 2 s" in done.stderr
+
+
+# ---- the train command ------------------------------------------------------------------
+TRAIN = ["train", "--dataset", "digits", "--subset", "160", "--model", "lenet5", "--epochs", "1",
+         "--batch-size", "16", "--no-progress"]
+
+
+@needs_mpi
+def test_cli_under_mpiexec_writes_one_metrics_file_and_refuses_another_world_size(tmp_path, capsys):
+    out = tmp_path / "out"
+    done, _ = mpirun(2, "-m", "gpucnn", *TRAIN, "--distributed", "--sync-bn", "--scale-lr", "linear",
+                     "--metrics-out", out / "m.json", "--checkpoint", out / "c.npz", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["c.npz", "m.json"]      # rank 0 alone writes
+    assert done.stdout.count("test accuracy") == 1                           # and prints
+    metrics = json.loads((out / "m.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 32
+    assert metrics["settings"]["lr"] == pytest.approx(2 * 0.001) and metrics["settings"]["warmup"] == 5
+    from gpucnn import cli
+    assert cli.main(TRAIN + ["--epochs", "2", "--resume", str(out / "c.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpucnn train: error: --resume") and "written by 2 process(es)" in err
+    assert "\n" not in err
+
+
+def test_cli_distributed_without_mpi4py_says_what_to_install(monkeypatch, capsys):
+    from gpucnn import cli
+    from gpucnn.commands import train_distributed
+    monkeypatch.setattr(train_distributed, "mpi4py_missing", lambda: "mpi4py is not installed: pip install x")
+    assert cli.main(TRAIN + ["--distributed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "gpucnn train: error: --distributed needs mpi4py: mpi4py is not installed: pip install x"
+    assert cli.main(TRAIN + ["--sync-bn"]) == 2
+    assert "need --distributed" in capsys.readouterr().err

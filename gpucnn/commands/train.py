@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import backend, models, protocol
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
+from . import train_distributed
 
 INTERRUPT_CHECKPOINT = "gpucnn-interrupted.ckpt.npz"
 
@@ -48,6 +49,7 @@ def add_parser(subparsers):
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint written after every epoch and on Ctrl-C")
     p.add_argument("--resume", metavar="FILE", help="continue training from a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    train_distributed.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -99,15 +101,19 @@ def run(args):
         raise SystemExit("gpucnn train: --early-stopping needs a validation split (--val-split > 0)")
     prepare_outputs(args.metrics_out, args.plot, args.checkpoint)
     device = backend.resolve_device(args.device)
+    job = train_distributed.setup(args, device)
     ds = load_data(args)
     data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
     trainer = protocol.make_trainer(
         args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
         schedule=args.schedule, epochs=args.epochs, warmup=args.warmup, device=device, seed=args.seed)
+    train_distributed.wrap_trainer(trainer, job, args)
     start_epoch = 0
     if args.resume:
-        start_epoch = int(trainer.load_checkpoint(args.resume)["epoch"])
+        resumed = trainer.load_checkpoint(args.resume)
+        start_epoch = int(resumed["epoch"])
+        train_distributed.check_resume(job, resumed["extra"], args, start_epoch)
         print(f"resumed from {args.resume} after epoch {start_epoch}")
     print(f"model: {args.model}, {sum(p.data.size for p in trainer.model.parameters()):,} parameters; "
           f"optimizer {args.optimizer}; device {device}; {len(data.x_train)} training images"
@@ -117,11 +123,14 @@ def run(args):
     # seed=None: every epoch's order and augmentation come from the global generator
     # (seeded by make_trainer, restored by --resume), so a resumed run continues
     # exactly as an uninterrupted one would.
-    train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None)
-    val_loader = DataLoader(data.x_val, data.y_val, 512, shuffle=False) if data.x_val is not None else None
-    extra = {"model": args.model, "dataset": ds.name}
+    sampler = train_distributed.train_sampler(job, len(data.x_train), args.seed, start_epoch)
+    train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None, sampler=sampler)
+    val_loader = DataLoader(*job.shard(data.x_val, data.y_val), 512, shuffle=False) if data.x_val is not None else None
+    extra = {"model": args.model, "dataset": ds.name, "world_size": job.size}
 
     def on_epoch_end(rec):
+        if sampler is not None:
+            sampler.set_epoch(rec["epoch"])
         print(protocol.epoch_line(rec, args.epochs))
         if args.checkpoint:
             trainer.save_checkpoint(args.checkpoint, rec["epoch"], extra=extra)
@@ -129,11 +138,12 @@ def run(args):
     remaining = args.epochs - start_epoch
     try:
         new = trainer.fit(train_loader, val_loader, remaining, early_stopping_patience=args.early_stopping,
-                          on_epoch_end=on_epoch_end, progress=not args.no_progress)
+                          on_epoch_end=on_epoch_end, progress=not args.no_progress and job.is_main)
     except KeyboardInterrupt:
         path = args.checkpoint or INTERRUPT_CHECKPOINT
         done = trainer.history[-1]["epoch"] if trainer.history else start_epoch
-        trainer.save_checkpoint(path, done, extra=extra)
+        if job.is_main:
+            trainer.save_checkpoint(path, done, extra=extra)
         print(f"\ninterrupted: saved a checkpoint after epoch {done} to {path}; "
               f"continue with --resume {path}", file=sys.stderr)
         return 130
@@ -144,12 +154,13 @@ def run(args):
 
     records = [{k: (None if v is None else float(v)) if k != "epoch" else int(v) for k, v in r.items()}
                for r in trainer.history]
-    test = trainer.evaluate(DataLoader(data.x_test, data.y_test, 512, shuffle=False))
+    test = trainer.evaluate(DataLoader(*job.shard(data.x_test, data.y_test), 512, shuffle=False))
     print(f"test loss {test['loss']:.4f}  test accuracy {test['accuracy']:.4f}")
     if args.metrics_out:
         metrics = {"dataset": ds.name, "model": args.model, "device": device, "epochs": records,
                    "test_loss": float(test["loss"]), "test_accuracy": float(test["accuracy"]),
                    "data_source": ds.source, "train_images": len(data.x_train),
+                   "world_size": job.size, "global_batch_size": args.batch_size * job.size,
                    "settings": {k: v for k, v in vars(args).items() if k != "func"}}
         Path(args.metrics_out).write_text(json.dumps(metrics, indent=2))
         print(f"metrics written to {args.metrics_out}")
