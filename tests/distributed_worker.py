@@ -159,6 +159,82 @@ def sampler_with_loader():
     check("shards cover every sample", set(every.reshape(-1).tolist()) == set(range(n)))
 
 
+def nccl_emulated():
+    """The NCCL backend's code path with a fake CuPy/NCCL underneath: NumPy arrays
+    play device arrays, the fake NcclCommunicator reduces over MPI. Checks the
+    start-up (GPU from the node-local rank, unique id from rank 0) and DDP on it."""
+    from types import SimpleNamespace
+
+    from mpi4py import MPI
+
+    from gpucnn.distributed import nccl_backend
+    arrays, calls = {}, []
+
+    def pointer(a):
+        arrays[id(a)] = a
+        return id(a)
+
+    class Stream:
+        ptr = 0
+
+        def record(self):
+            return SimpleNamespace(done=True)
+
+        def wait_event(self, event):
+            calls.append("wait_event")
+
+        def synchronize(self):
+            pass
+
+    class FakeComm:
+        def __init__(self, size, uid, rank):
+            calls.append(("init", size, rank, sum(uid)))
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            assert send == recv and arrays[send].size == count and op == "SUM"
+            MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, arrays[send])
+
+        def bcast(self, ptr, count, dtype, root, stream):
+            MPI.COMM_WORLD.Bcast(arrays[ptr], root=root)
+
+        def allGather(self, send, recv, count, dtype, stream):
+            MPI.COMM_WORLD.Allgather(arrays[send], arrays[recv])
+
+    fake_nccl = SimpleNamespace(get_unique_id=lambda: tuple(range(-64, 64)), NcclCommunicator=FakeComm,
+                                NCCL_SUM="SUM", **{f"NCCL_{t}": t for t in
+                                                   ("FLOAT16", "FLOAT32", "FLOAT64", "INT32", "INT64")})
+    fake_backend = SimpleNamespace(device_count=lambda: 2, use_device=lambda i: calls.append(("device", i)),
+                                   nccl_module=lambda: fake_nccl, new_stream=Stream, current_stream=Stream,
+                                   array_pointer=pointer, get_array_module=lambda a: np,
+                                   is_gpu_array=lambda a: isinstance(a, np.ndarray) and a.dtype.kind == "f")
+    real = nccl_backend._backend
+    nccl_backend._backend = fake_backend
+    try:
+        nc = nccl_backend.NCCLCommunicator()
+        check("NCCL: GPU of the node-local rank", ("device", nc.local_rank % 2) in calls)
+        check("NCCL: every rank joins with rank 0's unique id", ("init", comm.size, comm.rank, -64) in calls)
+        g = nc.allgather(np.array([float(comm.rank)]))
+        check("NCCL: allgather", np.array_equal(g[:, 0], np.arange(comm.size)))
+        a = np.full(3, float(comm.rank))
+        nc.broadcast(a, root=comm.size - 1)
+        check("NCCL: broadcast", np.all(a == comm.size - 1))
+        ref, mine = model(), model(seed=comm.rank)
+        ddp = distributed.DistributedDataParallel(mine, comm=nc, bucket_cap_mb=0.0005)
+        loss = nn.SoftmaxCrossEntropy()
+        x, y = batch(0, comm.size * B)
+        _, d = loss(ref(x), y)
+        ref.backward(d)
+        rows = slice(comm.rank * B, (comm.rank + 1) * B)
+        _, d = loss(ddp(x[rows]), y[rows])
+        ddp.backward(d)
+        grads = lambda m: np.concatenate([p.grad.reshape(-1) for p in m.parameters()])  # noqa: E731
+        check("NCCL: DDP gradients equal one process at N*B", np.allclose(grads(mine), grads(ref), rtol=1e-9,
+                                                                         atol=1e-12))
+        check("NCCL: the compute stream waits for the side stream", comm.size == 1 or "wait_event" in calls)
+    finally:
+        nccl_backend._backend = real
+
+
 def main(mode):
     global comm
     comm = distributed.init(timeout=2.0 if mode == "timeout" else None)
@@ -183,6 +259,7 @@ def main(mode):
     no_sync_accumulates()
     sync_bn_unequal_batches()
     sampler_with_loader()
+    nccl_emulated()
     comm.barrier()
     if comm.rank == 0:
         print(f"distributed checks passed: {comm.size} processes, {len(checks)} checks")

@@ -8,7 +8,8 @@ equal anyway).
 
 Backward, as in PyTorch DDP: the parameters are cut into fixed-order buckets
 of about `bucket_cap_mb` MB (reverse registration order, roughly the order
-in which backward produces gradients; one dtype per bucket). Each leaf
+in which backward produces gradients; one dtype per bucket; the first bucket
+is capped at 1 MB, as PyTorch does, so communication starts early). Each leaf
 module that owns parameters gets a hook after its backward; when every
 module owning a bucket's parameters has finished, the bucket's gradients are
 copied into one flat buffer and its all-reduce is started (non-blocking
@@ -71,6 +72,8 @@ class _Bucket:
 
 class DistributedDataParallel(Module):
     """Wrap `module` for data-parallel training over `comm` (default: init())."""
+
+    FIRST_BUCKET_MB = 1
 
     def __init__(self, module, comm=None, bucket_cap_mb=25, broadcast_buffers=True):
         super().__init__()
@@ -181,7 +184,8 @@ class DistributedDataParallel(Module):
             same_kind = not current or (backend.is_gpu_array(current[0].data), current[0].data.dtype) == \
                 (backend.is_gpu_array(p.data), p.data.dtype)
             nbytes = p.size * np.dtype(p.data.dtype).itemsize
-            if current and (not same_kind or size + nbytes > self.bucket_cap_bytes):
+            cap = self.bucket_cap_bytes if buckets else min(self.bucket_cap_bytes, self.FIRST_BUCKET_MB * 2 ** 20)
+            if current and (not same_kind or size + nbytes > cap):
                 buckets.append(_Bucket(current))
                 current, size = [], 0
             current.append(p)
