@@ -235,6 +235,41 @@ def nccl_emulated():
         nccl_backend._backend = real
 
 
+def staged_through_host():
+    """The MPI backend's path for device arrays (copies through pinned host
+    buffers), with a NumPy subclass playing the device array."""
+    from types import SimpleNamespace
+
+    from gpucnn.distributed import mpi_backend
+
+    class Device(np.ndarray):
+        pass
+    copies = []
+
+    def copy_into(dst, src):
+        copies.append((type(dst).__name__, type(src).__name__))
+        np.copyto(dst, src)
+    fake = SimpleNamespace(is_gpu_array=lambda a: isinstance(a, Device), pinned_empty=np.empty,
+                           copy_into=copy_into, to_gpu=lambda a: a.view(Device))
+    real = mpi_backend._backend
+    mpi_backend._backend = fake
+    try:
+        a = np.full(4, comm.rank + 1.0).view(Device)
+        w1, w2 = comm.iallreduce(a), comm.iallreduce(np.ones(4).view(Device))   # two in flight, one shape
+        w2.wait()
+        w1.wait()
+        check("staged all-reduce", np.all(np.asarray(a) == comm.size * (comm.size + 1) / 2))
+        check("staged: device -> host -> device", ("ndarray", "Device") in copies and ("Device", "ndarray") in copies)
+        check("staged: two pinned buffers pooled for one shape", len(comm._pinned[((4,), "float64")]) == 2)
+        b = np.full(2, float(comm.rank)).view(Device)
+        comm.broadcast(b, root=comm.size - 1)
+        check("staged broadcast", np.all(np.asarray(b) == comm.size - 1))
+        g = comm.allgather(np.array([comm.rank * 1.0]).view(Device))
+        check("staged allgather", isinstance(g, Device) and np.array_equal(np.asarray(g)[:, 0], np.arange(comm.size)))
+    finally:
+        mpi_backend._backend = real
+
+
 def main(mode):
     global comm
     comm = distributed.init(timeout=2.0 if mode == "timeout" else None)
@@ -248,7 +283,7 @@ def main(mode):
         if comm.rank == 0:
             comm.allreduce(np.zeros(3))
         else:
-            time.sleep(30)
+            time.sleep(600)   # far beyond the timeout: only the abort ends it early
         return
     collectives()
     different_inits_end_equal()
@@ -260,6 +295,8 @@ def main(mode):
     sync_bn_unequal_batches()
     sampler_with_loader()
     nccl_emulated()
+    if comm.backend == "mpi":
+        staged_through_host()
     comm.barrier()
     if comm.rank == 0:
         print(f"distributed checks passed: {comm.size} processes, {len(checks)} checks")

@@ -44,7 +44,7 @@ class Job:
 
     def reduce_sums(self, *sums):
         total = self.comm.allreduce(np.array(sums, dtype=np.float64))
-        return tuple(type(v)(t) for v, t in zip(sums, total.tolist()))
+        return tuple(int(t) if isinstance(v, (int, np.integer)) else float(t) for v, t in zip(sums, total.tolist()))
 
 
 def setup(args, device):

@@ -82,19 +82,21 @@ class MPICommunicator(Communicator):
         self._in_flight = [w for w in self._in_flight if not w.test()]
 
     # ---- host staging of CuPy arrays --------------------------------------------
-    def _host(self, a, copy=True):
-        """(host array MPI works on, function writing it back into a or None)."""
+    def _host(self, a, copy=True, write_back=True):
+        """(host array MPI works on, what to run when the collective is done).
+        Pinned buffers are pooled per (shape, dtype); one in flight is not reused."""
         if not _backend.is_gpu_array(a):
             return a, None
-        key = (id(a), tuple(a.shape), str(a.dtype))
-        if key not in self._pinned:
-            if len(self._pinned) > 64:
-                self._pinned.clear()
-            self._pinned[key] = _backend.pinned_empty(a.shape, a.dtype)
-        host = self._pinned[key]
+        pool = self._pinned.setdefault((tuple(a.shape), str(a.dtype)), [])
+        host = pool.pop() if pool else _backend.pinned_empty(a.shape, a.dtype)
         if copy:
             _backend.copy_into(host, a)
-        return host, (lambda: _backend.copy_into(a, host))
+
+        def done():
+            if write_back:
+                _backend.copy_into(a, host)
+            pool.append(host)
+        return host, done
 
     def _start(self, what, request, keep, then=None):
         work = _MPIWork(self, request, what, keep, then)
@@ -104,26 +106,25 @@ class MPICommunicator(Communicator):
     # ---- collectives ------------------------------------------------------------
     def iallreduce(self, a):
         self._check_array("iallreduce", a)
-        host, write_back = self._host(a)
+        host, done = self._host(a)
         request = self.comm.Iallreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
-        return self._start(f"all-reduce of {a.size} {a.dtype} values", request, (a, host), write_back)
+        return self._start(f"all-reduce of {a.size} {a.dtype} values", request, (a, host), done)
 
     def broadcast(self, a, root=0):
         self._check_array("broadcast", a)
         if not 0 <= root < self.size:
             raise ValueError(f"broadcast: root {root} out of range for a world of size {self.size}")
-        host, write_back = self._host(a, copy=self.rank == root)
+        host, done = self._host(a, copy=self.rank == root)
         request = self.comm.Ibcast(host, root=root)
-        self._start(f"broadcast of {a.size} {a.dtype} values from rank {root}", request, (a, host),
-                    write_back).wait()
+        self._start(f"broadcast of {a.size} {a.dtype} values from rank {root}", request, (a, host), done).wait()
         return a
 
     def allgather(self, a):
         self._check_array("allgather", a)
-        host, _ = self._host(a)
+        host, release = self._host(a, write_back=False)
         out = np.empty((self.size,) + tuple(a.shape), dtype=host.dtype)
         request = self.comm.Iallgather(host, out)
-        self._start(f"all-gather of {a.size} {a.dtype} values", request, (a, host, out)).wait()
+        self._start(f"all-gather of {a.size} {a.dtype} values", request, (a, host, out), release).wait()
         return _backend.to_gpu(out) if _backend.is_gpu_array(a) else out
 
     def barrier(self):
