@@ -124,6 +124,19 @@ def no_sync_accumulates():
                                                                                    rtol=1e-9, atol=1e-12))
 
 
+def eval_uses_rank0_buffers():
+    """Plain BatchNorm: each rank's running statistics drift with its own batch;
+    eval() broadcasts rank 0's, which is what a checkpoint of rank 0 holds."""
+    ddp = distributed.DistributedDataParallel(model(nn.BatchNorm2d))
+    x, y = batch(comm.rank, B)
+    _, d = nn.SoftmaxCrossEntropy()(ddp(x), y)
+    ddp.backward(d)
+    buffers = lambda: np.concatenate([b.reshape(-1).astype(float) for _, b in ddp.named_buffers()])  # noqa: E731
+    check("BN buffers differ after a training step", comm.size == 1 or not same_on_every_rank(buffers()))
+    ddp.eval()
+    check("eval(): rank 0's buffers everywhere", same_on_every_rank(buffers()))
+
+
 def sync_bn_unequal_batches():
     """Rank r holds r + 2 rows; a sum loss; statistics and gradients as one BatchNorm of all rows."""
     counts = [r + 2 for r in range(comm.size)]
@@ -292,6 +305,7 @@ def main(mode):
     equivalence(lambda p: optim.Adam(p, lr=0.01, weight_decay=0.001), False, 25)
     equivalence(lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01), True, 0.001)
     no_sync_accumulates()
+    eval_uses_rank0_buffers()
     sync_bn_unequal_batches()
     sampler_with_loader()
     nccl_emulated()

@@ -4,7 +4,7 @@ Construction broadcasts rank 0's parameters and buffers, so replicas that
 were initialized differently start equal. In training mode every forward
 broadcasts rank 0's buffers again (PyTorch's broadcast_buffers=True: plain
 BatchNorm running statistics then follow rank 0; SyncBatchNorm keeps them
-equal anyway).
+equal anyway), and so does eval(), so every rank evaluates with rank 0's.
 
 Backward, as in PyTorch DDP: the parameters are cut into fixed-order buckets
 of about `bucket_cap_mb` MB (reverse registration order, roughly the order
@@ -119,6 +119,15 @@ class DistributedDataParallel(Module):
 
     def load_state_dict(self, state, strict=True):
         return self.module.load_state_dict(state, strict)
+
+    def train(self, mode=True):
+        """Switching to eval mode broadcasts rank 0's buffers once more, so every
+        rank evaluates with the running statistics a checkpoint of rank 0 holds
+        (a collective: call it on every rank)."""
+        super().train(mode)
+        if not mode and self.broadcast_buffers and "comm" in self.__dict__:
+            self.broadcast_state(parameters=False)
+        return self
 
     # ---- forward / backward ---------------------------------------------------
     def forward(self, x):

@@ -30,8 +30,10 @@ def init(backend="auto", device=None, timeout=None):
     abort). Calling it again returns the same one; asking for another backend
     then is an error. device ("auto"/"cpu"/"gpu") guides backend="auto";
     timeout (seconds, MPI backend; default GPUCNN_DISTRIBUTED_TIMEOUT or 600)
-    bounds every wait for the other ranks. With more than one rank an
-    uncaught exception on any rank aborts the job (failure.py)."""
+    bounds every wait for the other ranks. Under a launcher on a GPU machine
+    each process first makes the GPU of its node-local rank current. With
+    more than one rank an uncaught exception on any rank aborts the job
+    (failure.py)."""
     global _world
     name = choose_backend(backend, device)
     if _world is not None:
@@ -46,6 +48,8 @@ def init(backend="auto", device=None, timeout=None):
     elif name == "mpi":
         from .mpi_backend import MPICommunicator
         world = MPICommunicator(timeout=timeout)
+        if launched_by_mpi() and _backend.resolve_device(device) == "gpu":   # one GPU per node-local rank
+            _backend.use_device(world.local_rank % _backend.device_count())
     else:
         from .nccl_backend import NCCLCommunicator
         world = NCCLCommunicator(timeout=timeout)
