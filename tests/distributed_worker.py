@@ -85,6 +85,13 @@ def equivalence(make_opt, bn, cap_mb):
     if bn:
         mine = nn.SyncBatchNorm.convert_sync_batchnorm(mine)
     ddp = distributed.DistributedDataParallel(mine, bucket_cap_mb=cap_mb)
+    started_in_backward = []
+    start = comm.iallreduce
+
+    def recording_iallreduce(a):   # started before the first layer's backward has run?
+        started_in_backward.append(mine[0].weight.grad is None)
+        return start(a)
+    comm.iallreduce = recording_iallreduce
     ref_opt, opt = make_opt(ref.parameters()), make_opt(ddp.parameters())
     loss = nn.SoftmaxCrossEntropy()
     rows = slice(comm.rank * B, (comm.rank + 1) * B)
@@ -101,6 +108,10 @@ def equivalence(make_opt, bn, cap_mb):
         what = f"{type(opt).__name__} bn={bn} cap={cap_mb} step {step}"
         check(f"{what}: equals one process at batch N*B", np.allclose(flat(mine), flat(ref), rtol=1e-9, atol=1e-12))
         check(f"{what}: identical on every rank", same_on_every_rank(flat(mine)))
+    del comm.iallreduce
+    if comm.size > 1 and len(ddp._buckets) > 1:   # all but the last bucket overlap the backward
+        check("buckets start during the backward", started_in_backward[-len(ddp._buckets):]
+              == [True] * (len(ddp._buckets) - 1) + [False])
     return len(ddp._buckets or ())
 
 
