@@ -21,6 +21,9 @@ setup(
         # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
         "gpu": ["cupy-cuda13x>=13", "nvidia-nccl-cu13"],
         "gpu-cuda12": ["cupy-cuda12x>=13"],
+        # gpucnn predict on PNG/JPEG files; gpucnn export / gpucnn.onnx and .safetensors weights
+        "images": ["pillow>=9"],
+        "export": ["onnx>=1.14", "onnxruntime>=1.16", "safetensors>=0.4"],
         # setuptools>=70.1 (bdist_wheel built in) and wheel: tests/test_packaging.py builds a
         # wheel without build isolation; a fresh venv has only Python's bundled setuptools.
         # mpi4py + mpich: tests/test_distributed.py runs mpiexec -n 2 and -n 3 (binary wheels).

@@ -83,13 +83,18 @@ def wrap_trainer(trainer, job, args):
     grandom.manual_seed([args.seed, job.rank])   # per-rank augmentation and dropout
 
 
-def check_resume(job, extra, args, start_epoch):
-    """Refuse a checkpoint written by another number of processes."""
-    saved = int((extra or {}).get("world_size", 1))
+def check_resume(job, state, args):
+    """Refuse a checkpoint (read_checkpoint's dict) written by another number of processes."""
+    user = (state.get("extra") or {}).get("user") or {} if isinstance(state.get("extra"), dict) else {}
+    saved = int(user.get("world_size", 1))
     if saved != job.size:
         raise CommandError(f"--resume {args.resume}: the checkpoint was written by {saved} process(es) and this "
                            f"run has {job.size}; resume with the same number (mpiexec -n {saved}) since the data "
                            f"shards and the scaled learning rate depend on it")
+
+
+def reseed_after_resume(job, args, start_epoch):
+    """The checkpoint restored rank 0's random stream on every rank: give each its own again."""
     if job.comm is not None:
         from .. import random as grandom
         grandom.manual_seed([args.seed, job.rank, start_epoch])

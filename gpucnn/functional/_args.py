@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import backend
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# float16: computed in float32 with a float16 result (_dispatch.widen / narrow).
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 _LAYOUT = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 _KLAYOUT = {1: "(K, C, S)", 2: "(K, C, R, S)", 3: "(K, C, T, R, S)"}
 
@@ -71,7 +72,7 @@ def check_arrays(op, **arrays):
     dtypes = {k: np.dtype(a.dtype) for k, a in given.items()}
     for name, dt in dtypes.items():
         if dt not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} must be float32 or float64, got {dt} "
+            raise TypeError(f"{op}: {name} must be float16, float32 or float64, got {dt} "
                             f"(shape {tuple(given[name].shape)})")
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{k}: {dt}" for k, dt in dtypes.items())
@@ -201,9 +202,11 @@ def check_argmax(op, dy, argmax):
         raise TypeError(f"{op}: argmax must be an int32 array, got {type(argmax).__name__}")
     if backend.is_gpu_array(argmax) != backend.is_gpu_array(dy):
         raise TypeError(f"{op}: cannot mix NumPy and CuPy arrays (dy and argmax)")
-    if np.dtype(argmax.dtype) != np.int32 or tuple(argmax.shape) != tuple(dy.shape):
+    if np.dtype(argmax.dtype) != np.int32:
         raise TypeError(f"{op}: argmax must be int32 with dy's shape {tuple(dy.shape)}, "
                         f"got {argmax.dtype} {tuple(argmax.shape)}")
+    if tuple(argmax.shape) != tuple(dy.shape):  # a shape error, like every other
+        raise ValueError(f"{op}: argmax must have dy's shape {tuple(dy.shape)}, got {tuple(argmax.shape)}")
 
 
 def check_argmax_range(op, argmax, x_shape):

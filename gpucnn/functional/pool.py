@@ -13,43 +13,55 @@ propagates as in PyTorch. The backward routes dy to argmax; overlapping
 windows accumulate, in a fixed order (deterministic).
 `version` picks the GPU kernel version (None = the default); ignored on the CPU.
 
+float16 arrays are accepted (computed in float32, float16 result; max
+pooling is exact, since float16 -> float32 is).
+
 Average pooling: padding counts as zeros and is included in the divisor
 (R*S, count_include_pad in PyTorch's terms).
 """
+from .. import backend
 from . import _args
-from ._dispatch import gpu_kwargs, implementation
+from ._dispatch import gpu_kwargs, implementation, narrow, widen
 
 
 def _max_forward(op, nd, x, kernel_size, stride, padding, version):
+    x = backend.dlpack_or_same(x)  # DLPack inputs (PyTorch, JAX): zero-copy views
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
-    return implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding,
-                                                      **gpu_kwargs(xp, version))
+    (x,), half = widen(x)
+    return narrow(implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding,
+                                                             **gpu_kwargs(xp, version, "pool", nd, "max_forward")), half)
 
 
 def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, version):
     """Without kernel_size the window geometry is unknown: the CPU scatters in
     output order and the GPU runs a plane-serial route (both deterministic).
     With it, each input element gathers from the windows that contain it."""
+    dy, argmax = map(backend.dlpack_or_same, (dy, argmax))
     if kernel_size is None:
         xp, x_shape = _args.max_pool_backward_args(op, nd, dy, argmax, x_shape)
         geometry = None
     else:
         xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax)
         x_shape, geometry = a.x_shape, (a.kernel, a.stride, a.padding)
-    return implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, geometry,
-                                                       **gpu_kwargs(xp, version))
+    (dy,), half = widen(dy)
+    return narrow(implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, geometry,
+                                                              **gpu_kwargs(xp, version, "pool", nd, "max_backward")), half)
 
 
 def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
+    x = backend.dlpack_or_same(x)
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
-    return implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
-                                                      **gpu_kwargs(xp, version))
+    (x,), half = widen(x)
+    return narrow(implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
+                                                             **gpu_kwargs(xp, version, "pool", nd, "avg_forward")), half)
 
 
 def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding, version):
+    dy = backend.dlpack_or_same(dy)
     xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding)
-    return implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
-                                                       **gpu_kwargs(xp, version))
+    (dy,), half = widen(dy)
+    return narrow(implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
+                                                              **gpu_kwargs(xp, version, "pool", nd, "avg_backward")), half)
 
 
 def max_pool1d(x, kernel_size, stride=None, padding=0, *, version=None):

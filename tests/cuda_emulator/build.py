@@ -104,20 +104,26 @@ def _signature(header):
     raise ValueError(f"unbalanced parentheses in {header!r}")
 
 
+# Calls that need the block's threads as OS threads: the block barrier and
+# the warp collectives (cuda_emu.h), including kernels/mma.cuh's wrappers.
+_THREAD_SYNC = re.compile(r"\b(?:__syncthreads|__syncwarp|__shfl\w*_sync|emu_warp_\w+)\b")
+
+
 def _reaches_barrier(name, functions, seen=()):
     """Whether a function or anything it names (over-approximated: every
-    identifier that is a function of the file) contains __syncthreads."""
+    identifier that is a function of the file) contains __syncthreads or a
+    warp collective."""
     body = functions[name][2]
-    if "__syncthreads" in body:
+    if _THREAD_SYNC.search(body):
         return True
     named = set(re.findall(r"\b\w+\b", body)) & functions.keys()
     return any(_reaches_barrier(f, functions, seen + (name,)) for f in named - set(seen) - {name})
 
 
-def discover(filename, source, cxx):
+def discover(filename, source, cxx, defines=()):
     """The extern "C" __global__ kernels of one source text, as dicts
     {name, file, params, barrier, max_threads}."""
-    pre = subprocess.run([cxx, "-E", "-P", "-x", "c++", "-DSCALAR=float", "-"], input=source,
+    pre = subprocess.run([cxx, "-E", "-P", "-x", "c++", "-DSCALAR=float", *defines, "-"], input=source,
                          capture_output=True, text=True)
     if pre.returncode:
         raise RuntimeError(f"preprocessing {filename} failed:\n{pre.stderr}")
@@ -163,8 +169,9 @@ def _dispatcher(files, kernels):
     return "\n".join(lines) + "\n"
 
 
-def _key(cxx, sources):
+def _key(cxx, sources, extra=()):
     h = hashlib.sha256()
+    h.update(repr(tuple(extra)).encode())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     own = [(HERE / f).read_text() for f in ("cuda_emu.h", "emu_main.cpp", "build.py")]
     for part in [version, " ".join(CXXFLAGS)] + own:
@@ -174,10 +181,10 @@ def _key(cxx, sources):
     return h.hexdigest()[:20]
 
 
-def _compile(cxx, workdir, final, dtype):
+def _compile(cxx, workdir, final, dtype, defines=()):
     """emu_<dtype> in workdir; debug paths name `final`, where workdir will be."""
     exe = workdir / f"emu_{dtype}"
-    cmd = [cxx, *CXXFLAGS, f"-DSCALAR={SCALARS[dtype]}", f"-fdebug-prefix-map={workdir}={final}",
+    cmd = [cxx, *CXXFLAGS, f"-DSCALAR={SCALARS[dtype]}", *defines, f"-fdebug-prefix-map={workdir}={final}",
            "-I", str(HERE), "-I", str(workdir), str(HERE / "emu_main.cpp"), "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -190,29 +197,33 @@ def cache_root():
     return Path(env) if env else Path.home() / ".cache" / "gpucnn-emu"
 
 
-def build(root=None):
+def build(root=None, files=None, defines=(), dtypes=tuple(SCALARS)):
     """The emulator build for the current kernel sources (built on first use):
-    a directory with emu_float32, emu_float64 and kernels.json."""
+    a directory with emu_<dtype> for each dtype and kernels.json. `files`
+    (default: every kernels/*.cu) and `defines` (e.g. -DGPUCNN_EMU_PLANTED_BUGS)
+    make a variant build, cached under its own key."""
     cxx = find_cxx()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    sources = {p.name: kernel_loader.read_source(p.name) for p in kernel_loader.kernel_files()}
+    names = files or [p.name for p in kernel_loader.kernel_files()]
+    sources = {name: kernel_loader.read_source(name) for name in names}
+    defines, dtypes = tuple(defines), tuple(dtypes)
     root = Path(root) if root else cache_root()
-    out = root / _key(cxx, sources)
+    out = root / _key(cxx, sources, defines + dtypes)
     if (out / "kernels.json").is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=root, prefix="building-"))
     try:
-        kernels = [k for name, text in sorted(sources.items()) for k in discover(name, text, cxx)]
+        kernels = [k for name, text in sorted(sources.items()) for k in discover(name, text, cxx, defines)]
         names = [k["name"] for k in kernels]
         if len(set(names)) != len(names):
             raise ValueError(f"kernel names defined twice across kernels/*.cu: {names}")
         for name, text in sources.items():
             (work / name).write_text(text)
         (work / "emu_kernels.inc").write_text(_dispatcher(sorted(sources), kernels))
-        with concurrent.futures.ThreadPoolExecutor(len(SCALARS)) as pool:
-            list(pool.map(lambda dt: _compile(cxx, work, out, dt), SCALARS))
+        with concurrent.futures.ThreadPoolExecutor(len(dtypes)) as pool:
+            list(pool.map(lambda dt: _compile(cxx, work, out, dt, defines), dtypes))
         (work / "kernels.json").write_text(json.dumps(kernels, indent=1))
         try:
             os.replace(work, out)
