@@ -148,6 +148,25 @@ def eval_uses_rank0_buffers():
     check("eval(): rank 0's buffers everywhere", same_on_every_rank(buffers()))
 
 
+def trainer_nonfinite_on_one_rank():
+    """A NaN batch on the last rank only: every rank skips that step (no rank
+    waits in a collective the others never enter); metrics are global sums."""
+    from gpucnn.commands.train_distributed import Job
+    from gpucnn.train import Trainer
+    net = model()
+    trainer = Trainer(net, optim.SGD(net.parameters(), lr=0.1), skip_nonfinite=True)
+    trainer.model = distributed.DistributedDataParallel(net)
+    sums = []
+    trainer.reduce_sums = lambda *v: sums.append(Job(comm).reduce_sums(*v)) or sums[-1]
+    x, y = batch(0, 3 * B)
+    if comm.rank == comm.size - 1:
+        x[B:2 * B] = np.nan          # the second of three batches
+    trainer.train_epoch(DataLoader(x, y, batch_size=B, shuffle=False, prefetch=0))
+    check("the non-finite step is skipped on every rank", trainer.nonfinite_steps == 1)
+    check("parameters still identical", same_on_every_rank(flat(net)))
+    check("samples seen: a sum over the ranks", sums[-1][0] == comm.size * 2 * B)
+
+
 def sync_bn_unequal_batches():
     """Rank r holds r + 2 rows; a sum loss; statistics and gradients as one BatchNorm of all rows."""
     counts = [r + 2 for r in range(comm.size)]
@@ -317,6 +336,7 @@ def main(mode):
     equivalence(lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01), True, 0.001)
     no_sync_accumulates()
     eval_uses_rank0_buffers()
+    trainer_nonfinite_on_one_rank()
     sync_bn_unequal_batches()
     sampler_with_loader()
     nccl_emulated()
