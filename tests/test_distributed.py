@@ -196,3 +196,16 @@ def test_cli_distributed_without_mpi4py_says_what_to_install(monkeypatch, capsys
     assert err == "gpucnn train: error: --distributed needs mpi4py: mpi4py is not installed: pip install x"
     assert cli.main(TRAIN + ["--sync-bn"]) == 2
     assert "need --distributed" in capsys.readouterr().err
+
+
+def test_sync_batchnorm_float16_keeps_statistics_in_wide_precision(rng):
+    # per-channel sums of 8*16*16 values around 32 exceed float16's range (65504)
+    x = (rng.random((8, 3, 16, 16)) * 64).astype(np.float16)
+    dy = rng.standard_normal(x.shape).astype(np.float16)
+    sync = nn.SyncBatchNorm(3, comm=distributed.SingleCommunicator(), dtype=np.float16)
+    ref = nn.BatchNorm2d(3).double()
+    y, y_ref = sync(x), ref(x.astype(np.float64))
+    assert y.dtype == np.float16 and np.allclose(y, y_ref, atol=2e-2)
+    dx, dx_ref = sync.backward(dy), ref.backward(dy.astype(np.float64))
+    assert dx.dtype == np.float16 and np.allclose(dx, dx_ref, atol=2e-2)
+    assert np.allclose(sync.running_mean, ref.running_mean, rtol=1e-3)

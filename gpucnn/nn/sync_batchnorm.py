@@ -5,6 +5,8 @@ rank contributes its own count, so unequal batch sizes are exact):
     all-reduce [sum(x), count]          -> mu = sum / M
     all-reduce sum((x - mu)^2)          -> var = . / M       (two passes, as BatchNorm)
     xhat, y, running statistics as in BatchNorm, with M in the unbiased factor.
+The all-reduced statistics travel in float64 (C + 1 numbers: the count stays
+exact beyond float32's 2^24, and float16 inputs do not overflow).
 Backward: the layer's local sums dweight_r = sum(dout * xhat), dbias_r =
 sum(dout) are added into .grad (DistributedDataParallel averages them, as for
 every parameter); dx needs the sums over all ranks:
@@ -17,8 +19,15 @@ behaves the same). Eval mode is BatchNorm's (running statistics, no
 communication). The communicator is gpucnn.distributed's world unless one is
 given; a world of size 1 makes the layer a BatchNorm.
 """
+import numpy as np
+
 from .. import backend
 from .norm import _BatchNorm, _channel_sum
+
+
+def _sum64(a):
+    """Per-channel sums as float64 (float16 input summed in float32 first)."""
+    return _channel_sum(a if a.dtype.itemsize >= 4 else a.astype(np.float32)).astype(np.float64)
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -41,16 +50,15 @@ class SyncBatchNorm(_BatchNorm):
         shape = self._channel_shape(x)
         comm = self._world()
         xp = backend.get_array_module(x)
-        sums = xp.concatenate([_channel_sum(x), xp.asarray([x.size // x.shape[1]], dtype=x.dtype)])
+        sums = xp.concatenate([_sum64(x), xp.asarray([x.size // x.shape[1]], np.float64)])
         comm.allreduce(sums)
         m = float(sums[-1])
         if m < 2:
             raise ValueError(f"SyncBatchNorm: training needs more than one value per channel over all "
                              f"ranks, got {m:g} (input shape on rank {comm.rank}: {tuple(x.shape)})")
-        mu = sums[:-1] / m
+        mu = (sums[:-1] / m).astype(x.dtype)
         centered = x - mu.reshape(shape)
-        sq = _channel_sum(centered * centered)
-        var = comm.allreduce(xp.ascontiguousarray(sq)) / m
+        var = (comm.allreduce(_sum64(centered * centered)) / m).astype(x.dtype)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         xhat = centered
         xhat *= inv_std.reshape(shape)
@@ -64,14 +72,14 @@ class SyncBatchNorm(_BatchNorm):
         xhat, inv_std, m = self._take()
         shape = self._channel_shape(dout)
         xp = backend.get_array_module(dout)
-        dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
-        self.weight.accumulate(dweight)
-        self.bias.accumulate(dbias)
-        both = self._world().allreduce(xp.concatenate([dweight, dbias]))
+        dweight, dbias = _sum64(dout * xhat), _sum64(dout)
+        self.weight.accumulate(dweight.astype(self.weight.data.dtype))
+        self.bias.accumulate(dbias.astype(self.bias.data.dtype))
+        means = (self._world().allreduce(xp.concatenate([dweight, dbias])) / m).astype(dout.dtype)
         c = self.num_features
-        dx = xhat * (-both[:c] / m).reshape(shape)
+        dx = xhat * (-means[:c]).reshape(shape)
         dx += dout
-        dx -= (both[c:] / m).reshape(shape)
+        dx -= means[c:].reshape(shape)
         dx *= (self.weight.data * inv_std).reshape(shape)
         return dx
 
