@@ -180,6 +180,10 @@ def test_cli_under_mpiexec_writes_one_metrics_file_and_refuses_another_world_siz
     metrics = json.loads((out / "m.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 32
     assert metrics["settings"]["lr"] == pytest.approx(2 * 0.001) and metrics["settings"]["warmup"] == 5
+    done, _ = mpirun(2, "-m", "gpucnn", *TRAIN, "--epochs", "2", "--distributed", "--sync-bn", "--scale-lr",
+                     "linear", "--metrics-out", out / "m2.json", "--resume", out / "c.npz", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr                   # the same N resumes
+    assert [r["epoch"] for r in json.loads((out / "m2.json").read_text())["epochs"]] == [1, 2]
     from gpucnn import cli
     assert cli.main(TRAIN + ["--epochs", "2", "--resume", str(out / "c.npz")]) == 2
     err = capsys.readouterr().err.strip()
