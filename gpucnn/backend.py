@@ -174,3 +174,63 @@ def asarray(obj):
     device, anything else (lists, scalars) goes through numpy.asarray."""
     obj = dlpack_or_same(obj)
     return obj if isinstance(obj, np.ndarray) or is_gpu_array(obj) else np.asarray(obj)
+
+
+# ---- helpers for gpucnn.distributed (device choice per process, host staging, NCCL) ----
+def device_count():
+    """Number of usable CUDA devices (0 without a GPU)."""
+    return cupy.cuda.runtime.getDeviceCount() if gpu_available() else 0
+
+
+def use_device(index):
+    """Make CUDA device `index` current for this process (before any GPU array exists)."""
+    require_gpu("use_device")
+    cupy.cuda.Device(int(index)).use()
+
+
+def pinned_empty(shape, dtype):
+    """A NumPy array in page-locked host memory (fast, asynchronous device copies)."""
+    import cupyx
+    return cupyx.empty_pinned(shape, dtype=dtype)
+
+
+def copy_into(dst, src):
+    """dst[...] = src across devices: host<-device, device<-host or same side."""
+    if is_gpu_array(dst) and not is_gpu_array(src):
+        dst.set(src)
+    elif is_gpu_array(src) and not is_gpu_array(dst):
+        src.get(out=dst)
+    else:
+        dst[...] = src
+
+
+def nccl_module():
+    """CuPy's NCCL binding (cupy.cuda.nccl), or a RuntimeError saying what is missing."""
+    require_gpu("the NCCL backend")
+    from cupy.cuda import nccl
+    if not getattr(nccl, "available", False):
+        raise RuntimeError("the NCCL backend needs the NCCL library: pip install gpucnn[gpu] "
+                           "(nvidia-nccl-cu13)")
+    return nccl
+
+
+def nccl_available():
+    try:
+        nccl_module()
+        return True
+    except Exception:
+        return False
+
+
+def array_pointer(a):
+    """Device address of a CuPy array's first element."""
+    return a.data.ptr
+
+
+def new_stream():
+    """A non-blocking CUDA stream (for communication beside the compute stream)."""
+    return cupy.cuda.Stream(non_blocking=True)
+
+
+def current_stream():
+    return cupy.cuda.get_current_stream()

@@ -56,6 +56,9 @@ class Trainer:
         self.full_batch = full_batch
         self.history = []
         self.monitor = None  # a gpucnn.monitor.TrainingMonitor, or None (off)
+        # Data-parallel runs set this to a callable(*sums) -> the same sums over every
+        # process (gpucnn.commands.train_distributed), so metrics are sums / counts.
+        self.reduce_sums = None
         if self.device == "gpu":
             model.to_gpu()
         else:
@@ -71,6 +74,15 @@ class Trainer:
         if params and np.dtype(xb.dtype).kind == "f":
             xb = xb.astype(params[0].data.dtype, copy=False)
         return self._move(xb)
+
+    def _total(self, *sums):
+        return sums if self.reduce_sums is None else self.reduce_sums(*sums)
+
+    def _all_finite(self, loss):
+        """The loss is finite here and, in a data-parallel run, on every rank (so
+        all ranks skip or stop at the same step and their collectives stay in step)."""
+        bad = 0 if math.isfinite(loss) else 1
+        return (bad if self.reduce_sums is None else self.reduce_sums(bad)[0]) == 0
 
     def _correct(self, logits, yb):
         return int((logits.argmax(axis=1) == _labels(yb)).sum())
@@ -93,7 +105,7 @@ class Trainer:
             n = len(xb)
             logits = self.model(xb)
             loss, dlogits = self.loss_fn(logits, yb)
-            if not math.isfinite(loss):
+            if not self._all_finite(loss):
                 if not self.skip_nonfinite:
                     raise NonFiniteLossError(len(self.history) + 1, i + 1, loss)
                 self.nonfinite_steps += 1
@@ -120,6 +132,7 @@ class Trainer:
                 self.monitor.before_step()
             self.optimizer.step()
         seconds = time.perf_counter() - start
+        seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         if self.monitor is not None:
             self.monitor.end_epoch()  # outside `seconds`: its host copies are not the step's cost
         if self.scheduler is not None:
@@ -144,6 +157,7 @@ class Trainer:
                     correct += self._correct(logits, yb)
         finally:
             self.model.train(was_training)
+        seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     def predict_proba(self, x, batch_size=512):

@@ -18,6 +18,7 @@ from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonneg
     positive_int
 from ..monitor import TrainingMonitor, json_safe, plot_monitor
 from ..monitor import warnings as monitor_warnings
+from . import train_distributed
 
 INTERRUPT_CHECKPOINT = "gpucnn-interrupted.ckpt.npz"
 
@@ -80,6 +81,7 @@ def add_parser(subparsers):
                         "gradient norms) into the metrics JSON, with warnings (default: off)")
     p.add_argument("--monitor-plot", metavar="FILE.png",
                    help="plot of the --monitor statistics, implies --monitor (default: no plot)")
+    train_distributed.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -229,7 +231,10 @@ def run(args):
         raise CommandError("--early-stopping needs a validation split; pass --val-split above 0")
     prepare_outputs(args.metrics_out, args.plot, args.checkpoint, args.monitor_plot)
     device = resolve_device(args.device)
+    job = train_distributed.setup(args, device)
     resume_state = read_resume_checkpoint(args) if args.resume else None
+    if resume_state is not None:
+        train_distributed.check_resume(job, resume_state, args)
     ds = load_data(args)
     if resume_state is not None:
         check_resume_matches_data(args, resume_state, ds)
@@ -237,12 +242,14 @@ def run(args):
     trainer = make_trainer_from_args(args, ds, device, schedule=args.schedule, epochs=args.epochs,
                                      warmup=args.warmup)
     trainer.skip_nonfinite = args.skip_nonfinite
+    train_distributed.wrap_trainer(trainer, job, args)
     start_epoch = 0
     if args.resume:
         try:
             start_epoch = int(trainer.load_checkpoint(args.resume)["epoch"])
         except (ValueError, KeyError) as exc:  # e.g. other layer shapes under the same model name
             raise CommandError(f"--resume {args.resume} does not fit this model: {exc}".replace("\n", " "))
+        train_distributed.reseed_after_resume(job, args, start_epoch)
         print(f"resumed from {args.resume} after epoch {start_epoch}")
     print(f"model: {args.model}, {sum(p.data.size for p in trainer.model.parameters()):,} parameters; "
           f"optimizer {args.optimizer}; device {device}; {len(data.x_train)} training images"
@@ -254,13 +261,17 @@ def run(args):
     # exactly as an uninterrupted one would.
     if args.monitor or args.monitor_plot:
         trainer.monitor = TrainingMonitor(trainer.model)
-    train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None)
-    val_loader = DataLoader(data.x_val, data.y_val, 512, shuffle=False) if data.x_val is not None else None
+    sampler = train_distributed.train_sampler(job, len(data.x_train), args.seed, start_epoch)
+    train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None, sampler=sampler)
+    val_loader = DataLoader(*job.shard(data.x_val, data.y_val), 512, shuffle=False) if data.x_val is not None else None
     extra = {"model": args.model, "dataset": ds.name, "input_shape": list(ds.input_shape),
              "num_classes": ds.num_classes,  # "inference": what gpucnn.load_model needs
-             inference.METADATA_KEY: inference.training_metadata(args.model, ds, data.normalize, args.dropout)}
+             inference.METADATA_KEY: inference.training_metadata(args.model, ds, data.normalize, args.dropout),
+             "world_size": job.size}
 
     def on_epoch_end(rec):
+        if sampler is not None:
+            sampler.set_epoch(rec["epoch"])
         print(protocol.epoch_line(rec, args.epochs))
         for line in monitor_warnings(trainer.monitor.history[-1]) if trainer.monitor else ():
             print(f"  warning: {line}")
@@ -271,11 +282,12 @@ def run(args):
     remaining = args.epochs - start_epoch
     try:
         new = trainer.fit(train_loader, val_loader, remaining, early_stopping_patience=args.early_stopping,
-                          on_epoch_end=on_epoch_end, progress=not args.no_progress)
+                          on_epoch_end=on_epoch_end, progress=not args.no_progress and job.is_main)
     except KeyboardInterrupt:
         path = args.checkpoint or INTERRUPT_CHECKPOINT
         done = trainer.history[-1]["epoch"] if trainer.history else start_epoch
-        save_or_fail("checkpoint", path, lambda: trainer.save_checkpoint(path, done, extra=extra))
+        if job.is_main:
+            save_or_fail("checkpoint", path, lambda: trainer.save_checkpoint(path, done, extra=extra))
         print(f"\ninterrupted: saved a checkpoint after epoch {done} to {path}; "
               f"continue with --resume {path}", file=sys.stderr)
         return 130
@@ -296,13 +308,14 @@ def run(args):
 
     records = [{k: (None if v is None else float(v)) if k != "epoch" else int(v) for k, v in r.items()}
                for r in trainer.history]
-    test = trainer.evaluate(DataLoader(data.x_test, data.y_test, 512, shuffle=False))
+    test = trainer.evaluate(DataLoader(*job.shard(data.x_test, data.y_test), 512, shuffle=False))
     print(f"test loss {test['loss']:.4f}  test accuracy {test['accuracy']:.4f}")
     if args.metrics_out:
         metrics = {"dataset": ds.name, "model": args.model, "device": device, "epochs": records,
                    "test_loss": float(test["loss"]), "test_accuracy": float(test["accuracy"]),
                    "data_source": ds.source, "train_images": len(data.x_train),
                    "nonfinite_steps_skipped": trainer.nonfinite_steps,
+                   "world_size": job.size, "global_batch_size": args.batch_size * job.size,
                    "provenance": provenance(device, args.seed, getattr(args, "argv", None)),
                    "settings": {k: v for k, v in vars(args).items() if k not in ("func", "argv")}}
         if trainer.monitor is not None:

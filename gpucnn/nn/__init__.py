@@ -17,10 +17,12 @@ from .norm import BatchNorm1d, BatchNorm2d
 from .pool import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AdaptiveMaxPool1d,
                    AdaptiveMaxPool2d, AdaptiveMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, MaxPool1d,
                    MaxPool2d, MaxPool3d)
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["ELU", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d",
            "Conv3d", "Dropout", "Flatten", "LeakyReLU", "Linear", "MSELoss", "MaxPool1d", "MaxPool2d", "MaxPool3d",
            "Maxout", "Module", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
            "Tanh", "forward_hook", "init", "is_grad_enabled", "no_grad", "softmax",
            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d",
-           "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+           "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+           "SyncBatchNorm"]
