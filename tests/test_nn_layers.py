@@ -484,3 +484,29 @@ def test_batchnorm_numba_kernels_match_array_code(monkeypatch, make, shape, dtyp
     for i, (a, b) in enumerate(zip(numba_path, array_code)):
         assert a.dtype == dtype and a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"result {i}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_cpu_kernel_matches_array_code_at_every_thread_count(dtype):
+    # gpucnn/nn/elementwise_cpu.py: the same formulas bit for bit (NaN, +-inf,
+    # a non-contiguous input), also when a large array is split across threads.
+    import numba
+    from gpucnn.nn.activation import _ReLUArrayCode
+    rng = np.random.default_rng(0)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            for shape in ((3, 5, 4, 7), (64, 32, 16, 16)):
+                x = rng.standard_normal(shape).astype(dtype).transpose(0, 2, 1, 3)
+                x[0, 0, 0, :3] = [np.nan, -np.inf, np.inf]
+                layer = nn.ReLU()
+                y = layer(x)
+                with np.errstate(invalid="ignore"):
+                    y_ref, mask = _ReLUArrayCode.relu_forward(x)
+                np.testing.assert_array_equal(y, y_ref)
+                assert y.dtype == dtype and y.flags.c_contiguous
+                dout = rng.standard_normal(x.shape).astype(dtype)
+                np.testing.assert_array_equal(layer.backward(dout), _ReLUArrayCode.relu_backward(dout, mask))
+    finally:
+        numba.set_num_threads(before)

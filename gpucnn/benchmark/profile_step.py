@@ -14,9 +14,10 @@ perf_counter around it (the CPU runs synchronously):
                between phases, the timers themselves)
 
 Per-layer times come from wrapping each top-level layer's forward and
-backward (ours) or forward/backward hooks (PyTorch); a layer's share is the
-median over the repeats. Ours and PyTorch's steps alternate (a, b, a, b),
-so that a noisy neighbour hits both alike.
+backward (ours) or forward/backward hooks (PyTorch, on a twin model: the
+hooks cost time, so PyTorch's step and phases come from an unhooked copy);
+each number is the median over the repeats. The steps alternate (ours,
+PyTorch, PyTorch hooked, ...), so that a noisy neighbour hits all alike.
 """
 import time
 
@@ -94,16 +95,24 @@ def _phases(clock, t0, t1, t2, t3, t4, t5):
     return {"total": t5 - t0, "phases": phases, "layers": dict(clock.t)}
 
 
-def _theirs(torch, model, x, y):
+def _torch_parts(torch, model):
     tmodel = torch_mirror(torch, model)
     tmodel.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in model.state_dict().items()})
     tmodel.train()
+    return tmodel, torch.optim.SGD(tmodel.parameters(), lr=LR, momentum=MOMENTUM)
+
+
+def _theirs(torch, model, x, y, hooked):
+    """PyTorch's step. hooked: per-layer times from forward/backward hooks
+    (which cost time themselves: the phases come from an unhooked twin)."""
+    tmodel, opt = _torch_parts(torch, model)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    if hooked:
+        tx.requires_grad_(True)   # so that the first layer's backward hooks fire too
     loss_fn = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(tmodel.parameters(), lr=LR, momentum=MOMENTUM)
     clock = _Clock()
     starts = {}
-    for name, layer in zip(_layer_names(model), tmodel):
+    for name, layer in zip(_layer_names(model), tmodel) if hooked else ():
         def pre(key):
             return lambda *a: starts.__setitem__(key, time.perf_counter())
 
@@ -116,9 +125,7 @@ def _theirs(torch, model, x, y):
 
     def step():
         clock.t = {}
-        t0 = time.perf_counter()
-        tx.requires_grad_(True)   # so that the first layer's backward hooks fire too
-        t1 = time.perf_counter()
+        t0 = t1 = time.perf_counter()
         out = tmodel(tx)
         t2 = time.perf_counter()
         loss = loss_fn(out, ty)
@@ -156,8 +163,9 @@ def profile_step(model_name, batch=128, image_size=28, in_channels=1, repeats=10
     x = rng.standard_normal((batch, in_channels, image_size, image_size)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
     model, ours = _ours(model_name, x, y, _loader(x, y))
-    theirs = _theirs(torch, model, x, y) if torch is not None else None
-    steps = [ours] if theirs is None else [ours, theirs]
+    steps = [ours]
+    if torch is not None:
+        steps += [_theirs(torch, model, x, y, hooked=False), _theirs(torch, model, x, y, hooked=True)]
     records = [[] for _ in steps]
     for i in range(warmup + repeats):
         for fn, rec in zip(steps, records):
@@ -165,9 +173,12 @@ def profile_step(model_name, batch=128, image_size=28, in_channels=1, repeats=10
             if i >= warmup:
                 rec.append(r)
     names = _layer_names(model)
+    theirs = None
+    if torch is not None:
+        theirs = _median_record(records[1], names)
+        theirs["layers"] = _median_record(records[2], names)["layers"]
     return {"model": model_name, "batch": batch, "input_shape": list(x.shape),
-            "ours": _median_record(records[0], names),
-            "torch": _median_record(records[1], names) if theirs is not None else None}
+            "ours": _median_record(records[0], names), "torch": theirs}
 
 
 def profile_text(prof):

@@ -7,36 +7,44 @@ with unit leading spatial dimensions (kernel 1, stride 1, padding 0 there), so
 one set of kernels serves every nd and the argument arrays are only reshaped,
 never copied (unless they are non-contiguous views).
 
-col is laid out per sample, (N, CTRS, P): col[n, (c,t,r,s), (od,oh,ow)] =
-x_pad[n, c, od*sd + t*dd, oh*sh + r*dh, ow*sw + s*dw], so that each direction
-is one matmul per sample that reads and writes the NCDHW arrays in place (no
-transposes):
+col is laid out per block of m samples, (CTRS, m, P): col[(c,t,r,s), n,
+(od,oh,ow)] = x_pad[n, c, od*sd + t*dd, oh*sh + r*dh, ow*sw + s*dw], so that
+each direction is one matmul per block, with m*P columns:
 
-    forward          y[n] (K, P)        = W (K, CTRS) @ col[n]
-    backward-filter  dW (K, CTRS)       = sum over n of dy[n] (K, P) @ col[n]^T
-    backward-data    dcol[n] (CTRS, P)  = W^T @ dy[n]        then col2im adds dcol into dx
+    forward          Y (K, m*P)         = W (K, CTRS) @ col         then y[n] = Y[:, n]
+    backward-filter  dW (K, CTRS)       = sum over blocks of dY (K, m*P) @ col^T
+    backward-data    dcol (CTRS, m*P)   = W^T @ dY                  then col2im adds dcol into dx
+
+where Y, dY are y, dy with the sample and channel axes swapped (one copy of
+a block: cheap next to the matmul, which does CTRS multiply-adds per element
+of Y). For one sample (m = 1) Y is y[n] itself and nothing is copied.
+One matmul over the block instead of one per sample: small images with
+many channels (4x4 with 256 channels, P = 16) give the BLAS m*P columns
+instead of P (per-sample products of 16 columns ran at about 2/3 of its
+speed), and backward-filter sums over samples inside the product (no
+per-sample dW to add up).
 
 With groups the channel axes split into G consecutive blocks and each matmul
-becomes a batch of G: W (G, K/G, CTRS/G) against col[n] viewed as
-(G, CTRS/G, P), y[n] as (G, K/G, P); still no copies (G = 1 is the plain
-product). Depthwise (G = C) is G products of one filter row each.
+becomes a batch of G: W (G, K/G, CTRS/G) against col viewed as
+(G, CTRS/G, m*P), Y as (G, K/G, m*P) (G = 1 is the plain product).
+Depthwise (G = C) is G products of one filter row each.
 
-Threads: the batch is split into numba.get_num_threads() contiguous parts,
-one per thread (the calling thread and a small pool of Python threads); each
-thread runs the Numba kernels (compiled nogil, serial) and single-threaded
-BLAS matmuls on its own samples, so an op has exactly one fork and one join
-and no thread pool ever waits on another. Measured on a loaded 2-core
-machine, interleaving Numba's parallel regions with multi-threaded BLAS calls
-was 10-100x slower (each pool's idle threads spin while the other works).
-The BLAS is pinned to one thread (through threadpoolctl's library
-controllers; process-wide while an op runs), also when an op runs in the
-calling thread alone. pool_cpu splits its planes with the same over_parts.
+Threads (gpucnn.cpu_parallel, the one thread policy of the CPU path): the
+batch is split into numba.get_num_threads() contiguous parts, one per thread
+(the calling thread and a small pool of Python threads); each thread runs
+the Numba kernels (compiled nogil, serial) and single-threaded BLAS matmuls
+on its own samples, so an op has exactly one fork and one join and no
+thread pool ever waits on another. A multi-threaded BLAS over the whole
+batch would leave im2col/col2im serial (or need a second pool); with each
+thread's part being a few large GEMMs the BLAS runs near its single-thread
+speed in every thread. Only an op whose work fits one sample but several
+threads lets the BLAS use its own threads.
 
 Each thread cuts its samples into blocks whose col fits in _COL_BYTES (about
-half an L2 cache): im2col writes a block that the matmuls then read from
-cache, measured 1.5-2x faster than one batch-sized col streamed through
-memory. backward-filter sums dW per thread in sample order, then the
-threads' sums in thread order.
+half an L2 cache; at least _MIN_COLUMNS columns): im2col writes a block that
+the matmuls then read from cache, measured 1.5-2x faster than one
+batch-sized col streamed through memory. backward-filter sums dW per thread
+in block order, then the threads' sums in thread order.
 
 im2col and col2im copy each (n, c) plane into (or sum it in) a zero-padded
 plane buffer that stays in L1, so the inner loops are branch-free copies of
@@ -49,7 +57,9 @@ import numpy as np
 from ..cpu_parallel import over_samples
 from ._args import output_shape
 
-_COL_BYTES = 512 << 10   # col buffer per block of samples
+_COL_BYTES = 512 << 10   # col buffer per block of samples ...
+_MIN_COLUMNS = 256       # ... but at least this many matmul columns (m*P)
+_MIN_FORWARD_CHANNELS = 16   # backward-data as a forward conv from this many input channels per group
 
 
 # Inner loops copy between 1-D views indexed from 0 by a range: Numba then
@@ -71,7 +81,7 @@ def _add(dst, src):
 
 @nb.njit(nogil=True, cache=True)
 def _im2col(x, kernel, stride, padding, dilation, col):
-    """col (N, CTRS, Do, Ho, Wo) from x (N, C, D, H, W)."""
+    """col (CTRS, N, Do, Ho, Wo) from x (N, C, D, H, W)."""
     N, C, D, H, W = x.shape
     T, R, S = kernel
     sd, sh, sw = stride
@@ -87,7 +97,7 @@ def _im2col(x, kernel, stride, padding, dilation, col):
             for t in range(T):
                 for r in range(R):
                     for s in range(S):
-                        rows = col[n, ((c * T + t) * R + r) * S + s]
+                        rows = col[((c * T + t) * R + r) * S + s, n]
                         for od in range(Do):
                             for oh in range(Ho):
                                 src = buf[od * sd + t * dd, oh * sh + r * dh]
@@ -100,7 +110,7 @@ def _im2col(x, kernel, stride, padding, dilation, col):
 
 @nb.njit(nogil=True, cache=True)
 def _col2im(dcol, kernel, stride, padding, dilation, dx):
-    """dx[n, c] = the sum over (t,r,s) of dcol[n, (c,t,r,s)] added at the input
+    """dx[n, c] = the sum over (t,r,s) of dcol[(c,t,r,s), n] added at the input
     positions im2col reads them from (padding dropped); the (t,r,s) order is fixed."""
     N, C, D, H, W = dx.shape
     T, R, S = kernel
@@ -117,7 +127,7 @@ def _col2im(dcol, kernel, stride, padding, dilation, dx):
             for t in range(T):
                 for r in range(R):
                     for s in range(S):
-                        rows = dcol[n, ((c * T + t) * R + r) * S + s]
+                        rows = dcol[((c * T + t) * R + r) * S + s, n]
                         for od in range(Do):
                             for oh in range(Ho):
                                 dst = buf[od * sd + t * dd, oh * sh + r * dh]
@@ -147,35 +157,55 @@ class _Plan:
         self.kernel, self.stride = lift3(w_shape[2:], 1), lift3(stride, 1)
         self.padding, self.out3 = lift3(padding, 0), lift3(self.out, 1)
         self.dilation = lift3(dilation, 1)
-        self.G, self.Kg = groups, w_shape[0] // groups
+        self.K, self.G, self.Kg = w_shape[0], groups, w_shape[0] // groups
         self.rows_g, self.P = int(np.prod(w_shape[1:])), int(np.prod(self.out))
         self.rows = self.rows_g * groups
         self.dtype = np.dtype(dtype)
-        self.m = max(1, min(x_shape[0], _COL_BYTES // (self.rows * self.P * self.dtype.itemsize)))
+        fits = _COL_BYTES // (self.rows * self.P * self.dtype.itemsize)
+        self.m = max(1, min(x_shape[0], max(fits, -(-_MIN_COLUMNS // self.P))))
         self.flops = 2 * x_shape[0] * w_shape[0] * self.rows_g * self.P
 
     def weight(self, w):
         """w (K, C/G, ...) as the matmul operand (G, K/G, CTRS/G) (a view if contiguous)."""
         return np.ascontiguousarray(w).reshape(self.G, self.Kg, self.rows_g)
 
-    def grouped(self, a, rows):
-        """(m, G*rows, P) -> (m, G, rows, P), a view."""
-        return a.reshape(a.shape[0], self.G, rows, self.P)
-
     def blocks(self, n0, n1):
-        """Blocks [a, b) of the samples [n0, n1) and a col buffer for the largest."""
-        col = np.empty((min(self.m, n1 - n0), self.rows) + self.out3, self.dtype)
-        return [(a, min(n1, a + self.m)) for a in range(n0, n1, self.m)], col
+        """Blocks [a, b) of the samples [n0, n1), and two flat buffers for the
+        largest block: its col and its Y (or dY)."""
+        m = min(self.m, n1 - n0)
+        return ([(a, min(n1, a + self.m)) for a in range(n0, n1, self.m)],
+                np.empty(self.rows * m * self.P, self.dtype), np.empty(self.K * m * self.P, self.dtype))
 
-    def im2col(self, x5, col):
-        """col[:m] (m, CTRS, P) of a block x5 (m, C, D, H, W)."""
-        col = col[:x5.shape[0]]
+    def im2col(self, x5, buf):
+        """col (G, CTRS/G, m*P) of a block x5 (m, C, D, H, W), written into buf."""
+        m = x5.shape[0]
+        col = buf[:self.rows * m * self.P].reshape((self.rows, m) + self.out3)
         _im2col(x5, self.kernel, self.stride, self.padding, self.dilation, col)
-        return col.reshape(x5.shape[0], self.rows, self.P)
+        return col.reshape(self.G, self.rows_g, m * self.P)
+
+    def dcol(self, buf, m):
+        """An uninitialized dcol (G, CTRS/G, m*P) in buf."""
+        return buf[:self.rows * m * self.P].reshape(self.G, self.rows_g, m * self.P)
 
     def col2im(self, dcol, dx5):
-        _col2im(dcol.reshape((dcol.shape[0], self.rows) + self.out3), self.kernel, self.stride,
+        _col2im(dcol.reshape((self.rows, dx5.shape[0]) + self.out3), self.kernel, self.stride,
                 self.padding, self.dilation, dx5)
+
+    def to_blocked(self, a3, buf):
+        """A block a3 (m, K, P) of y or dy as (G, K/G, m*P): a view for one
+        sample, else copied into buf with the axes swapped."""
+        m = a3.shape[0]
+        if m == 1:
+            return a3.reshape(self.G, self.Kg, self.P)
+        t = buf[:self.K * m * self.P].reshape(self.K, m, self.P)
+        np.copyto(t, a3.transpose(1, 0, 2))
+        return t.reshape(self.G, self.Kg, m * self.P)
+
+    def from_blocked(self, Y, out3):
+        """Y (G, K/G, m*P) into out3 (m, K, P) (a no-op when Y is out3's view)."""
+        m = out3.shape[0]
+        if m > 1:
+            np.copyto(out3, Y.reshape(self.K, m, self.P).transpose(1, 0, 2))
 
 
 def as5d(a):
@@ -188,29 +218,52 @@ def forward(x, w, stride, padding, dilation=None, groups=1):
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
     y = np.empty((N, K) + plan.out, x.dtype)
-    y4 = plan.grouped(y.reshape(N, K, plan.P), plan.Kg)
+    y3 = y.reshape(N, K, plan.P)
 
     def part(n0, n1):
-        blocks, col = plan.blocks(n0, n1)
+        blocks, col, ybuf = plan.blocks(n0, n1)
         for a, b in blocks:
-            np.matmul(w3, plan.grouped(plan.im2col(x5[a:b], col), plan.rows_g), out=y4[a:b])
+            cols = plan.im2col(x5[a:b], col)
+            out = y3[a].reshape(plan.G, plan.Kg, plan.P) if b - a == 1 else \
+                ybuf[:K * (b - a) * plan.P].reshape(plan.G, plan.Kg, (b - a) * plan.P)
+            plan.from_blocked(np.matmul(w3, cols, out=out), y3[a:b])
     over_samples(part, N, plan.flops)
     return y
 
 
+def _flipped_transposed(w, groups):
+    """w (K, C/G, *kernel) -> (C, K/G, *kernel) rotated 180 degrees: the
+    filter that runs backward-data as a forward conv (per group)."""
+    K, Cg = w.shape[:2]
+    wt = w.reshape((groups, K // groups, Cg) + w.shape[2:]).swapaxes(1, 2)
+    wt = wt[(Ellipsis,) + (slice(None, None, -1),) * (w.ndim - 2)]
+    return np.ascontiguousarray(wt).reshape((Cg * groups, K // groups) + w.shape[2:])
+
+
 def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
+    nd = len(x_shape) - 2
+    dilation = tuple(dilation or (1,) * nd)
+    full = [d * (k - 1) - p for d, k, p in zip(dilation, w.shape[2:], padding)]
+    if all(s == 1 for s in stride) and min(full) >= 0 and w.shape[1] >= _MIN_FORWARD_CHANNELS:
+        # Stride 1: dx is the forward conv of dy padded by d(k-1) - p with the
+        # flipped, transposed filter. im2col (a copy) replaces col2im (a
+        # read-add-write), and the matmul's inner dimension is K*R*S instead
+        # of K: measured 1.1-1.5x faster on one core with 32-256 channels
+        # (C/G rows of output: with few, e.g. LeNet's 1 or 6, the matmul is
+        # too thin and col2im wins).
+        return forward(dy, _flipped_transposed(w, groups), stride, tuple(full), dilation, groups)
     plan = _Plan(x_shape, w.shape, stride, padding, dy.dtype, dilation, groups)
     N, K = x_shape[0], w.shape[0]
-    dy4 = plan.grouped(np.ascontiguousarray(dy).reshape(N, K, plan.P), plan.Kg)
+    dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)
     w3t = plan.weight(w).transpose(0, 2, 1)
     dx = np.empty(x_shape, dy.dtype)
     dx5 = as5d(dx)
 
     def part(n0, n1):
-        blocks, dcol = plan.blocks(n0, n1)
-        dcol = plan.grouped(dcol.reshape(dcol.shape[0], plan.rows, plan.P), plan.rows_g)
+        blocks, dcol, dybuf = plan.blocks(n0, n1)
         for a, b in blocks:
-            plan.col2im(np.matmul(w3t, dy4[a:b], out=dcol[:b - a]), dx5[a:b])
+            dY = plan.to_blocked(dy3[a:b], dybuf)
+            plan.col2im(np.matmul(w3t, dY, out=plan.dcol(dcol, b - a)), dx5[a:b])
     over_samples(part, N, plan.flops)
     return dx
 
@@ -218,16 +271,16 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
 def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
     plan = _Plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
-    dy4 = plan.grouped(np.ascontiguousarray(dy).reshape(N, K, plan.P), plan.Kg)
+    dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)
     x5 = as5d(x)
 
     def part(n0, n1):
         dw = np.zeros((plan.G, plan.Kg, plan.rows_g), x.dtype)
-        blocks, col = plan.blocks(n0, n1)
-        per_sample = np.empty((col.shape[0], plan.G, plan.Kg, plan.rows_g), x.dtype)
-        for a, b in blocks:                                  # sample order: deterministic
-            cols = plan.grouped(plan.im2col(x5[a:b], col), plan.rows_g)
-            dw += np.matmul(dy4[a:b], cols.transpose(0, 1, 3, 2), out=per_sample[:b - a]).sum(0)
+        product = np.empty_like(dw)
+        blocks, col, dybuf = plan.blocks(n0, n1)
+        for a, b in blocks:                                  # block order: deterministic
+            cols = plan.im2col(x5[a:b], col)
+            dw += np.matmul(plan.to_blocked(dy3[a:b], dybuf), cols.transpose(0, 2, 1), out=product)
         return dw
     parts = over_samples(part, N, plan.flops)
     dw = parts[0]

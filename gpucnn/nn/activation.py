@@ -10,20 +10,43 @@ needs (a mask or the output) and works on NumPy and CuPy arrays alike.
 
 The derivative at the kink x = 0 is taken as that of the x <= 0 side (as
 PyTorch does for ReLU).
+
+ReLU on NumPy float32/float64 arrays runs one parallel Numba pass per direction
+(elementwise_cpu, the same formulas); other arrays run the array code.
 """
 from .. import backend
+from . import elementwise_cpu
 from .module import Module
+
+
+class _ReLUArrayCode:
+    @staticmethod
+    def relu_forward(x):
+        mask = x > 0
+        return x * mask, mask
+
+    @staticmethod
+    def relu_backward(dout, mask):
+        return dout * mask
+
+
+_RELU = {"cpu": elementwise_cpu}   # per-device kernels; the array code otherwise
+
+
+def _relu_kernels(a):
+    on = backend.one_device_and_dtype(a)
+    return _RELU[on] if on in _RELU and a.dtype.itemsize >= 4 and a.dtype.kind == "f" else _ReLUArrayCode
 
 
 class ReLU(Module):
     def forward(self, x):
-        mask = x > 0
+        y, mask = _relu_kernels(x).relu_forward(x)
         self._save(mask)
-        return x * mask
+        return y
 
     def backward(self, dout):
         (mask,) = self._take()
-        return dout * mask
+        return _relu_kernels(dout).relu_backward(dout, mask)
 
 
 class LeakyReLU(Module):

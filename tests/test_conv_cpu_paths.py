@@ -1,0 +1,65 @@
+"""The CPU conv's alternative routes (gpucnn/functional/conv_cpu.py) against
+the float64 loop reference: backward-data as a forward conv with the flipped
+filter (stride 1, from 16 input channels per group), its fallbacks (padding
+beyond d(k-1), stride 2, few channels), blocks of several samples in one
+matmul (small images) and one sample per block (large images), in 1-D, 2-D
+and 3-D, with dilation and groups; and results identical at 1 and 2 threads
+run to run."""
+import numba
+import numpy as np
+import pytest
+
+from gpucnn.functional import conv_cpu
+from gpucnn.testing import reference as ref
+
+CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
+    ((3, 16, 9, 7), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # backward-data as a forward conv
+    ((2, 32, 8, 9), 6, (3, 2), (1, 1), (2, 0), (2, 1), 2),     # ... with groups and dilation
+    ((2, 16, 6, 6), 4, (3, 3), (1, 1), (3, 3), (1, 1), 1),     # padding > d(k-1): col2im route
+    ((3, 16, 9, 9), 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),     # stride 2: col2im route
+    ((2, 6, 10, 10), 5, (5, 5), (1, 1), (0, 0), (1, 1), 1),    # few channels: col2im route
+    ((5, 20, 3, 2), 7, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # tiny images: 5 samples a block
+    ((2, 16, 11), 4, (3,), (1,), (2,), (2,), 4),                # 1-D, depthwise-like groups
+    ((2, 16, 4, 5, 3), 4, (2, 3, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1),  # 3-D
+]
+
+
+def _inputs(case, dtype=np.float64):
+    shape, K, kernel, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((K, shape[1] // groups) + kernel).astype(dtype)
+    y_shape = ref.conv_forward_ref(x, w, None, stride, padding, dilation, groups).shape
+    return x, w, rng.standard_normal(y_shape).astype(dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_cpu_conv_routes_match_the_reference(case):
+    shape, K, kernel, stride, padding, dilation, groups = case
+    x, w, dy = _inputs(case)
+    geo = (stride, padding, dilation, groups)
+    np.testing.assert_allclose(conv_cpu.forward(x, w, *geo),
+                               ref.conv_forward_ref(x, w, None, *geo), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(conv_cpu.backward_data(dy, w, x.shape, *geo),
+                               ref.conv_backward_data_ref(dy, w, x.shape, *geo), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(conv_cpu.backward_filter(dy, x, w.shape, *geo),
+                               ref.conv_backward_filter_ref(dy, x, w.shape, *geo), rtol=1e-10, atol=1e-10)
+
+
+def test_cpu_conv_is_deterministic_for_a_thread_count():
+    # Large enough to split the batch across threads and into blocks.
+    case = ((16, 32, 6, 6), 64, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, w, dy = _inputs(case, np.float32)
+    geo = case[3:]
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            runs = [(conv_cpu.forward(x, w, *geo), conv_cpu.backward_data(dy, w, x.shape, *geo),
+                     conv_cpu.backward_filter(dy, x, w.shape, *geo)) for _ in range(2)]
+            for a, b in zip(*runs):
+                np.testing.assert_array_equal(a, b)
+            expected = ref.conv_backward_filter_ref(dy.astype(np.float64), x.astype(np.float64), w.shape, *geo)
+            np.testing.assert_allclose(runs[0][2], expected, rtol=1e-4, atol=1e-3)
+    finally:
+        numba.set_num_threads(before)
