@@ -12,9 +12,10 @@ work below, so that no two pools ever run at once:
 - over_samples: the same over a batch, with the BLAS pinned to one thread
   inside (each thread runs its own single-threaded GEMMs); for convs with
   work per sample large enough to keep per-sample GEMMs efficient.
-- blas_threads(n): one multi-threaded GEMM (the BLAS's own pool, n =
-  numba.get_num_threads()) where a single GEMM over the whole batch beats
-  per-sample ones (small images with many channels, 1x1 convs, Linear).
+- matmul: one product's rows split across the same pool, each part a
+  single-threaded BLAS call (Linear's forward and backward).
+- blas_threads(n): the BLAS's own pool at n threads, used only where an op
+  has work for several threads in one sample (then nothing else runs).
 
 Measured on a loaded 2-core machine, interleaving Numba's parallel regions
 with multi-threaded BLAS calls was 10-100x slower (each pool's idle threads
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba as nb
+import numpy as np
 import threadpoolctl
 
 FLOPS_PER_THREAD = 16e6          # below this much work per thread, a thread costs more than it saves
@@ -106,3 +108,19 @@ def over_samples(fn, N, flops):
 def gemm_threads(flops):
     """BLAS threads for one GEMM of `flops` (fewer for small ones)."""
     return int(min(num_threads(), max(1, flops // FLOPS_PER_THREAD)))
+
+
+def matmul(a, b):
+    """a @ b for 2-D NumPy arrays (views allowed), the rows of a and of the
+    result split into contiguous parts across threads, each part one
+    single-threaded BLAS call (the conv's policy: our pool forks, the BLAS
+    does not). Small products run in the calling thread."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    parts = int(min(a.shape[0], num_threads(), max(1, flops // FLOPS_PER_THREAD)))
+
+    def part(r0, r1):
+        np.matmul(a[r0:r1], b, out=out[r0:r1])
+    with blas_threads(1):
+        over_parts(part, a.shape[0], parts)
+    return out

@@ -510,3 +510,23 @@ def test_relu_cpu_kernel_matches_array_code_at_every_thread_count(dtype):
                 np.testing.assert_array_equal(layer.backward(dout), _ReLUArrayCode.relu_backward(dout, mask))
     finally:
         numba.set_num_threads(before)
+
+
+def test_cpu_parallel_matmul_matches_numpy_and_is_deterministic():
+    # Linear's CPU products (gpucnn.cpu_parallel.matmul): row parts across
+    # threads, transposed views as operands, same bits run to run.
+    import numba
+    from gpucnn import cpu_parallel
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 700)).astype(np.float32)
+    b = rng.standard_normal((500, 700)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            for x, y in ((a, b.T), (a.T, a), (a[:1], b.T)):
+                got = cpu_parallel.matmul(x, y)
+                np.testing.assert_allclose(got, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-3)
+                np.testing.assert_array_equal(got, cpu_parallel.matmul(x, y))
+    finally:
+        numba.set_num_threads(before)

@@ -5,14 +5,19 @@ shows two saved runs side by side. See bench/README.md.
 
     gpucnn bench --suite quick --json out/bench.json --markdown out/bench.md --plot out/bench.png
     gpucnn bench --compare A.json B.json
+    gpucnn bench --device cpu --e2e only --e2e-model lenet_bn vgg_small --profile --sweep-threads 1,2 \
+        --json out/sweep.json --markdown out/sweep.md --plot out/sweep.png
 """
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from ..commands.errors import CommandError, positive_int
-from . import report
-from .env import cpu_threads, default_threads, import_torch
+from ..models import DEFAULT_MODEL, MODELS
+from . import report, sweep
+from .env import cpu_threads, import_torch
+from .profile_step import profile_text, profile_step
 from .runner import OPS, Runner
 from .schema import validate
 from .suites import SUITES, get_suite
@@ -44,6 +49,14 @@ def add_parser(subparsers):
     p.add_argument("--e2e", choices=("off", "on", "only"), default="off",
                    help="also (or only) time a training step of the default model")
     p.add_argument("--e2e-batch", type=positive_int, default=128, help="batch size of the --e2e training step")
+    p.add_argument("--e2e-model", nargs="+", choices=MODELS, default=[DEFAULT_MODEL], metavar="MODEL",
+                   help=f"models of the --e2e training step (default {DEFAULT_MODEL}): {', '.join(MODELS)}")
+    p.add_argument("--profile", action="store_true",
+                   help="with --e2e on the CPU: also a per-phase, per-layer profile of each model's step, "
+                   "ours and PyTorch's (gpucnn.benchmark.profile_step)")
+    p.add_argument("--sweep-threads", type=_thread_list, default=None, metavar="N,N,...",
+                   help="run everything once per CPU thread count (e.g. 1,2) and report how each step and "
+                   "op scales; --json/--markdown/--plot then write the sweep (gpucnn.benchmark.sweep)")
     p.add_argument("--json", metavar="FILE", help="write the run as JSON, schema gpucnn.benchmark.schema (default: not written)")
     p.add_argument("--markdown", metavar="FILE", help="write a markdown report (default: not written)")
     p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the time ratios (default: not written)")
@@ -51,6 +64,17 @@ def add_parser(subparsers):
                    help="show two saved runs side by side instead of running (default: run)")
     p.set_defaults(func=run)
     return p
+
+
+def _thread_list(text):
+    """'1,2,4' -> [1, 2, 4] (argparse type)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2,4, got {text!r}")
+    return values
 
 
 def _write(path, text):
@@ -69,8 +93,50 @@ def run(args):
         if args.markdown:
             _write(args.markdown, report.compare_report(a, b, names=args.compare, markdown=True))
         return 0
+    if args.sweep_threads:
+        if args.device == "gpu":
+            raise CommandError("--sweep-threads times the CPU; use --device cpu (or auto without a GPU)")
+        docs = [_one_run(args, n) for n in args.sweep_threads]
+        for doc in docs:
+            _check(doc)
+        result = sweep.sweep_document(args.sweep_threads, docs)
+        print(sweep.sweep_text(result))
+        for doc in docs:
+            for prof in doc.get("profile") or []:
+                print(profile_text(prof))
+        if args.json:
+            _write(args.json, json.dumps(result, indent=1) + "\n")
+        if args.markdown:
+            _write(args.markdown, sweep.sweep_text(result, markdown=True) + _profiles_markdown(docs))
+        if args.plot:
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+            sweep.plot_sweep(result, args.plot)
+        return 1 if any(_failed(d) for d in docs) else 0
+    doc = _one_run(args, args.threads)
+    _check(doc)
+    print(report.text_report(doc))
+    for prof in doc.get("profile") or []:
+        print(profile_text(prof))
+    if args.json:
+        _write(args.json, json.dumps(doc, indent=1) + "\n")
+    if args.markdown:
+        _write(args.markdown, report.markdown_report(doc) + _profiles_markdown([doc]))
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        report.plot_ratios(doc, args.plot)
+    return 1 if _failed(doc) else 0
+
+
+def _profiles_markdown(docs):
+    texts = [f"\n## Step profile, {d['settings']['threads']} thread(s)\n\n```\n{profile_text(p)}\n```\n"
+             for d in docs for p in d.get("profile") or []]
+    return "".join(texts)
+
+
+def _one_run(args, threads):
+    """One benchmark document at `threads` CPU threads (None: the default)."""
     try:
-        runner = Runner(device=args.device, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+        runner = Runner(device=args.device, repeats=args.repeats, warmup=args.warmup, threads=threads,
                         use_torch=not args.no_torch, cpu_baseline=not args.no_cpu_baseline,
                         max_seconds=args.max_seconds, log=_log, precisions=args.precision)
     except RuntimeError as exc:  # --device gpu without a usable GPU
@@ -81,22 +147,27 @@ def run(args):
     if args.e2e != "off":
         from .e2e import run_e2e
         torch = import_torch()[0] if not args.no_torch else None
-        with cpu_threads(args.threads or default_threads(), torch):
-            doc["e2e"] = run_e2e(batch=args.e2e_batch, repeats=runner.repeats if runner.device == "cpu"
-                                 else min(runner.repeats, 20), warmup=runner.warmup,
-                                 use_torch=not args.no_torch, log=_log)
+        with cpu_threads(runner.threads, torch):
+            doc["e2e_models"] = [run_e2e(model, batch=args.e2e_batch, log=_log, use_torch=not args.no_torch,
+                                         repeats=runner.repeats if runner.device == "cpu"
+                                         else min(runner.repeats, 20), warmup=runner.warmup)
+                                 for model in args.e2e_model]
+            doc["e2e"] = doc["e2e_models"][0]
+            if args.profile and runner.device == "cpu":
+                doc["profile"] = [profile_step(model, batch=args.e2e_batch, torch=torch,
+                                               repeats=max(3, runner.repeats), warmup=runner.warmup)
+                                  for model in args.e2e_model]
+    return doc
+
+
+def _check(doc):
     errors = validate(doc)
     if errors:  # a bug in the runner, not in the user's input: say so loudly, keep the data
         _log("warning: the benchmark document does not match its schema:\n  " + "\n  ".join(errors[:20]))
-    print(report.text_report(doc))
-    if args.json:
-        _write(args.json, json.dumps(doc, indent=1) + "\n")
-    if args.markdown:
-        _write(args.markdown, report.markdown_report(doc))
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        report.plot_ratios(doc, args.plot)
+
+
+def _failed(doc):
     if doc["summary"]["failed_checks"] or doc["summary"].get("crashed"):
         _log("gpucnn bench: error: a kernel version failed its check or crashed (listed above)")
-        return 1
-    return 0
+        return True
+    return False

@@ -2,7 +2,8 @@
 
 Recorded with every run: CPU and GPU names, driver and CUDA versions, CuPy /
 NumPy / Numba / PyTorch versions, thread counts (Numba, PyTorch, the BLAS
-and OpenMP pools), the git commit and the date.
+and OpenMP pools) and the BLAS's kernel architecture, OPENBLAS_CORETYPE,
+the load average, the git commit and the date.
 """
 import datetime
 import os
@@ -76,7 +77,8 @@ def blas_threads():
         import threadpoolctl
     except ImportError:
         return None
-    return [{"library": i.get("prefix"), "api": i.get("user_api"), "threads": i.get("num_threads")}
+    return [{"library": i.get("prefix"), "api": i.get("user_api"), "threads": i.get("num_threads"),
+             "architecture": i.get("architecture")}
             for i in threadpoolctl.threadpool_info()]
 
 
@@ -136,6 +138,10 @@ def environment(torch=None):
         "gpu_unavailable_reason": backend.gpu_unavailable_reason() or None,
         "torch": None, "torch_threads": None, "cudnn": None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # OpenBLAS's kernel choice (OPENBLAS_CORETYPE=Haswell: AVX2 kernels even on an
+        # AVX-512 CPU) and the machine's load bound what a CPU timing means.
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "git": git_info(),
     }
     env.update(backend.device_info())  # gpu_name, driver, CUDA runtime, SMs (GPU only)

@@ -23,7 +23,9 @@ our throughput as a fraction of a measured machine ceiling):
     summary                      geomean[ratio key] = {all, count, by_op} from median times,
                                  geomean_min[vs_<ref>] the same from the fastest calls,
                                  entries, failed_checks, crashed (versions that raised)
-    e2e (optional)               end-to-end training-step timings (e2e.py)
+    e2e (optional)               end-to-end training-step timings (e2e.py), the first model's
+    e2e_models (optional)        the same for every --e2e-model
+    profile (optional)           per-phase, per-layer step profiles (profile_step.py)
 """
 
 NUM = ["number", "null"]
@@ -137,6 +139,8 @@ SCHEMA = {
                 "failed_checks": {"type": "array", "items": {"type": "string"}},
                 "crashed": {"type": "array", "items": {"type": "string"}}}},
         "e2e": {"type": "object"},
+        "e2e_models": {"type": "array", "items": {"type": "object"}},
+        "profile": {"type": "array", "items": {"type": "object"}},
     },
 }
 

@@ -6,13 +6,25 @@ Linear(in_features, out_features, bias=True): x (N, in) -> y (N, out),
 Default init (PyTorch's): W kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(in)),
 b U(+-1/sqrt(in)); see init.py.
 
+On the CPU (NumPy arrays of one dtype) the three products split their rows
+across threads, each part a single-threaded BLAS call (cpu_parallel.matmul):
+the OpenBLAS pool measured 10-300x slower than one thread on a loaded
+2-core machine, its threads spinning while descheduled.
+
 Flatten(start_dim=1, end_dim=-1): merges dimensions start_dim..end_dim
 (PyTorch's defaults turn (N, C, H, W) into (N, C*H*W)); backward reshapes back.
 """
 import numpy as np
 
+from .. import backend, cpu_parallel
 from . import init
 from .module import Module, Parameter
+
+_MATMUL = {"cpu": cpu_parallel.matmul}   # per-device products; the array module's @ otherwise
+
+
+def _matmul(a, b):
+    return _MATMUL.get(backend.one_device_and_dtype(a, b), lambda a, b: a @ b)(a, b)
 
 
 class Linear(Module):
@@ -34,7 +46,7 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): input must be "
                              f"(N, {self.in_features}), got shape {tuple(x.shape)}")
-        y = x @ self.weight.data.T
+        y = _matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         self._save(x)
@@ -42,10 +54,10 @@ class Linear(Module):
 
     def backward(self, dout):
         (x,) = self._take()
-        self.weight.accumulate(dout.T @ x)
+        self.weight.accumulate(_matmul(dout.T, x))
         if self.bias is not None:
             self.bias.accumulate(dout.sum(axis=0))
-        return dout @ self.weight.data
+        return _matmul(dout, self.weight.data)
 
     def macs(self, in_shape, out_shape):
         return self.in_features * self.out_features

@@ -20,7 +20,8 @@ from ..cpu_parallel import over_items
 
 @nb.njit(nogil=True, cache=True)
 def _sgd(p, g, b, lr, wd, momentum, one_minus_dampening, first, nesterov, i0, i1):
-    for i in range(i0, i1):
+    p, g, b = p[i0:i1], g[i0:i1], b[i0:i1]   # views from 0: vectorized (see elementwise_cpu)
+    for i in range(p.size):
         gg = g[i] + wd * p[i]
         bi = gg if first else b[i] * momentum + one_minus_dampening * gg
         b[i] = bi
@@ -30,7 +31,8 @@ def _sgd(p, g, b, lr, wd, momentum, one_minus_dampening, first, nesterov, i0, i1
 @nb.njit(nogil=True, cache=True)
 def _adam(p, g, m, v, wd, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, sqrt_bc2,
           eps, i0, i1):
-    for i in range(i0, i1):
+    p, g, m, v = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
+    for i in range(p.size):
         gg = g[i] + wd * p[i]                  # L2 term (wd = 0 for AdamW)
         pi = p[i] * decay                      # decoupled decay (1 for Adam)
         mi = m[i] * beta1 + one_minus_beta1 * gg
