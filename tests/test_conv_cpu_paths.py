@@ -1,4 +1,4 @@
-"""The CPU conv's alternative routes (gpucnn/functional/conv_cpu.py) against
+"""The CPU conv's alternative routes (wide rows for stride 1, (gpucnn/functional/conv_cpu.py) against
 the float64 loop reference: backward-data as a forward conv with the flipped
 filter (stride 1, from 16 input channels per group), its fallbacks (padding
 beyond d(k-1), stride 2, few channels), blocks of several samples in one
@@ -21,6 +21,9 @@ CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
     ((5, 20, 3, 2), 7, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # tiny images: 5 samples a block
     ((2, 16, 11), 4, (3,), (1,), (2,), (2,), 4),                # 1-D, depthwise-like groups
     ((2, 16, 4, 5, 3), 4, (2, 3, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1),  # 3-D
+    ((3, 16, 10, 16), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # wide rows, all three directions
+    ((2, 8, 40), 4, (5,), (1,), (2,), (1,), 2),                 # wide rows in 1-D, groups
+    ((2, 6, 12, 20), 4, (3, 3), (1, 1), (2, 1), (2, 1), 1),    # wide rows, dilation, few channels
 ]
 
 
@@ -36,6 +39,10 @@ def _inputs(case, dtype=np.float64):
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_cpu_conv_routes_match_the_reference(case):
     shape, K, kernel, stride, padding, dilation, groups = case
+    plan = conv_cpu._Plan(shape, (K, shape[1] // groups) + kernel, stride, padding, np.float64, dilation, groups)
+    wide = shape[-1] + 2 * padding[-1] <= conv_cpu._WIDE_LIMIT * plan.out[-1] and len(shape) < 5 and \
+        set(stride) == {1}
+    assert plan.wide == wide
     x, w, dy = _inputs(case)
     geo = (stride, padding, dilation, groups)
     np.testing.assert_allclose(conv_cpu.forward(x, w, *geo),
