@@ -225,3 +225,39 @@ def test_bench_exits_nonzero_when_a_kernel_version_crashes(tmp_path, monkeypatch
     assert doc["summary"]["crashed"] and all("simulated kernel crash" in c for c in doc["summary"]["crashed"])
     captured = capsys.readouterr()
     assert "CRASHED kernel versions" in captured.out and "a kernel version failed its check or crashed" in captured.err
+
+
+def test_thread_sweep_with_step_profiles(tmp_path, capsys):
+    """--sweep-threads runs everything per thread count and summarizes the
+    scaling; --profile adds per-phase, per-layer step profiles (ours and
+    PyTorch's when importable). Tiny batch and repeats: no timing asserted."""
+    import numba
+    threads = [1, min(2, numba.config.NUMBA_NUM_THREADS)]
+    paths = {k: tmp_path / f"sweep.{k}" for k in ("json", "md", "png")}
+    rc = _bench(["--device", "cpu", "--e2e", "only", "--e2e-model", "lenet5", "--e2e-batch", "4",
+                 "--profile", "--sweep-threads", ",".join(map(str, threads)), "--repeats", "1", "--warmup", "0",
+                 "--json", str(paths["json"]), "--markdown", str(paths["md"]), "--plot", str(paths["png"])])
+    assert rc == 0 and paths["png"].stat().st_size > 0
+    sweep = json.loads(paths["json"].read_text())
+    assert sweep["schema"] == "gpucnn-bench-sweep" and sweep["threads"] == threads
+    assert [r["settings"]["threads"] for r in sweep["runs"]] == threads
+    for run in sweep["runs"]:
+        assert schema.validate(run) == []
+        (prof,) = run["profile"]
+        names = [layer["layer"] for layer in prof["ours"]["layers"]]
+        assert names[0] == "0:Conv2d" and len(names) == 12   # lenet5's top-level layers
+        assert prof["ours"]["total_s"] > 0 and set(prof["ours"]["phases_s"]) >= {"forward", "backward", "update"}
+        if prof["torch"] is not None:
+            assert [layer["layer"] for layer in prof["torch"]["layers"]] == names
+    (step,) = sweep["scaling"]["steps"]
+    assert step["key"] == "lenet5" and all(t > 0 for t in step["ours_s"]) and step["ours_speedup"][0] == 1.0
+    out = capsys.readouterr().out
+    assert "training steps:" in out and "profile lenet5 batch 4" in out
+    assert "Step profile, 1 thread(s)" in paths["md"].read_text()
+
+
+def test_sweep_threads_rejects_bad_lists():
+    with pytest.raises(SystemExit):
+        _bench(["--device", "cpu", "--sweep-threads", "0,2"])
+    with pytest.raises(SystemExit):
+        _bench(["--device", "cpu", "--sweep-threads", "two"])
