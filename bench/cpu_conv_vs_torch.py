@@ -33,6 +33,9 @@ LAYERS = {
     "cifar1": (64, 3, 32, 32, 3, 1),
     "cifar2": (64, 32, 16, 64, 3, 1),
     "cifar3": (64, 64, 8, 128, 3, 1),
+    "lenet_bn2": (128, 32, 14, 64, 3, 1),     # lenet_bn's second conv (the default model)
+    "small4x4": (16, 256, 4, 256, 3, 1),      # small image, many channels
+    "pointwise": (16, 256, 14, 256, 1, 0),    # a 1x1 conv
 }
 DIRECTIONS = ("fwd", "bwd_data", "bwd_filter")
 
