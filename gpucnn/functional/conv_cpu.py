@@ -37,16 +37,17 @@ on its own samples, so an op has exactly one fork and one join and no
 thread pool ever waits on another. A multi-threaded BLAS over the whole
 batch would leave im2col/col2im serial (or need a second pool); with each
 thread's part being a few large GEMMs the BLAS runs near its single-thread
-speed in every thread. Only an op whose work fits one sample but several
-threads lets the BLAS use its own threads.
+speed in every thread (measurements in docs/cpu-performance.md). Only an op
+whose work fits one sample but several threads lets the BLAS use its own
+threads.
 
 Wide rows: with stride 1 in 2-D and 1-D, im2col writes the output rows at
 the padded width Wp instead of Wo (Wp - Wo garbage columns per row, which
 the matmul computes and the copy into y drops; dY gets zeros there). Each
 (c, r, s) row of col is then one contiguous copy of Ho*Wp elements of the
-flat padded plane, instead of Ho copies of Wo: im2col measured about 3x
-faster for 14x14 images, for Wp/Wo more matmul work, so it is used while
-Wp <= _WIDE_LIMIT * Wo.
+flat padded plane, instead of Ho copies of Wo: im2col measured 2.2x faster
+for 14x14 images (one core), for Wp/Wo more matmul work, so it is used
+while Wp <= _WIDE_LIMIT * Wo.
 
 Pointwise (1x1, stride 1, no padding) convs skip im2col: col of a sample is
 x[n] viewed as (C, P), so with one sample a block (P >= 64) every product
