@@ -126,7 +126,7 @@ def test_preprocessing_check(digits):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--lr", "0"], "--lr must be > 0"),
+    (["--lr", "0"], "argument --lr: must be > 0"),
     (["--tiny", "1000"], "--tiny 1000 exceeds the 400 training images"),
     (["--overfit-steps", "0"], "--overfit-steps must be >= 1"),
 ])

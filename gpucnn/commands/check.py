@@ -26,7 +26,7 @@ def add_parser(subparsers):
                    help="full-batch steps allowed to reach 99%% accuracy on the tiny subset (default 200)")
     p.add_argument("--init-tolerance", type=float, default=sanity.INIT_TOLERANCE, metavar="FRACTION",
                    help="allowed relative distance of the initial loss from ln(classes) (default 0.1)")
-    p.add_argument("--json", metavar="FILE.json", help="write the results as JSON")
+    p.add_argument("--json", metavar="FILE.json", help="write the results as JSON (default: not written)")
     p.set_defaults(func=run)
 
 

@@ -22,8 +22,8 @@ def add_parser(subparsers):
     p.add_argument("--min", type=float, default=1e-7, dest="min_lr", metavar="LR", help="first lr (1e-7)")
     p.add_argument("--max", type=float, default=10.0, dest="max_lr", metavar="LR", help="last lr (10)")
     p.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (100)")
-    p.add_argument("--plot", metavar="FILE.png", help="loss against learning rate")
-    p.add_argument("--json", metavar="FILE.json", help='{"suggested_lr", "rule", "lrs", "losses", ...}')
+    p.add_argument("--plot", metavar="FILE.png", help="PNG of the loss against the learning rate (default: no plot)")
+    p.add_argument("--json", metavar="FILE.json", help='write {"suggested_lr", "rule", "lrs", "losses", ...} (default: not written)')
     p.set_defaults(func=run)
 
 
