@@ -131,7 +131,11 @@ def test_preprocessing_check(digits):
     (["--overfit-steps", "0"], "--overfit-steps must be >= 1"),
 ])
 def test_check_user_mistakes(argv, message, capsys):
-    assert cli.main(["check", *DIGITS, "--val-split", "0", *argv]) == 2
+    try:
+        rc = cli.main(["check", *DIGITS, "--val-split", "0", *argv])
+    except SystemExit as exc:  # argparse's own errors (ranged argument types) exit from parse_args
+        rc = exc.code
+    assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpucnn check: error: ") and message in err and "\n" not in err
 
