@@ -265,3 +265,27 @@ def test_train_monitor_writes_json_plot_and_warnings(tmp_path, capsys):
     assert "warning: update/weight ratio" in capsys.readouterr().out  # lr 3 with plain SGD is far too large
     rc = cli.main(["train", *DIGITS, "--epochs", "1", "--no-progress", "--metrics-out", str(metrics)])
     assert rc == 0 and "monitor" not in json.loads(metrics.read_text())
+
+
+def test_monitor_keeps_statistics_as_arrays_until_the_epoch_ends(digits, monkeypatch):
+    """The GPU promise, checked on the CPU path: no host copy (backend.to_cpu)
+    and no Python number among the statistics until end_epoch."""
+    from gpucnn import backend
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    net = small_net()
+    trainer = Trainer(net, optim.Adam(net.parameters(), lr=1e-3))
+    watch = trainer.monitor = monitor.TrainingMonitor(net)
+    copies = []
+    real_to_cpu = backend.to_cpu
+    monkeypatch.setattr(backend, "to_cpu", lambda a: copies.append(a) or real_to_cpu(a))
+    real_end = watch.end_epoch
+
+    def end_epoch():
+        assert copies == []  # nothing went to the host during the steps
+        values = [v for sums, squares, _, zeros in watch._acts.values() for v in sums + squares + zeros]
+        values += [v for norms in watch._grads.values() for v in norms]
+        assert values and all(isinstance(v, (np.ndarray, np.generic)) for v in values)
+        return real_end()
+    monkeypatch.setattr(watch, "end_epoch", end_epoch)
+    trainer.train_epoch(ArrayLoader(x, y, 16, shuffle=False))
+    assert copies and len(watch.history) == 1
