@@ -7,7 +7,8 @@
 2. runs the GPU tests (pytest -m gpu, outputs NaN-poisoned) -> DIR/pytest_gpu.log;
 3. runs gpucnn.sanitizer_driver (every kernel version on small shapes) under
    compute-sanitizer memcheck and racecheck -> DIR/memcheck.log, racecheck.log;
-4. runs `python -m gpucnn bench --suite full --json DIR/bench.json` -> DIR/bench.log;
+4. runs `python -m gpucnn bench --suite full --precision highest high medium
+   --json DIR/bench.json` -> DIR/bench.log (every conv precision, docs/precision.md);
 5. writes DIR/gpu_check.json (environment + each step's command, exit status,
    seconds and log) and prints a short table last.
 Exit status: 0 when every step passed, 1 when one failed, 2 when no GPU is
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, kernel_hashes
 from .benchmark.env import git_info
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,9 @@ def environment():
     """Versions and device facts (no GPU fields when none is usable)."""
     env = {"python": platform.python_version(), "numpy": np.__version__,
            "cupy": getattr(backend.cupy, "__version__", None), "git": git_info(),
-           "gpu_usable": backend.gpu_available(), "gpu_unusable_reason": backend.gpu_unavailable_reason()}
+           "gpu_usable": backend.gpu_available(), "gpu_unusable_reason": backend.gpu_unavailable_reason(),
+           # what this check verifies, by content: `python -m gpucnn.kernel_hashes --verified-by` records it
+           "source_sha256": {k: v[0] for k, v in kernel_hashes.current_sources(ROOT).items()}}
     env.update(backend.device_info())
     return env
 
@@ -93,6 +96,7 @@ def steps(out, data_dir, bench_suite="full"):
         plan.append((f"sanitizer {tool}", cmd, out / f"{tool}.log", env))
     if bench_suite != "none":
         plan.append((f"bench --suite {bench_suite}", [py, "-m", "gpucnn", "bench", "--suite", bench_suite,
+                                                      "--precision", "highest", "high", "medium",
                                                       "--json", str(out / "bench.json")], out / "bench.log", None))
     return plan
 

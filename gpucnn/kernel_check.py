@@ -11,6 +11,9 @@ memory, stack frame, spill stores/loads. It exits non-zero when any compile
 fails, prints a warning (nvcc or ptxas), or any kernel spills; a system
 #include (which NVRTC, the run-time compiler, cannot resolve) is a problem too.
 `report()` returns the rows as a list of dicts. Needs nvcc, not a GPU.
+
+--sass adds, per kernel, the SASS instruction mix of its main loop
+(gpucnn.sass_check: cuobjdump --dump-sass on the same cubins).
 """
 import argparse
 import re
@@ -20,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import kernel_loader
+from . import kernel_loader, sass_check
 
 NVCC_FLAGS = ("-cubin", "--std=c++17", "-lineinfo", "-Xptxas", "-v,-warn-spills,-warn-lmem-usage")
 SCALARS = ("float", "double")
@@ -46,8 +49,11 @@ def find_nvcc():
 
 
 def scalar_variants(path):
-    """('float', 'double') when the file (with its includes) honours -DSCALAR, else (None,)."""
-    return SCALARS if "SCALAR" in kernel_loader.read_source(path.name) else (None,)
+    """('float', 'double') when the file is written over scalar_t (honours
+    -DSCALAR), else (None,): a float-only file such as conv2d_tc.cu, which
+    includes common.cuh but never names scalar_t, is compiled once."""
+    own = re.sub(r"//[^\n]*", "", path.read_text())
+    return SCALARS if re.search(r"\b(?:scalar_t|SCALAR)\b", own) else (None,)
 
 
 def parse_ptxas(text):
@@ -73,8 +79,9 @@ def parse_ptxas(text):
     return rows
 
 
-def compile_unit(path, arch, scalar, nvcc):
-    """Compile one (file, arch, scalar); returns (kernel rows, problems)."""
+def compile_unit(path, arch, scalar, nvcc, cuobjdump=None):
+    """Compile one (file, arch, scalar); returns (kernel rows, problems).
+    With cuobjdump, each row also gets its main loop's SASS mix."""
     unit = f"{path.name} {arch}" + (f" SCALAR={scalar}" if scalar else "")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [nvcc, f"-arch={arch}", *NVCC_FLAGS, "-I", str(path.parent),
@@ -82,6 +89,9 @@ def compile_unit(path, arch, scalar, nvcc):
         if scalar:
             cmd.insert(1, f"-DSCALAR={scalar}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        sass = {}
+        if cuobjdump and proc.returncode == 0:
+            sass = sass_check.parse_sass(sass_check.dump_sass(Path(tmp) / "out.cubin", cuobjdump))
     output = proc.stdout + proc.stderr
     problems = [f"{unit}: {line.strip()}" for line in output.splitlines() if _WARNING.search(line)]
     if proc.returncode != 0:
@@ -92,17 +102,23 @@ def compile_unit(path, arch, scalar, nvcc):
                         "instantiation is never checked)")
     for row in rows:
         row.update(file=path.name, arch=arch, scalar=scalar or "-")
+        if cuobjdump:
+            row.update(sass_check.loop_mix(sass.get(row["kernel"], [])))
         if row["spill_stores"] or row["spill_loads"]:
             problems.append(f"{unit}: {row['kernel']} spills {row['spill_stores']} bytes stored, "
                             f"{row['spill_loads']} bytes loaded")
     return rows, problems
 
 
-def check(archs=("sm_90",), files=None):
+def check(archs=("sm_90",), files=None, sass=False):
     """(rows, problems) for every kernels/*.cu (or `files`) and architecture."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise FileNotFoundError("kernel_check: nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
+    cuobjdump = sass_check.find_cuobjdump() if sass else None
+    if sass and cuobjdump is None:
+        raise FileNotFoundError("kernel_check --sass: cuobjdump not found (PATH, or pip install "
+                                "nvidia-cuda-cuobjdump)")
     paths = [Path(f) for f in files] if files else kernel_loader.kernel_files()
     rows, problems = [], []
     for path in paths:
@@ -110,7 +126,7 @@ def check(archs=("sm_90",), files=None):
             problems.append(f"{path.name}: #include <...> of a system header (NVRTC has none)")
         for arch in archs:
             for scalar in scalar_variants(path):
-                r, p = compile_unit(path, arch, scalar, nvcc)
+                r, p = compile_unit(path, arch, scalar, nvcc, cuobjdump)
                 rows += r
                 problems += p
     return rows, problems
@@ -132,14 +148,16 @@ def format_table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpucnn.kernel_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", help="e.g. sm_90 (repeatable; default sm_90)")
+    parser.add_argument("--sass", action="store_true",
+                        help="also report each kernel's main-loop SASS instruction mix (cuobjdump)")
     parser.add_argument("files", nargs="*", help="kernel sources (default: every kernels/*.cu)")
     args = parser.parse_args(argv)
     try:
-        rows, problems = check(tuple(args.arch or ["sm_90"]), args.files or None)
+        rows, problems = check(tuple(args.arch or ["sm_90"]), args.files or None, sass=args.sass)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(sass_check.format_table(rows) if args.sass else format_table(rows))
     for p in problems:
         print("PROBLEM:", p)
     print(f"{len(rows)} kernels, {len(problems)} problems")

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from . import backend, kernel_loader
+from .precision import TOLERANCE as PRECISION_TOLERANCE
 from .testing import reference as ref
 
 # (N, C, spatial, K, kernel, stride, padding); 1-D, 2-D and 3-D cases
@@ -60,9 +61,9 @@ def run_all(log=print):
     failures = []
     tol = {np.float32: 1e-4, np.float64: 1e-10}
 
-    def check(label, got, want, dtype):
+    def check(label, got, want, dtype, tolerance=None):
         err = _rel_err(got, want)
-        ok = err <= tol[dtype]
+        ok = err <= (tol[dtype] if tolerance is None else tolerance)
         log(f"{'ok  ' if ok else 'FAIL'} {label}: rel err {err:.2e}")
         if not ok:
             failures.append(f"{label}: rel err {err:.2e}")
@@ -87,6 +88,11 @@ def run_all(log=print):
                 continue
             tag = f"conv{nd}d {np.dtype(dtype).name} x{x.shape} w{w.shape} s{st} p{pd}"
             for v in _versions(mod, "forward"):
+                if v in getattr(mod, "TENSOR_CORE", ()):   # float32 only, one kernel per precision
+                    for p, p_tol in (PRECISION_TOLERANCE.items() if dtype is np.float32 else ()):
+                        check(f"{tag} forward v{v} {p}", fwd(gx, gw, None, st, pd, version=v, precision=p),
+                              y_ref, dtype, p_tol)
+                    continue
                 check(f"{tag} forward v{v}", fwd(gx, gw, None, st, pd, version=v), y_ref, dtype)
             for v in _versions(mod, "backward_data"):
                 check(f"{tag} backward_data v{v}", bd(gdy, gw, x.shape, st, pd, version=v), dx_ref, dtype)

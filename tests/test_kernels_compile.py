@@ -47,7 +47,10 @@ def test_launcher_kernel_names_exist_and_follow_the_scheme(module):
 def test_every_version_has_its_kernels():
     for direction, versions in conv_gpu.VERSIONS.items():
         for v in versions:
-            assert f"conv2d_{direction}_v{v}" in conv_gpu.KERNELS
+            if v in conv_gpu.TENSOR_CORE:   # one kernel per precision
+                assert all(n in conv_gpu.KERNELS and n.endswith(f"_v{v}") for n in conv_gpu.TC_FORWARD.values())
+            else:
+                assert f"conv2d_{direction}_v{v}" in conv_gpu.KERNELS
     for op, versions in pool_gpu.VERSIONS.items():
         kind, direction = op.split("_")
         for v in versions:
@@ -86,11 +89,16 @@ def test_filter_split_covers_kgemm_with_nonempty_chunks(K, crs, kgemm):
     assert (splits - 1) * chunk < kgemm <= splits * chunk
 
 
+# The SIMT versions (resolve_version's default; select_version adds the
+# tensor-core ones by precision: tests/test_precision.py).
+SIMT = {op: tuple(v for v in vs if v not in conv_gpu.TENSOR_CORE) for op, vs in conv_gpu.VERSIONS.items()}
+
+
 def test_resolve_version():
-    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", None) == 2
+    assert _gpu_launch.resolve_version(SIMT, "forward", None) == 2
     assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_filter", 1) == 1
     with pytest.raises(ValueError, match="forward"):
-        _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", 3)
+        _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", 4)
 
 
 def test_resolve_version_picks_v1_for_few_gemm_rows():
@@ -98,7 +106,7 @@ def test_resolve_version_picks_v1_for_few_gemm_rows():
     # v2 from there on; an explicit version always wins; pools only have v1.
     rows = _gpu_launch.AUTO_V1_ROWS
     assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_data", None, gemm_rows=3) == 1
-    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", None, gemm_rows=rows - 1) == 1
-    assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", None, gemm_rows=rows) == 2
+    assert _gpu_launch.resolve_version(SIMT, "forward", None, gemm_rows=rows - 1) == 1
+    assert _gpu_launch.resolve_version(SIMT, "forward", None, gemm_rows=rows) == 2
     assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_data", 2, gemm_rows=3) == 2
     assert _gpu_launch.resolve_version(conv3d_gpu.VERSIONS, "backward_filter", None) == 1

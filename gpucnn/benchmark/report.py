@@ -34,7 +34,7 @@ def result_rows(doc):
         base = [e["baselines"].get(r, {}) for r in refs]
         base_ms = [_ms(b["time"]["median_s"]) if "time" in b else "-" for b in base]
         for v in e["versions"]:
-            head = [e["case"], e["op"], v["version"]]
+            head = [e["case"], e["op"], version_label(v)]
             if "time" not in v:
                 rows.append(head + [f"skipped: {v.get('skipped', '?')}"[:60]] + [""] * (len(header) - 4))
                 continue
@@ -109,6 +109,8 @@ def text_report(doc):
                   text_table(*summary_rows(doc))]
     if doc["summary"]["failed_checks"]:
         parts += ["", "FAILED correctness checks: " + ", ".join(doc["summary"]["failed_checks"])]
+    if doc["summary"].get("crashed"):
+        parts += ["", "CRASHED kernel versions: " + "; ".join(doc["summary"]["crashed"])]
     if doc.get("e2e"):
         parts += ["", e2e_text(doc["e2e"])]
     return "\n".join(parts)
@@ -124,6 +126,8 @@ def markdown_report(doc):
                   markdown_table(*summary_rows(doc))]
     if doc["summary"]["failed_checks"]:
         parts += ["", "**Failed correctness checks:** " + ", ".join(doc["summary"]["failed_checks"])]
+    if doc["summary"].get("crashed"):
+        parts += ["", "**Crashed kernel versions:** " + "; ".join(doc["summary"]["crashed"])]
     if doc.get("e2e"):
         parts += ["", "## End to end", "", "```", e2e_text(doc["e2e"]), "```"]
     return "\n".join(parts) + "\n"
@@ -181,11 +185,17 @@ def load(path):
         return json.load(f)
 
 
+def version_label(v):
+    """'2', or '3 high' where a conv result names its precision other than highest."""
+    p = v.get("precision")
+    return v["version"] if p in (None, "highest") else f"{v['version']} {p}"
+
+
 def compare_rows(a, b):
     """(header, rows, geomean of B/A): our median times of two runs matched on
     (case, op, version)."""
     def times(doc):
-        return {(e["case"], e["op"], v["version"]): v["time"]["median_s"]
+        return {(e["case"], e["op"], version_label(v)): v["time"]["median_s"]
                 for e in doc["results"] for v in e["versions"] if "time" in v}
     ta, tb = times(a), times(b)
     header = ["case", "op", "version", "A ms", "B ms", "B/A"]

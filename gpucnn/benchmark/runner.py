@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, precision
 from .. import functional as F
 from ..functional._dispatch import implementation
 from . import ceilings, env
@@ -43,8 +43,12 @@ OPS = {
     "avg_pool_forward": ("pool", "avg_pool{nd}d", ("x",)),
     "avg_pool_backward": ("pool", "avg_pool{nd}d_backward", ("dy",)),
 }
-REFERENCES = ("cpu_path", "torch_cpu", "cudnn_tf32_off", "cudnn_tf32_on")
+REFERENCES = ("cpu_path", "torch_cpu", "cudnn_tf32_off", "cudnn_tf32_on", "torch_bf16")
 CHECK_TOLERANCE = 1e-3      # max |ours - ref| / max |ref| for float32 outputs
+# The same check per conv precision (docs/precision.md): TF32 and BF16
+# operands carry 2**-11 and 2**-8 relative rounding, a few times that in the
+# worst element of a sum. Set from that bound, not yet from a GPU run.
+CHECK_TOLERANCES = {"highest": CHECK_TOLERANCE, "high": 4e-3, "medium": 3e-2}
 CPU_BASELINE_REPEATS = 3    # our CPU path inside a GPU run: few repeats ...
 CPU_BASELINE_SECONDS = 2.0  # ... and a time budget per measurement
 
@@ -75,11 +79,14 @@ def make_inputs(case, seed=0):
     return {k: rng.uniform(-1.0, 1.0, size=s).astype(np.float32) for k, s in shapes.items()}
 
 
-def ours_call(op, case, a, version=None):
+def ours_call(op, case, a, version=None, precision=None):
     """Zero-argument callable running our op on the arrays in `a` (NumPy or
-    CuPy). `version` is passed only to functions that take one."""
+    CuPy). `version` is passed only to functions that take one, `precision`
+    only to the convolutions."""
     f = gpucnn_function(op, case.nd)
     kw = {"version": version} if version is not None else {}
+    if precision is not None and OPS[op][0] == "conv":
+        kw["precision"] = precision
     s, p, k = case.stride, case.padding, case.kernel
     if op == "conv_forward":
         return lambda: f(a["x"], a["w"], None, s, p, **kw)
@@ -151,7 +158,7 @@ def torch_inputs(torch, op, case, a_np, device):
     return t
 
 
-def compare(ours, ref):
+def compare(ours, ref, tolerance=CHECK_TOLERANCE):
     """Error of our output(s) against a reference: float outputs as max |diff|
     relative to max |ref|, index outputs (argmax) as a mismatch count."""
     ours = ours if isinstance(ours, tuple) else (ours,)
@@ -166,9 +173,9 @@ def compare(ours, ref):
             scale = max(float(np.max(np.abs(r), initial=0.0)), np.finfo(np.float32).tiny)
             errs.append(float(np.max(np.abs(o.astype(np.float64) - r), initial=0.0)) / scale)
     rel = float(np.max(errs))  # NaN if any output held a NaN
-    ok = bool(math.isfinite(rel) and rel <= CHECK_TOLERANCE and mismatches == 0)
+    ok = bool(math.isfinite(rel) and rel <= tolerance and mismatches == 0)
     return {"max_rel_err": rel if math.isfinite(rel) else None, "index_mismatches": mismatches,
-            "ok": ok, "tolerance": CHECK_TOLERANCE}
+            "ok": ok, "tolerance": tolerance}
 
 
 def _as_numpy(r):
@@ -185,8 +192,9 @@ class Runner:
     """Runs cases x ops on one device; see the module docstring."""
 
     def __init__(self, device="auto", repeats=None, warmup=None, threads=None, use_torch=True,
-                 cpu_baseline=True, max_seconds=None, log=print):
+                 cpu_baseline=True, max_seconds=None, log=print, precisions=("highest",)):
         self.device = backend.resolve_device(device)
+        self.precisions = tuple(precision.check(p) for p in precisions) or ("highest",)
         gpu = self.device == "gpu"
         self.repeats = repeats if repeats is not None else (50 if gpu else 5)
         self.warmup = warmup if warmup is not None else (10 if gpu else 2)
@@ -207,7 +215,8 @@ class Runner:
                 self.torch.backends.cudnn.benchmark = True
 
     def settings(self, suite, ops, small_ceilings):
-        return {"suite": suite, "ops": list(ops), "device": self.device, "repeats": self.repeats,
+        return {"suite": suite, "ops": list(ops), "device": self.device, "precisions": list(self.precisions),
+                "repeats": self.repeats,
                 "warmup": self.warmup, "threads": self.threads,
                 "max_seconds": None if math.isinf(self.max_seconds) else self.max_seconds,
                 "torch": self.torch is not None, "torch_skipped": self.torch_reason or None,
@@ -247,6 +256,8 @@ class Runner:
     def _cpu_entry(self, case, op, a_np, out):
         """Our CPU path and PyTorch's CPU op, called in turn (a, b, a, b, ...)."""
         version = {"version": "cpu"}
+        if case.family == "conv":   # the CPU computes every mode in float32: "highest"
+            version["precision"] = "highest"
         out["versions"].append(version)
         try:
             fn = ours_call(op, case, with_argmax(op, case, dict(a_np)))
@@ -292,16 +303,19 @@ class Runner:
         except Exception as exc:  # e.g. the implementation module does not exist yet
             out["versions"].append({"version": "default", "skipped": _failure(exc)})
             versions = []
-        for version in versions:
+        for version, prec in self._version_precisions(case, versions):
             rec = {"version": "default" if version is None else str(version), "rotated_copies": copies}
+            if prec is not None:
+                rec["precision"] = prec
             out["versions"].append(rec)
             try:
                 sets = [with_argmax(op, case, {k: cupy.asarray(a_np[k]) for k in needed(op)})
                         for _ in range(copies)]
-                calls = [ours_call(op, case, s, version) for s in sets]
+                calls = [ours_call(op, case, s, version, prec) for s in sets]
                 result = calls[0]()
                 if cpu_out is not None:
-                    rec["check"] = dict(compare(result, cpu_out), reference="cpu_path")
+                    rec["check"] = dict(compare(result, cpu_out, CHECK_TOLERANCES[prec or "highest"]),
+                                        reference="cpu_path")
                 rec["time"] = time_gpu(rotating(calls), self.repeats, self.warmup, self.max_seconds)
             except Exception as exc:
                 rec["skipped"] = _failure(exc)
@@ -309,6 +323,20 @@ class Runner:
                 sets = calls = result = None
                 cupy.get_default_memory_pool().free_all_blocks()
         self._cudnn(case, op, a_np, copies, out)
+
+    def _version_precisions(self, case, versions):
+        """(version, precision) pairs to time: pools get no precision; a conv's
+        SIMT versions compute the same at every precision, so they run once as
+        "highest"; its tensor-core versions (and the default, which the
+        precision steers) run at each requested precision."""
+        if case.family != "conv":
+            return [(v, None) for v in versions]
+        tensor_core = getattr(implementation("conv", backend.cupy, case.nd), "TENSOR_CORE", ())
+        pairs = []
+        for v in versions:
+            steered = v is None or v in tensor_core
+            pairs += [(v, p) for p in (self.precisions if steered else ("highest",))]
+        return pairs
 
     def _cudnn(self, case, op, a_np, copies, out):
         torch = self.torch
@@ -330,6 +358,14 @@ class Runner:
                                                               self.repeats, self.warmup, self.max_seconds)}
                 except Exception as exc:
                     out["baselines"][key] = {"skipped": _failure(exc)}
+            if "medium" in self.precisions and OPS[op][0] == "conv":   # ours-medium's reference
+                try:
+                    bf16 = [torch_call(torch, op, case, {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                                                         for k, v in t.items()}) for t in sets]
+                    out["baselines"]["torch_bf16"] = {"time": time_gpu(
+                        _on_cupy_stream(torch, rotating(bf16)), self.repeats, self.warmup, self.max_seconds)}
+                except Exception as exc:
+                    out["baselines"]["torch_bf16"] = {"skipped": _failure(exc)}
         except Exception as exc:
             out["baselines"].setdefault("cudnn_tf32_off", {"skipped": _failure(exc)})
         finally:
@@ -407,8 +443,11 @@ def summarize(results):
                   for e, v in best]
     failed = [f"{e['case']} {e['op']} {v['version']}" for e in results for v in e["versions"]
               if v.get("check") and not v["check"]["ok"]]
+    # a version record is always one of ours: "skipped" there means our call raised
+    crashed = [f"{e['case']} {e['op']} {v['version']}: {v['skipped']}" for e in results for v in e["versions"]
+               if "skipped" in v]
     return {"geomean": _geomeans(median_ratios), "geomean_min": _geomeans(min_ratios),
-            "entries": len(results), "failed_checks": failed}
+            "entries": len(results), "failed_checks": failed, "crashed": crashed}
 
 
 def _geomeans(op_ratios):

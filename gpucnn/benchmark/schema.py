@@ -16,12 +16,13 @@ our throughput as a fraction of a measured machine ceiling):
     results[]                    one per (case, op):
         case, op, describe, geometry (shapes, kernel, stride, padding)
         work                     flops (conv) or bytes (pool)
-        baselines                cpu_path | torch_cpu | cudnn_tf32_off | cudnn_tf32_on:
+        baselines                cpu_path | torch_cpu | cudnn_tf32_off | cudnn_tf32_on | torch_bf16:
                                  {time} or {skipped: reason}
-        versions[]               version, time | skipped, gflops, gbps, ratios, check
+        versions[]               version, precision (convs: "highest" | "high" | "medium"),
+                                 time | skipped, gflops, gbps, ratios, check
     summary                      geomean[ratio key] = {all, count, by_op} from median times,
                                  geomean_min[vs_<ref>] the same from the fastest calls,
-                                 entries, failed_checks
+                                 entries, failed_checks, crashed (versions that raised)
     e2e (optional)               end-to-end training-step timings (e2e.py)
 """
 
@@ -58,6 +59,7 @@ SCHEMA = {
             "required": ["version"],
             "properties": {
                 "version": {"type": "string"}, "time": {"$ref": "#/definitions/timing"},
+                "precision": {"enum": ["highest", "high", "medium"]},
                 "skipped": {"type": "string"}, "gflops": {"type": NUM}, "gbps": {"type": NUM},
                 "rotated_copies": {"type": "integer", "minimum": 1},
                 "ratios": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
@@ -93,7 +95,8 @@ SCHEMA = {
                                         "bytes": {"type": ["integer", "null"]}}},
                 "baselines": {"type": "object",
                               "properties": {k: {"$ref": "#/definitions/baseline"} for k in
-                                             ("cpu_path", "torch_cpu", "cudnn_tf32_off", "cudnn_tf32_on")},
+                                             ("cpu_path", "torch_cpu", "cudnn_tf32_off", "cudnn_tf32_on",
+                                              "torch_bf16")},
                               "additionalProperties": False},
                 "versions": {"type": "array", "items": {"$ref": "#/definitions/version"}}}},
     },
@@ -107,7 +110,9 @@ SCHEMA = {
                            "device": {"enum": ["cpu", "gpu"]},
                            "repeats": {"type": "integer", "minimum": 1},
                            "warmup": {"type": "integer", "minimum": 0},
-                           "threads": {"type": "integer", "minimum": 1}, "torch": {"type": "boolean"}}},
+                           "threads": {"type": "integer", "minimum": 1}, "torch": {"type": "boolean"},
+                           "precisions": {"type": "array",
+                                          "items": {"enum": ["highest", "high", "medium"]}}}},
         "environment": {
             "type": "object",
             "required": ["date", "cpu_name", "numpy", "numba", "cupy", "torch", "git", "numba_threads"],
@@ -129,7 +134,8 @@ SCHEMA = {
                 "geomean": {"$ref": "#/definitions/geomeans"},
                 "geomean_min": {"$ref": "#/definitions/geomeans"},
                 "entries": {"type": "integer", "minimum": 0},
-                "failed_checks": {"type": "array", "items": {"type": "string"}}}},
+                "failed_checks": {"type": "array", "items": {"type": "string"}},
+                "crashed": {"type": "array", "items": {"type": "string"}}}},
         "e2e": {"type": "object"},
     },
 }

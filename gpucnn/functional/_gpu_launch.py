@@ -3,7 +3,10 @@ conv3d_gpu, pool3d_gpu): block and tile sizes, version lookup, the size
 checks that keep kernel index arithmetic in range, and the 1-D -> 2-D view.
 Verified on an H100 (bench/results/gpu-h100-2026-11-24/).
 """
+import numpy as np
+
 from .. import backend, kernel_loader
+from . import _autotune
 
 BLOCK = 256          # threads of every launch (TILE_THREADS for the v2 kernels)
 TILE = 64            # TILE_M = TILE_N of the v2 kernels (kernels/common.cuh)
@@ -52,6 +55,36 @@ def resolve_version(table, op, version, gemm_rows=None):
     if v not in table[op]:
         raise ValueError(f"{op}: kernel version {version!r} does not exist; choose from {table[op]}")
     return int(v)
+
+
+def select_version(table, op, version, *, gemm_rows=None, dtype=np.float32, precision="highest",
+                   tensor_core=(), shapes=None, run=None):
+    """The kernel version of one GPU convolution.
+
+    version given: checked, and a tensor-core version only for float32 (the
+    launchers cast float16 to float32 first; float64 keeps its SIMT kernels).
+    version None: among the versions the dtype permits, a fixed choice
+    (resolve_version over the SIMT versions; for precision "high"/"medium" the
+    newest tensor-core version once the GEMM has AUTO_V1_ROWS rows: an
+    untimed default, no GPU has run it yet), or with gpucnn.backends.autotune
+    the measured winner among them (_autotune.choose: run(v) runs the op
+    with version v; `shapes` keys the cache)."""
+    float32 = np.dtype(dtype) == np.float32
+    if version is not None:
+        v = resolve_version(table, op, version)
+        if v in tensor_core and not float32:
+            raise ValueError(f"{op}: kernel version {v} (tensor cores) takes float32 or float16 "
+                             f"arrays, got {np.dtype(dtype)}")
+        return v
+    simt = {op: tuple(v for v in table[op] if v not in tensor_core)}
+    default = resolve_version(simt, op, None, gemm_rows)
+    tc = [v for v in table[op] if v in tensor_core] if float32 else []
+    if tc and precision != "highest" and (gemm_rows is None or gemm_rows >= AUTO_V1_ROWS):
+        default = max(tc)
+    candidates = list(simt[op]) + tc
+    if run is None or shapes is None:
+        return default
+    return _autotune.choose(op, shapes, np.dtype(dtype).name, precision, candidates, default, run)
 
 
 def check_gemm_size(op, m, *int32_sizes):

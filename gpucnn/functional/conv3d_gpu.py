@@ -10,7 +10,8 @@ handling (one build of the .cu per dtype, -DSCALAR), version lookup and the
 v2 tile constants are shared through _gpu_launch. Kernel versions: 1 = one thread
 per output element, straight from the formula; 2 = implicit GEMM with
 shared-memory tiles (forward and backward-data only). version=None picks by
-shape, as for 2-D (_gpu_launch.resolve_version).
+shape, as for 2-D (_gpu_launch.resolve_version). `precision` is accepted
+and not used: the 3-D kernels are FP32 SIMT, which every precision permits.
 """
 from math import prod
 
@@ -61,7 +62,7 @@ def _launch(op, direction, version, dims, arrays, gemm=None):
     kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, arrays + dims)
 
 
-def forward(x, w, stride, padding, version=None):
+def forward(x, w, stride, padding, version=None, precision="highest"):
     """y = conv3d(x, w): x (N, C, D, H, W), w (K, C, T, R, S) -> y (N, K, Do, Ho, Wo)."""
     x, w = contiguous(x), contiguous(w)
     dims, out = _dims(x.shape, w.shape, stride, padding)
@@ -72,7 +73,7 @@ def forward(x, w, stride, padding, version=None):
     return y
 
 
-def backward_data(dy, w, x_shape, stride, padding, version=None):
+def backward_data(dy, w, x_shape, stride, padding, version=None, precision="highest"):
     """dx of shape x_shape (N, C, D, H, W) from dy (N, K, Do, Ho, Wo) and w (K, C, T, R, S)."""
     dy, w = contiguous(dy), contiguous(w)
     x_shape = tuple(x_shape)
@@ -84,7 +85,7 @@ def backward_data(dy, w, x_shape, stride, padding, version=None):
     return dx
 
 
-def backward_filter(dy, x, w_shape, stride, padding, version=None):
+def backward_filter(dy, x, w_shape, stride, padding, version=None, precision="highest"):
     """dw of shape w_shape (K, C, T, R, S) from dy (N, K, Do, Ho, Wo) and x (N, C, D, H, W).
     Deterministic: no atomics, every sum in a fixed order."""
     dy, x = contiguous(dy), contiguous(x)

@@ -9,18 +9,33 @@ dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 .cu file is compiled once per dtype with -DSCALAR=float or -DSCALAR=double
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
-formula; 2 = implicit GEMM with shared-memory tiles. version=None picks by
+formula; 2 = implicit GEMM with shared-memory tiles; 3 (forward only) =
+implicit GEMM on tensor cores (kernels/conv2d_tc.cu: TF32 for precision
+"high", BF16 for "medium", 3xTF32 for "highest"; float32 only; compiled and
+emulated, not yet run on a GPU). version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 """
-from .. import kernel_loader
+import functools
+
+import numpy as np
+
+from .. import backend, kernel_loader
 from ._args import output_shape
 from ._gpu_launch import (BLOCK, TILE, TILE_K, as_2d, check_gemm_size, geometry_2d,
-                          resolve_version, run_if_nonempty)
+                          run_if_nonempty, select_version)
 
 FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
-VERSIONS = {"forward": (1, 2), "backward_data": (1, 2), "backward_filter": (1, 2)}
+TC_FILE = "conv2d_tc.cu"
+VERSIONS = {"forward": (1, 2, 3), "backward_data": (1, 2), "backward_filter": (1, 2)}
+# Versions that run on tensor cores: float32 only (float16 arrives as
+# float32); the precision picks the kernel. Compiled and emulated, not yet
+# run on a GPU.
+TENSOR_CORE = (3,)
+TC_FORWARD = {"highest": "conv2d_forward_3xtf32_v3", "high": "conv2d_forward_tf32_v3",
+              "medium": "conv2d_forward_bf16_v3"}
+TC_TILE, TC_THREADS = 64, 128   # kernels/conv2d_tc.cu: TC_BM = TC_BN, TC_THREADS
 
 # Every kernel these launchers use, with its file (the tests check the names).
 KERNELS = {
@@ -31,7 +46,9 @@ KERNELS = {
     "conv2d_backward_filter_v1": BACKWARD_FILE,
     "conv2d_backward_filter_v2": BACKWARD_FILE,
     "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
+    **{name: TC_FILE for name in TC_FORWARD.values()},
 }
+FLOAT32_ONLY = frozenset(TC_FORWARD.values())
 
 # backward_filter_v2 splits Kgemm = N*Ho*Wo into chunks until about this many
 # blocks run, keeping at least MIN_SPLIT_STEPS TILE_K steps per chunk. The
@@ -48,10 +65,18 @@ def _plan(N, C, H, W, K, R, S, stride, padding):
     return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding)
 
 
-def forward(x, w, stride, padding, version=None):
+def _select(direction, version, precision, dtype, gemm_rows, shapes, run):
+    """select_version for this module's table (autotune keyed by op and shapes)."""
+    return select_version(VERSIONS, direction, version, gemm_rows=gemm_rows, dtype=dtype,
+                          precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run)
+
+
+def forward(x, w, stride, padding, version=None, precision="highest"):
     """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C, R, S) or (K, C, S)."""
     op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
-    v = resolve_version(VERSIONS, "forward", version, gemm_rows=w.shape[0])
+    v = _select("forward", version, precision, x.dtype, w.shape[0],
+                dict(x=x.shape, w=w.shape, s=stride, p=padding),
+                lambda v: forward(x, w, stride, padding, v, precision))
     nd = x.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     x4, w4 = as_2d(x), as_2d(w)
@@ -61,6 +86,15 @@ def forward(x, w, stride, padding, version=None):
     Ho, Wo = dims[7], dims[8]
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
     if run_if_nonempty(y, x4, w4):
+        if v == 3:
+            check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
+            if max(R, S) >= 1 << 16:
+                raise ValueError(f"{op}: kernel {(R, S)} too large for the tensor-core kernel's tap table")
+            grid = (kernel_loader.grid_1d(N * Ho * Wo, TC_TILE)[0], -(-K // TC_TILE))
+            kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[precision], x.dtype)
+            kernel_loader.launch(kernel, grid, (TC_THREADS,), "pppp" + "i" * 13,
+                                 (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims)
+            return y if nd == 2 else y.reshape(N, K, Wo)
         if v == 1:
             grid = kernel_loader.grid_1d(y.size, BLOCK)
         else:
@@ -71,10 +105,12 @@ def forward(x, w, stride, padding, version=None):
     return y if nd == 2 else y.reshape(N, K, Wo)
 
 
-def backward_data(dy, w, x_shape, stride, padding, version=None):
+def backward_data(dy, w, x_shape, stride, padding, version=None, precision="highest"):
     """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C, R, S) (or 1-D)."""
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
-    v = resolve_version(VERSIONS, "backward_data", version, gemm_rows=w.shape[1])
+    v = _select("backward_data", version, precision, dy.dtype, w.shape[1],
+                dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding),
+                lambda v: backward_data(dy, w, x_shape, stride, padding, v, precision))
     nd = dy.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     dy4, w4 = as_2d(dy), as_2d(w)
@@ -93,6 +129,16 @@ def backward_data(dy, w, x_shape, stride, padding, version=None):
     return dx.reshape(tuple(x_shape))
 
 
+@functools.lru_cache(maxsize=64)
+def _tap_table(C, H, W, R, S, xp):
+    """The tensor-core kernels' table, one int64 per kk = (c*R + r)*S + s:
+    (c*H*W + r*W + s) << 32 | r << 16 | s (kernels/conv2d_tc.cu), on the
+    device of array module xp (in the key: the tests swap in an emulator)."""
+    kk = np.arange(C * R * S, dtype=np.int64)
+    c, r, s = kk // (R * S), kk // S % R, kk % S
+    return backend.to_gpu(((c * H * W + r * W + s) << 32) | (r << 16) | s)
+
+
 def filter_split(K, crs, kgemm):
     """(splits, chunk) of backward_filter_v2: chunk is a multiple of TILE_K,
     splits = ceil(kgemm / chunk) so that no chunk is empty. Shapes only."""
@@ -105,11 +151,13 @@ def filter_split(K, crs, kgemm):
     return -(-kgemm // chunk), chunk
 
 
-def backward_filter(dy, x, w_shape, stride, padding, version=None):
+def backward_filter(dy, x, w_shape, stride, padding, version=None, precision="highest"):
     """dw of shape w_shape from dy (N, K, Ho, Wo) and x (N, C, H, W) (or 1-D).
     Deterministic: no atomics, every sum in a fixed order."""
     op = "conv2d_backward_filter" if x.ndim == 4 else "conv1d_backward_filter"
-    v = resolve_version(VERSIONS, "backward_filter", version)
+    v = _select("backward_filter", version, precision, x.dtype, None,
+                dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding),
+                lambda v: backward_filter(dy, x, w_shape, stride, padding, v, precision))
     nd = x.ndim - 2
     stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
     dy4, x4 = as_2d(dy), as_2d(x)

@@ -104,11 +104,17 @@ def _signature(header):
     raise ValueError(f"unbalanced parentheses in {header!r}")
 
 
+# Calls that need the block's threads as OS threads: the block barrier and
+# the warp collectives (cuda_emu.h), including kernels/mma.cuh's wrappers.
+_THREAD_SYNC = re.compile(r"\b(?:__syncthreads|__syncwarp|__shfl\w*_sync|emu_warp_\w+)\b")
+
+
 def _reaches_barrier(name, functions, seen=()):
     """Whether a function or anything it names (over-approximated: every
-    identifier that is a function of the file) contains __syncthreads."""
+    identifier that is a function of the file) contains __syncthreads or a
+    warp collective."""
     body = functions[name][2]
-    if "__syncthreads" in body:
+    if _THREAD_SYNC.search(body):
         return True
     named = set(re.findall(r"\b\w+\b", body)) & functions.keys()
     return any(_reaches_barrier(f, functions, seen + (name,)) for f in named - set(seen) - {name})
@@ -163,8 +169,9 @@ def _dispatcher(files, kernels):
     return "\n".join(lines) + "\n"
 
 
-def _key(cxx, sources):
+def _key(cxx, sources, extra=()):
     h = hashlib.sha256()
+    h.update(repr(tuple(extra)).encode())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     own = [(HERE / f).read_text() for f in ("cuda_emu.h", "emu_main.cpp", "build.py")]
     for part in [version, " ".join(CXXFLAGS)] + own:
@@ -190,15 +197,19 @@ def cache_root():
     return Path(env) if env else Path.home() / ".cache" / "gpucnn-emu"
 
 
-def build(root=None):
+def build(root=None, sources=None, dtypes=tuple(SCALARS)):
     """The emulator build for the current kernel sources (built on first use):
-    a directory with emu_float32, emu_float64 and kernels.json."""
+    a directory with emu_<dtype> for each dtype and kernels.json. `sources`
+    ({file name: text}, default: every kernels/*.cu as NVRTC gets it) makes
+    a variant build (the tests' planted bugs), cached under its own key."""
     cxx = find_cxx()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    sources = {p.name: kernel_loader.read_source(p.name) for p in kernel_loader.kernel_files()}
+    if sources is None:
+        sources = {p.name: kernel_loader.read_source(p.name) for p in kernel_loader.kernel_files()}
+    dtypes = tuple(dtypes)
     root = Path(root) if root else cache_root()
-    out = root / _key(cxx, sources)
+    out = root / _key(cxx, sources, dtypes)
     if (out / "kernels.json").is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
@@ -211,8 +222,8 @@ def build(root=None):
         for name, text in sources.items():
             (work / name).write_text(text)
         (work / "emu_kernels.inc").write_text(_dispatcher(sorted(sources), kernels))
-        with concurrent.futures.ThreadPoolExecutor(len(SCALARS)) as pool:
-            list(pool.map(lambda dt: _compile(cxx, work, out, dt), SCALARS))
+        with concurrent.futures.ThreadPoolExecutor(len(dtypes)) as pool:
+            list(pool.map(lambda dt: _compile(cxx, work, out, dt), dtypes))
         (work / "kernels.json").write_text(json.dumps(kernels, indent=1))
         try:
             os.replace(work, out)

@@ -1,0 +1,54 @@
+"""python -m gpucnn.kernel_check --sass: the SASS main-loop instruction mix
+(gpucnn.sass_check), on a synthetic listing and on a real nvcc build."""
+import pytest
+
+from gpucnn import kernel_check, kernel_loader, sass_check
+
+LISTING = """
+        code for sm_90
+                Function : k_two_loops
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   IMAD R2, R0, R3, RZ ;
+        /*0020*/                   FFMA R4, R5, R6, R4 ;
+        /*0030*/               @P0 BRA 0x10 ;
+        /*0040*/                   LDGSTS [R7], desc[UR4][R8.64] ;
+        /*0050*/                   LDS R9, [R10] ;
+        /*0060*/                   HMMA.1688.F32.TF32 R12, R16, R20, R12 ;
+        /*0070*/                   HMMA.1688.F32.TF32 R24, R16, R22, R24 ;
+        /*0080*/                   IADD3 R7, R7, 0x4, RZ ;
+        /*0090*/              @!P1 BRA 0x40 ;
+        /*00a0*/                   EXIT ;
+                Function : k_straight
+        /*0000*/                   FADD R1, R2, R3 ;
+        /*0010*/                   EXIT ;
+"""
+
+
+def test_parse_and_main_loop_on_a_listing():
+    kernels = sass_check.parse_sass(LISTING)
+    assert set(kernels) == {"k_two_loops", "k_straight"}
+    assert kernels["k_two_loops"][5] == (0x50, "LDS", " R9, [R10] ")
+    assert sass_check.main_loop(kernels["k_two_loops"]) == (0x40, 0x90)   # the HMMA loop, not the FFMA one
+    mix = sass_check.loop_mix(kernels["k_two_loops"])
+    assert mix == {"loop": "0x40-0x90", "instructions": 6, "math_share": round(2 / 6, 3),
+                   "mma": 2, "fma": 0, "int": 1, "lds": 1, "ldg": 1, "other": 1}
+    assert sass_check.loop_mix(kernels["k_straight"])["loop"] is None
+
+
+@pytest.mark.skipif(kernel_check.find_nvcc() is None or sass_check.find_cuobjdump() is None,
+                    reason="needs nvcc and cuobjdump")
+def test_sass_report_of_the_tensor_core_kernels():
+    path = kernel_loader.kernel_dir() / "conv2d_tc.cu"
+    assert kernel_check.scalar_variants(path) == (None,)
+    rows, problems = kernel_check.check(("sm_80",), [path], sass=True)
+    assert problems == []
+    by_name = {r["kernel"]: r for r in rows}
+    assert set(by_name) == {"conv2d_forward_tf32_v3", "conv2d_forward_bf16_v3", "conv2d_forward_3xtf32_v3"}
+    for name, row in by_name.items():
+        assert row["mma"] > 0 and row["loop"] and row["spill_stores"] == 0
+    # per 64x64x16 tile, 4 warps of 2x4 mma tiles: 2 k8-steps of TF32, 1 k16-step of BF16, 3 passes of 3xTF32
+    assert by_name["conv2d_forward_tf32_v3"]["mma"] == 16
+    assert by_name["conv2d_forward_bf16_v3"]["mma"] == 8
+    assert "HMMA" in " ".join(sass_check.CLASSES["mma"])
+    table = sass_check.format_table(rows)
+    assert "conv2d_forward_bf16_v3" in table and "math%" in table
