@@ -22,13 +22,13 @@ def add_parser(subparsers):
     add_common_arguments(p)
     add_optimizer_arguments(p)
     p.add_argument("--tiny", type=positive_int, default=64, metavar="N",
-                   help="training images for the overfit and weight-decay checks (default 64)")
+                   help="training images for the overfit and weight-decay checks")
     p.add_argument("--overfit-steps", type=positive_int, default=200, metavar="STEPS",
-                   help="full-batch steps allowed to reach 99%% accuracy on the tiny subset (default 200)")
+                   help="full-batch steps allowed to reach 99%% accuracy on the tiny subset")
     p.add_argument("--init-tolerance", type=ranged(float, 0, 1, low_open=True, high_open=True),
                    default=sanity.INIT_TOLERANCE, metavar="FRACTION",
-                   help="allowed relative distance of the initial loss from ln(classes) (default 0.1)")
-    p.add_argument("--json", metavar="FILE.json", help="write the results as JSON")
+                   help="allowed relative distance of the initial loss from ln(classes), in (0, 1)")
+    p.add_argument("--json", metavar="FILE.json", help="write the results as JSON (default: not written)")
     p.set_defaults(func=run)
 
 

@@ -20,11 +20,11 @@ def add_parser(subparsers):
                               description=__doc__.splitlines()[0])
     add_common_arguments(p)
     add_optimizer_arguments(p)
-    p.add_argument("--min", type=positive_float, default=1e-7, dest="min_lr", metavar="LR", help="first lr (1e-7)")
-    p.add_argument("--max", type=positive_float, default=10.0, dest="max_lr", metavar="LR", help="last lr (10)")
-    p.add_argument("--steps", type=ranged(int, 2), default=100, help="mini-batches in the sweep (100)")
-    p.add_argument("--plot", metavar="FILE.png", help="loss against learning rate")
-    p.add_argument("--json", metavar="FILE.json", help='{"suggested_lr", "rule", "lrs", "losses", ...}')
+    p.add_argument("--min", type=positive_float, default=1e-7, dest="min_lr", metavar="LR", help="first learning rate of the sweep")
+    p.add_argument("--max", type=positive_float, default=10.0, dest="max_lr", metavar="LR", help="last learning rate of the sweep")
+    p.add_argument("--steps", type=ranged(int, 2), default=100, help="mini-batches in the sweep, >= 2")
+    p.add_argument("--plot", metavar="FILE.png", help="plot of the loss against the learning rate (default: no plot)")
+    p.add_argument("--json", metavar="FILE.json", help='write {"suggested_lr", "rule", "lrs", "losses", ...} (default: not written)')
     p.set_defaults(func=run)
 
 
