@@ -1,4 +1,5 @@
 # The README's two commands: `make train` (the main job) and `make test`.
+# `make test PYTEST_ARGS=...` passes options to pytest (.ci/run adds a JUnit report).
 PY_SYS ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -30,7 +31,7 @@ train: setup data
 	$(VENV)/bin/gpucnn train --metrics-out $(OUT)/metrics.json --plot $(OUT)/curves.png --checkpoint $(OUT)/model.ckpt.npz
 
 test: setup data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 kernels:  ## nvcc resource report (registers, shared memory, spills) for sm_90
 	$(PY) -m gpucnn.kernel_check --arch sm_90

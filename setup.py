@@ -19,11 +19,20 @@ setup(
     install_requires=["numpy>=1.23", "numba>=0.57", "threadpoolctl>=3", "tqdm>=4.60", "matplotlib>=3.5"],
     extras_require={
         # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
-        "gpu": ["cupy-cuda13x>=13"],
+        "gpu": ["cupy-cuda13x>=13", "nvidia-nccl-cu13"],
         "gpu-cuda12": ["cupy-cuda12x>=13"],
+        # gpucnn predict on PNG/JPEG files; gpucnn export / gpucnn.onnx and .safetensors weights
+        "images": ["pillow>=9"],
+        "export": ["onnx>=1.14", "onnxruntime>=1.16", "safetensors>=0.4"],
         # setuptools>=70.1 (bdist_wheel built in) and wheel: tests/test_packaging.py builds a
         # wheel without build isolation; a fresh venv has only Python's bundled setuptools.
-        "dev": ["pytest>=7", "scikit-learn>=1.1", "setuptools>=70.1", "wheel", "hypothesis>=6"],
+        # mpi4py + mpich: tests/test_distributed.py runs mpiexec -n 2 and -n 3 (binary wheels).
+        "dev": ["pytest>=7", "scikit-learn>=1.1", "setuptools>=70.1", "wheel", "hypothesis>=6",
+                "mpi4py>=4.1", "mpich"],
+        # Data-parallel training (docs/distributed.md): `distributed` is mpi4py for a cluster's own
+        # MPI; `mpi` adds the mpich wheel (mpiexec in the venv, no compiler needed).
+        "distributed": ["mpi4py>=4.1"],
+        "mpi": ["mpi4py>=4.1", "mpich"],
     },
     entry_points={"console_scripts": ["gpucnn=gpucnn.cli:main"]},
 )

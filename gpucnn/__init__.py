@@ -4,14 +4,17 @@
     gpucnn.nn           layers, losses, initializers (layer-wise backprop)
     gpucnn.optim        torch.optim-compatible optimizers and LR schedules
     gpucnn.train        Trainer / fit
-    gpucnn.save / load  state dicts in a format that never executes code
+    gpucnn.save / load  state dicts in a format that never executes code (.npz or .safetensors)
+    gpucnn.load_model   a trained model with its inference metadata (gpucnn.inference)
+    gpucnn.onnx.export  a model as an ONNX graph
+    gpucnn.asarray      NumPy/CuPy arrays from any DLPack array (PyTorch, JAX), zero-copy
     gpucnn.set_float32_conv_precision / float32_conv_precision   (docs/precision.md)
 """
-from . import backend, functional, random
-from . import backends
+from . import backend, backends, functional, onnx, random
+from .backend import asarray, get_array_module, gpu_available, to_cpu, to_gpu
+from .inference import load_model
 from .precision import (float32_conv_precision, get_float32_conv_precision,
                         set_float32_conv_precision)
-from .backend import get_array_module, gpu_available, to_cpu, to_gpu
 from .random import manual_seed
 from .serialization import load, load_checkpoint, save, save_checkpoint
 

@@ -138,3 +138,99 @@ def gpu_event_times(fn, repeats, warmup, max_seconds):
     from cupyx.profiler import benchmark
     result = benchmark(fn, n_repeat=max(1, repeats), n_warmup=warmup, max_duration=max_seconds)
     return result.gpu_times[0]
+
+
+# ---- DLPack: arrays of other libraries, without a copy ------------------------
+_DLPACK_CPU = (1, 3)        # kDLCPU, kDLCUDAHost (pinned host memory NumPy can read)
+_DLPACK_CUDA = (2, 13)      # kDLCUDA, kDLCUDAManaged
+
+
+def from_dlpack(obj):
+    """A NumPy or CuPy array sharing memory with `obj` (anything with __dlpack__:
+    a PyTorch tensor, a JAX array, ...), on the device the memory is on:
+    numpy.from_dlpack for host memory, cupy.from_dlpack for CUDA memory."""
+    device_type = int(obj.__dlpack_device__()[0]) if hasattr(obj, "__dlpack_device__") else 1
+    if device_type in _DLPACK_CUDA:
+        require_gpu(f"a {type(obj).__name__} in CUDA memory")
+        return cupy.from_dlpack(obj)
+    if device_type in _DLPACK_CPU:
+        return np.from_dlpack(obj)
+    raise TypeError(f"gpucnn.asarray: {type(obj).__name__} lives on DLPack device type {device_type}, "
+                    f"neither host nor CUDA memory")
+
+
+def dlpack_or_same(obj):
+    """`obj` itself when it is a NumPy/CuPy array (or no array at all: the op's own
+    checks report that), else the zero-copy view of a DLPack-capable object.
+    The functional ops and Module.__call__ call this on their inputs."""
+    if isinstance(obj, np.ndarray) or is_gpu_array(obj) or not hasattr(obj, "__dlpack__"):
+        return obj
+    return from_dlpack(obj)
+
+
+def asarray(obj):
+    """A NumPy or CuPy array for `obj`: arrays pass through unchanged, objects
+    with __dlpack__ (PyTorch, JAX, ...) are viewed without a copy on their own
+    device, anything else (lists, scalars) goes through numpy.asarray."""
+    obj = dlpack_or_same(obj)
+    return obj if isinstance(obj, np.ndarray) or is_gpu_array(obj) else np.asarray(obj)
+
+
+# ---- helpers for gpucnn.distributed (device choice per process, host staging, NCCL) ----
+def device_count():
+    """Number of usable CUDA devices (0 without a GPU)."""
+    return cupy.cuda.runtime.getDeviceCount() if gpu_available() else 0
+
+
+def use_device(index):
+    """Make CUDA device `index` current for this process (before any GPU array exists)."""
+    require_gpu("use_device")
+    cupy.cuda.Device(int(index)).use()
+
+
+def pinned_empty(shape, dtype):
+    """A NumPy array in page-locked host memory (fast, asynchronous device copies)."""
+    import cupyx
+    return cupyx.empty_pinned(shape, dtype=dtype)
+
+
+def copy_into(dst, src):
+    """dst[...] = src across devices: host<-device, device<-host or same side."""
+    if is_gpu_array(dst) and not is_gpu_array(src):
+        dst.set(src)
+    elif is_gpu_array(src) and not is_gpu_array(dst):
+        src.get(out=dst)
+    else:
+        dst[...] = src
+
+
+def nccl_module():
+    """CuPy's NCCL binding (cupy.cuda.nccl), or a RuntimeError saying what is missing."""
+    require_gpu("the NCCL backend")
+    from cupy.cuda import nccl
+    if not getattr(nccl, "available", False):
+        raise RuntimeError("the NCCL backend needs the NCCL library: pip install gpucnn[gpu] "
+                           "(nvidia-nccl-cu13)")
+    return nccl
+
+
+def nccl_available():
+    try:
+        nccl_module()
+        return True
+    except Exception:
+        return False
+
+
+def array_pointer(a):
+    """Device address of a CuPy array's first element."""
+    return a.data.ptr
+
+
+def new_stream():
+    """A non-blocking CUDA stream (for communication beside the compute stream)."""
+    return cupy.cuda.Stream(non_blocking=True)
+
+
+def current_stream():
+    return cupy.cuda.get_current_stream()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, kernel_hashes
 from .benchmark.env import git_info
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,9 @@ def environment():
     """Versions and device facts (no GPU fields when none is usable)."""
     env = {"python": platform.python_version(), "numpy": np.__version__,
            "cupy": getattr(backend.cupy, "__version__", None), "git": git_info(),
-           "gpu_usable": backend.gpu_available(), "gpu_unusable_reason": backend.gpu_unavailable_reason()}
+           "gpu_usable": backend.gpu_available(), "gpu_unusable_reason": backend.gpu_unavailable_reason(),
+           # what this check verifies, by content: `python -m gpucnn.kernel_hashes --verified-by` records it
+           "source_sha256": {k: v[0] for k, v in kernel_hashes.current_sources(ROOT).items()}}
     env.update(backend.device_info())
     return env
 

@@ -14,7 +14,15 @@
   ReLU, then a 2x2 max pool, three stages (32, 64, 128 channels).
 - resnet_small: a stem convolution, then three stages of one basic residual
   block each (16, 32, 64 channels; stride 2 and a 1x1 projection when the
-  shape changes), global average pooling and a linear classifier.
+  shape changes), global average pooling (AdaptiveAvgPool2d(1), as modern
+  ResNet heads) and a linear classifier. The head has no parameters, so the
+  parameter count is unchanged from the earlier fixed AvgPool2d(size) head
+  and any input size works; state dicts stay compatible.
+- mobilenet_small: MobileNet-style depthwise-separable blocks (a 3x3
+  depthwise conv, groups = channels, then a 1x1 pointwise conv, each with
+  batch norm and ReLU) after a 3x3 stem: 16 -> 32 -> 64 (stride 2) -> 64 ->
+  128 (stride 2) -> 128 channels, global average pooling, a linear classifier
+  (36,874 parameters for 1x28x28 inputs).
 Spatial sizes are tracked as the layers are built, so every model adapts its
 dense layer to the input size; all convolutions keep the size ("same"
 padding) and each max pool halves it.
@@ -22,7 +30,7 @@ padding) and each max pool halves it.
 from . import nn
 from .functional import output_size
 
-MODELS = ("lenet5", "lenet_bn", "vgg_small", "resnet_small")
+MODELS = ("lenet5", "lenet_bn", "vgg_small", "resnet_small", "mobilenet_small")
 DEFAULT_MODEL = "lenet_bn"
 
 
@@ -95,14 +103,35 @@ def resnet_small(in_channels=1, num_classes=10, image_size=28, dropout=None):
         layers += _basic_block(c, c_out, stride)
         size = output_size(size, 3, stride, 1)
         c = c_out
-    layers += [nn.AvgPool2d(size), nn.Flatten()]  # global average pooling
+    return nn.Sequential(*(layers + _global_pool_head(c, num_classes, dropout)))
+
+
+def _global_pool_head(c, num_classes, dropout):
+    layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # global average pooling
     if dropout:
         layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(c, num_classes))
-    return nn.Sequential(*layers)
+    return layers + [nn.Linear(c, num_classes)]
 
 
-_BUILDERS = {"lenet5": lenet5, "lenet_bn": lenet_bn, "vgg_small": vgg_small, "resnet_small": resnet_small}
+def _depthwise_separable(c_in, c_out, stride):
+    """3x3 depthwise conv (one filter per channel: groups = c_in) - BN - ReLU,
+    then a 1x1 pointwise conv mixing the channels - BN - ReLU."""
+    return [nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in), nn.ReLU()] + _conv_block(c_in, c_out, 1, True)
+
+
+def mobilenet_small(in_channels=1, num_classes=10, image_size=28, dropout=None):
+    layers, c, size = _conv_block(in_channels, 16, 3, True), 16, image_size
+    for c_out, stride in ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1)):
+        stride = stride if size >= 4 else 1
+        layers += _depthwise_separable(c, c_out, stride)
+        size = output_size(size, 3, stride, 1)
+        c = c_out
+    return nn.Sequential(*(layers + _global_pool_head(c, num_classes, dropout)))
+
+
+_BUILDERS = {"lenet5": lenet5, "lenet_bn": lenet_bn, "vgg_small": vgg_small, "resnet_small": resnet_small,
+             "mobilenet_small": mobilenet_small}
 
 
 def build(name, in_channels=1, num_classes=10, image_size=28, dropout=None):

@@ -17,7 +17,11 @@ Loading returns NumPy arrays (CuPy arrays are saved from host copies).
 Writes are atomic: a temporary file in the target's folder, fsync, then
 os.replace, so a crash never leaves a half-written file under the name.
 A missing file raises FileNotFoundError; a truncated, foreign or
-pickle-bearing file raises SerializationError (a ValueError); both name the file.
+pickle-bearing file raises SerializationError (a ValueError); both name the
+file, and the message says what the file is instead (empty, text, a Python
+pickle, a single .npy array, a PyTorch zip, a truncated zip, an .npz without
+the manifest, a manifest naming a missing member); "pickled" is said only of
+a real pickle.
 """
 import contextlib
 import json
@@ -27,7 +31,7 @@ import zipfile
 
 import numpy as np
 
-from . import backend
+from . import backend, safetensors_io
 from . import random as grandom
 
 MANIFEST = "__gpucnn__"
@@ -119,9 +123,55 @@ def _atomic_write(path, write):
             os.close(dir_fd)
 
 
-def save(obj, path):
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` atomically (see the module docstring): the old file
+    stays whole if the write fails (disk full, killed)."""
+    _atomic_write(os.fspath(path), lambda f: f.write(data))
+
+
+def write_text_atomic(path, text):
+    """A text file written atomically, as the checkpoints are."""
+    atomic_write_bytes(path, text.encode())
+
+
+# Leading bytes of formats a gpucnn file is mistaken for (checked in order).
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members / an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+_PICKLE_PROTOCOL = b"\x80"  # protocol 2+ pickles (torch.save's legacy format) start with PROTO
+
+
+def _not_a_zip(path):
+    """Why the file at `path` is not a gpucnn archive, from its first bytes, or
+    None when it starts like a zip (the zip reader then judges the rest)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "is empty (0 bytes; an interrupted copy?)"
+    if head.startswith(_ZIP_MAGIC):
+        return None
+    if head.startswith(_NPY_MAGIC):
+        return "is a single .npy array (numpy.save), not a gpucnn .npz archive"
+    if head[:1] == _PICKLE_PROTOCOL and len(head) > 1 and 2 <= head[1] <= 5:
+        return ("is a pickled Python object (a pickle file, e.g. torch.save's legacy format); gpucnn never "
+                "unpickles, because loading a pickle can run code")
+    try:
+        head.decode("utf-8")
+        return f"is a text file (starts with {head[:40].decode('utf-8')!r}), not a gpucnn .npz archive"
+    except UnicodeDecodeError:
+        return f"is not a zip/.npz archive (first bytes {head[:8].hex(' ')})"
+
+
+def save(obj, path, format=None):
     """Save a dict (a state_dict, an optimizer state, a checkpoint) to `path`
-    (written as given; no suffix is added)."""
+    (written as given; no suffix is added). format: "npz" (gpucnn's format,
+    any nesting), "safetensors" (a flat state dict, readable by PyTorch; see
+    safetensors_io) or None: safetensors when the path ends in .safetensors."""
+    if format is None:
+        format = "safetensors" if os.fspath(path).endswith(safetensors_io.SUFFIX) else "npz"
+    if format == "safetensors":
+        return safetensors_io.save_file(obj, path, atomic_write_bytes)
+    if format != "npz":
+        raise ValueError(f"gpucnn.save: format must be 'npz' or 'safetensors', got {format!r}")
     if not isinstance(obj, dict):
         raise TypeError(f"gpucnn.save: expected a dict, got {type(obj).__name__}")
     path = os.fspath(path)
@@ -139,32 +189,49 @@ def save(obj, path):
 
 
 def load(path):
-    """Read a file written by `save` -> dict (NumPy arrays, Python values)."""
+    """Read a file written by `save` (either format, told apart by its first
+    bytes) -> dict (NumPy arrays, Python values)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"gpucnn.load: no such file: {path!r}")
+    if safetensors_io.is_safetensors(path):
+        return safetensors_io.load_file(path)
+    what = _not_a_zip(path)
+    if what:
+        raise SerializationError(f"gpucnn.load: {path!r} {what}")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile) or MANIFEST not in npz.files:
-                raise SerializationError(f"gpucnn.load: {path!r} is not a gpucnn file (no {MANIFEST!r} "
-                                         f"entry; foreign .npy/.npz?)")
+            if MANIFEST not in npz.files:
+                names = sorted(npz.files)
+                kind = ("a PyTorch zip file (torch.save)" if any(n.endswith("data.pkl") for n in names)
+                        else f"an .npz/zip archive with members {names[:5]}{' ...' if len(names) > 5 else ''}")
+                raise SerializationError(f"gpucnn.load: {path!r} is {kind}, not a gpucnn file (it has no "
+                                         f"{MANIFEST!r} manifest; gpucnn.save writes one)")
             manifest = json.loads(str(npz[MANIFEST][()]))
             if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
                 raise SerializationError(f"gpucnn.load: {path!r} has format {manifest.get('format')!r} "
                                          f"version {manifest.get('version')!r}; expected {FORMAT!r} {VERSION}")
             arrays = {name: npz[name] for name in npz.files if name != MANIFEST}
-        return _decode(manifest["tree"], arrays)
+        try:
+            return _decode(manifest["tree"], arrays)
+        except KeyError as exc:
+            raise SerializationError(f"gpucnn.load: {path!r} is a gpucnn file whose manifest names member "
+                                     f"{exc} that the archive lacks (truncated or edited)") from exc
     except SerializationError:
         raise
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        # NumPy refuses object arrays (stored as pickles) when allow_pickle=False.
+        if "allow_pickle" in str(exc):
             raise SerializationError(f"gpucnn.load: {path!r} holds pickled Python objects; refusing to "
                                      f"load them (gpucnn files never execute code)") from exc
-        raise SerializationError(f"gpucnn.load: {path!r} is not a readable gpucnn file "
-                                 f"(truncated, corrupt or foreign): {exc}") from exc
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, TypeError, AttributeError) as exc:
-        raise SerializationError(f"gpucnn.load: {path!r} is not a readable gpucnn file "
-                                 f"(truncated, corrupt or foreign): {type(exc).__name__}: {exc}") from exc
+        raise SerializationError(f"gpucnn.load: {path!r} is a zip archive with a corrupt member: {exc}") from exc
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise SerializationError(f"gpucnn.load: {path!r} starts like a zip archive but is truncated or "
+                                 f"corrupt ({type(exc).__name__}: {exc}); an interrupted copy? gpucnn's own "
+                                 f"writes are atomic") from exc
+    except (OSError, KeyError, TypeError, AttributeError) as exc:
+        raise SerializationError(f"gpucnn.load: {path!r} is a corrupt gpucnn archive: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
 
 def save_checkpoint(path, model, optimizer=None, epoch=None, scheduler=None, extra=None):
@@ -182,13 +249,29 @@ def save_checkpoint(path, model, optimizer=None, epoch=None, scheduler=None, ext
     }, path)
 
 
-def load_checkpoint(path, model, optimizer=None, scheduler=None, restore_rng=True, strict=True):
-    """Restore what save_checkpoint wrote into `model` (and `optimizer`,
-    `scheduler`, the global RNG) -> {'epoch': ..., 'extra': ...}."""
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "extra")
+
+
+def read_checkpoint(path):
+    """A save_checkpoint file as a dict, checked to be a training checkpoint
+    with all its keys (nothing is restored: callers can compare its 'extra'
+    with what they are about to build first)."""
     state = load(path)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise SerializationError(f"load_checkpoint: {os.fspath(path)!r} is a gpucnn file but not a training "
-                                 f"checkpoint (use gpucnn.load for a plain state_dict)")
+                                 f"checkpoint (format {state.get('format')!r}; use gpucnn.load for a plain "
+                                 f"state_dict)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise SerializationError(f"load_checkpoint: {os.fspath(path)!r} is a gpucnn checkpoint missing the "
+                                 f"key(s) {missing}")
+    return state
+
+
+def load_checkpoint(path, model, optimizer=None, scheduler=None, restore_rng=True, strict=True):
+    """Restore what save_checkpoint wrote into `model` (and `optimizer`,
+    `scheduler`, the global RNG) -> {'epoch': ..., 'extra': ...}."""
+    state = read_checkpoint(path)
     model.load_state_dict(state["model"], strict=strict)
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None:

@@ -12,6 +12,7 @@ validation runs in eval mode under no_grad (nothing cached for backward).
 Accuracy compares argmax(logits) with the class index, or with argmax of the
 target row for soft labels (mixup/cutmix).
 """
+import math
 import time
 
 import numpy as np
@@ -28,18 +29,36 @@ def ArrayLoader(x, y, batch_size=64, shuffle=True, seed=None):
     return DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed, prefetch=0)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A batch's loss was NaN or infinite; no optimizer step was taken for it."""
+
+    def __init__(self, epoch, step, loss):
+        super().__init__(f"non-finite loss ({loss}) at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
 def _labels(target):
     """Class indices of a target batch: itself, or argmax of soft labels."""
     return target.argmax(axis=1) if target.ndim == 2 else target
 
 
 class Trainer:
-    def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False):
+    def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False,
+                 skip_nonfinite=False):
+        """skip_nonfinite: a batch with a NaN/inf loss is skipped (no backward, no
+        step) and counted in `nonfinite_steps`; otherwise it raises
+        NonFiniteLossError before the step, so the weights stay those of the
+        last good step."""
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.skip_nonfinite, self.nonfinite_steps = skip_nonfinite, 0
         self.loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
         self.device = backend.resolve_device(device)
         self.full_batch = full_batch
         self.history = []
+        self.monitor = None  # a gpucnn.monitor.TrainingMonitor, or None (off)
+        # Data-parallel runs set this to a callable(*sums) -> the same sums over every
+        # process (gpucnn.commands.train_distributed), so metrics are sums / counts.
+        self.reduce_sums = None
         if self.device == "gpu":
             model.to_gpu()
         else:
@@ -56,6 +75,15 @@ class Trainer:
             xb = xb.astype(params[0].data.dtype, copy=False)
         return self._move(xb)
 
+    def _total(self, *sums):
+        return sums if self.reduce_sums is None else self.reduce_sums(*sums)
+
+    def _all_finite(self, loss):
+        """The loss is finite here and, in a data-parallel run, on every rank (so
+        all ranks skip or stop at the same step and their collectives stay in step)."""
+        bad = 0 if math.isfinite(loss) else 1
+        return (bad if self.reduce_sums is None else self.reduce_sums(bad)[0]) == 0
+
     def _correct(self, logits, yb):
         return int((logits.argmax(axis=1) == _labels(yb)).sum())
 
@@ -70,16 +98,25 @@ class Trainer:
         start = time.perf_counter()
         if self.full_batch:
             self.optimizer.zero_grad()
+        if self.monitor is not None:
+            self.monitor.begin_epoch()
         for i, (xb, yb) in enumerate(loader):
             xb, yb = self._input(xb), self._move(yb)
             n = len(xb)
             logits = self.model(xb)
             loss, dlogits = self.loss_fn(logits, yb)
+            if not self._all_finite(loss):
+                if not self.skip_nonfinite:
+                    raise NonFiniteLossError(len(self.history) + 1, i + 1, loss)
+                self.nonfinite_steps += 1
+                continue
             if self.full_batch:
                 self.model.backward(dlogits * n)  # summed over samples; divided by the total below
             else:
                 self.optimizer.zero_grad()
                 self.model.backward(dlogits)
+                if self.monitor is not None:
+                    self.monitor.before_step()
                 self.optimizer.step()
             seen += n
             loss_sum += loss * n
@@ -91,8 +128,13 @@ class Trainer:
             for p in self.model.parameters():
                 if p.grad is not None:
                     p.grad /= seen
+            if self.monitor is not None:
+                self.monitor.before_step()
             self.optimizer.step()
         seconds = time.perf_counter() - start
+        seen, loss_sum, correct = self._total(seen, loss_sum, correct)
+        if self.monitor is not None:
+            self.monitor.end_epoch()  # outside `seconds`: its host copies are not the step's cost
         if self.scheduler is not None:
             self.scheduler.step()
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
@@ -115,6 +157,7 @@ class Trainer:
                     correct += self._correct(logits, yb)
         finally:
             self.model.train(was_training)
+        seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     def predict_proba(self, x, batch_size=512):
@@ -151,6 +194,8 @@ class Trainer:
             finally:
                 if bar:
                     bar.close()
+                if self.monitor is not None:
+                    self.monitor.detach()
             val = self.evaluate(val_loader) if val_loader is not None else {"loss": None, "accuracy": None}
             record = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],

@@ -205,3 +205,23 @@ def test_e2e_torch_mirror_is_the_same_model():
     runs = {r["name"]: r for r in result["runs"]}
     assert runs["gpucnn-cpu"]["images_per_s"] > 0 and runs["torch-cpu"]["images_per_s"] > 0
     assert "skipped" in runs["gpucnn-gpu"] or runs["gpucnn-gpu"]["images_per_s"] > 0
+
+
+def test_bench_exits_nonzero_when_a_kernel_version_crashes(tmp_path, monkeypatch, capsys):
+    """A version that raises is recorded as skipped, listed under summary.crashed,
+    printed, and makes the command exit 1 (issue 15)."""
+    real = runner.ours_call
+
+    def crashing(op, case, arrays, *rest):
+        if op == "max_pool_forward":
+            raise RuntimeError("simulated kernel crash")
+        return real(op, case, arrays, *rest)
+    monkeypatch.setattr(runner, "ours_call", crashing)
+    out = tmp_path / "b.json"
+    rc = _bench(["--suite", "quick", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--no-torch",
+                 "--ops", "max_pool_forward", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 1 and schema.validate(doc) == []
+    assert doc["summary"]["crashed"] and all("simulated kernel crash" in c for c in doc["summary"]["crashed"])
+    captured = capsys.readouterr()
+    assert "CRASHED kernel versions" in captured.out and "a kernel version failed its check or crashed" in captured.err

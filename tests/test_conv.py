@@ -18,7 +18,9 @@ from gpucnn.testing import reference as ref
 # ||out - ref|| / ||ref|| bound per dtype (float32 sums of <= 16*5*5 products)
 REL_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
-CONV_GPU_VERSIONS = (1, 2)   # must equal gpucnn.functional.conv_gpu.VERSIONS[direction]
+CONV_GPU_VERSIONS = (1, 2)   # swept here in every direction
+# Tensor-core versions, swept per precision in tests/test_tensor_core_emulated.py (and on a GPU there).
+TC_VERSIONS = {"forward": (3,)}
 BACKENDS = ["cpu"] + [pytest.param(("gpu", v), marks=pytest.mark.gpu, id=f"gpu-v{v}")
                       for v in CONV_GPU_VERSIONS]
 # 3-D runs in conv3d_gpu / pool3d_gpu, and the pools take no version: default kernel only
@@ -37,10 +39,27 @@ def run(monkeypatch):
         _, version = backend
         if version is not None:
             kw["version"] = version
-        args = [B.to_gpu(a) if isinstance(a, np.ndarray) else a for a in args]
+        args = [device_view(a) if isinstance(a, np.ndarray) else a for a in args]
         out = fn(*args, **kw)
         return tuple(B.to_cpu(o) for o in out) if isinstance(out, tuple) else B.to_cpu(out)
     return call
+
+
+def device_view(a):
+    """`a` on the GPU with the same memory layout: a non-contiguous NumPy view
+    (transposed, sliced) becomes a strided view of its whole base copied to the
+    device, not a contiguous copy (cupy.asarray would make one)."""
+    if a.flags.c_contiguous:
+        return B.to_gpu(a)
+    base = a
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    assert base.flags.c_contiguous and all(s > 0 for s in a.strides), "layout not supported here"
+    offset = a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    flat = B.to_gpu(base.reshape(-1).view(np.uint8))[offset:]
+    view = B.cupy.lib.stride_tricks.as_strided(flat.view(a.dtype), a.shape, a.strides)
+    assert view.strides == a.strides and not view.flags.c_contiguous
+    return view
 
 
 def assert_close(out, expected, dtype):
@@ -195,11 +214,23 @@ def test_conv_backward_filter_is_deterministic(run, backend):
         assert np.array_equal(runs[0], other)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("direction", ["forward", "backward_data", "backward_filter"])
-def test_conv_gpu_versions_are_all_tested(direction):
+def test_conv_gpu_versions_are_all_tested(direction):  # a registry check: no GPU needed
     from gpucnn.functional import conv_gpu
-    assert tuple(conv_gpu.VERSIONS[direction]) == CONV_GPU_VERSIONS
+    assert tuple(conv_gpu.VERSIONS[direction]) == CONV_GPU_VERSIONS + TC_VERSIONS.get(direction, ())
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced"])
+def test_device_view_keeps_the_layout(layout, monkeypatch):
+    """device_view's offset and stride arithmetic, run with NumPy standing in for
+    CuPy (same stride_tricks API): a copy with the view's strides and values."""
+    monkeypatch.setattr(B, "cupy", np)
+    monkeypatch.setattr(B, "to_gpu", lambda a: np.array(a, copy=True))
+    a = make(np.random.default_rng(0), (2, 3, 5, 7), layout)
+    view = device_view(a)
+    assert view.strides == a.strides and not view.flags.c_contiguous
+    assert not np.shares_memory(view, a)
+    np.testing.assert_array_equal(view, a)
 
 
 def test_conv_cases_cover_the_sweep_ranges():

@@ -53,6 +53,8 @@ CASES = [
     ("pool-stride-0", lambda: F.max_pool2d(X, 2, stride=0), ValueError, r"max_pool2d: stride .*\(0, 0\)"),
     ("pool-padding-neg", lambda: F.avg_pool2d(X, 3, padding=(0, -1)), ValueError,
      r"avg_pool2d: padding .*\(0, -1\)"),
+    ("pool-empty-spatial", lambda: F.max_pool1d(np.ones((1, 1, 0), np.float32), 4, 1, 2), ValueError,
+     r"max_pool1d: input \(1, 1, 0\) has an empty spatial dimension"),
     ("pool-padding-over-half", lambda: F.max_pool2d(X, 3, padding=2), ValueError,
      r"max_pool2d: padding \(2, 2\) .*half.*\(3, 3\)"),
     ("pool-int-dtype", lambda: F.max_pool2d(X.astype(np.int8), 2), TypeError, r"max_pool2d: x .*int8"),
@@ -60,7 +62,7 @@ CASES = [
      r"max_pool2d_backward: .*\(2, 3, 4, 4\).*\(2, 4, 8, 8\)"),
     ("max-bwd-argmax-dtype", lambda: F.max_pool2d_backward(PDY, ARG.astype(np.int64), X.shape), TypeError,
      r"max_pool2d_backward: argmax .*int32.*int64"),
-    ("max-bwd-argmax-shape", lambda: F.max_pool2d_backward(PDY, ARG[:, :, :2], X.shape), TypeError,
+    ("max-bwd-argmax-shape", lambda: F.max_pool2d_backward(PDY, ARG[:, :, :2], X.shape), ValueError,
      r"max_pool2d_backward: argmax .*\(2, 3, 4, 4\).*\(2, 3, 2, 4\)"),
     ("max-bwd-argmax-list", lambda: F.max_pool2d_backward(PDY, ARG.tolist(), X.shape), TypeError,
      r"max_pool2d_backward: argmax .*list"),
@@ -126,3 +128,21 @@ def test_messages_carry_the_shapes(call, shapes):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     assert shapes in str(info.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: F.conv2d(X, W, version=4), r"forward: kernel version 4 does not exist; choose from \(1, 2, 3\)"),
+    (lambda: F.conv2d_backward_data(np.ones((2, 4, 6, 6), np.float32), W, X.shape, version=0),
+     r"backward_data: kernel version 0 does not exist"),
+    (lambda: F.conv3d_backward_filter(np.ones((1, 1, 1, 1, 1), np.float32), np.ones((1, 1, 2, 2, 2), np.float32),
+                                      (1, 1, 2, 2, 2), version=2), r"backward_filter: kernel version 2 does not exist"),
+    (lambda: F.max_pool2d(X, 2, version="1"), r"max_forward: kernel version '1' does not exist"),
+    (lambda: F.avg_pool1d(X[:, :, 0], 2, version=2), r"avg_forward: kernel version 2 does not exist"),
+])
+def test_an_invalid_version_is_refused_on_the_cpu_as_on_the_gpu(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_valid_versions_run_on_the_cpu():
+    np.testing.assert_array_equal(F.conv2d(X, W, version=1), F.conv2d(X, W, version=2))

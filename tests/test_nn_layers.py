@@ -212,6 +212,31 @@ def test_dropout_masks_follow_the_seed():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("p", [0.25, 0.6])
+def test_dropout_on_the_gpu_mask_path(p):
+    """The CuPy mask (gpucnn.random's device generator): keep fraction, scaling,
+    backward through the same mask, eval identity, and masks that follow the seed."""
+    cupy = backend.cupy
+    x = cupy.full((400, 500), 2.0, cupy.float32)
+    grandom.manual_seed(7)
+    layer = nn.Dropout(p)
+    y = layer(x)
+    assert isinstance(y, cupy.ndarray) and y.dtype == cupy.float32
+    kept = backend.to_cpu(y != 0)
+    assert abs(kept.mean() - (1 - p)) < 0.01  # 200,000 draws: the std of the fraction is ~0.001
+    np.testing.assert_allclose(backend.to_cpu(y)[kept], 2.0 / (1 - p), rtol=1e-6)
+    dout = cupy.arange(x.size, dtype=cupy.float32).reshape(x.shape)
+    dx = backend.to_cpu(layer.backward(dout))
+    np.testing.assert_array_equal(dx, np.where(kept, backend.to_cpu(dout) / np.float32(1 - p), 0))
+    grandom.manual_seed(7)
+    again = nn.Dropout(p)(x)
+    np.testing.assert_array_equal(backend.to_cpu(again), backend.to_cpu(y))  # same seed, same mask
+    assert not np.array_equal(backend.to_cpu(nn.Dropout(p)(x)), backend.to_cpu(y))  # the stream moves on
+    layer.eval()
+    assert layer(x) is x
+
+
 # ---- module contract ---------------------------------------------------------
 
 class _Net(nn.Module):

@@ -192,3 +192,57 @@ def test_load_checkpoint_of_a_plain_state_dict_is_refused(tmp_path):
     save(_model().state_dict(), tmp_path / "m.npz")
     with pytest.raises(SerializationError, match="not a training checkpoint"):
         serialization.load_checkpoint(tmp_path / "m.npz", _model())
+
+
+# ---- the message says what the file is (issue 15, item 3) -----------------------------------------
+def _message(path):
+    with pytest.raises(SerializationError) as info:
+        load(path)
+    assert str(path) in str(info.value)  # names the file
+    return str(info.value)
+
+
+def test_messages_say_what_a_foreign_file_is(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(2))
+    assert "single .npy array" in _message(tmp_path / "a.npy")
+    (tmp_path / "notes.txt").write_text("epoch 3, loss 0.2\n")
+    assert "is a text file (starts with 'epoch 3" in _message(tmp_path / "notes.txt")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert "is empty" in _message(tmp_path / "empty.npz")
+    (tmp_path / "random.bin").write_bytes(bytes(np.random.default_rng(0).integers(128, 256, 64, np.uint8)))
+    assert "is not a zip/.npz archive" in _message(tmp_path / "random.bin")
+    np.savez(tmp_path / "plain.npz", weights=np.ones(2))
+    msg = _message(tmp_path / "plain.npz")
+    assert "an .npz/zip archive with members ['weights']" in msg and "no '__gpucnn__' manifest" in msg
+    with zipfile.ZipFile(tmp_path / "torch.pt", "w") as zf:  # the layout of torch.save's zip format
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    assert "PyTorch zip file" in _message(tmp_path / "torch.pt")
+    for name in ("a.npy", "notes.txt", "empty.npz", "random.bin", "plain.npz", "torch.pt"):
+        assert "pickled" not in _message(tmp_path / name)  # only a real pickle is called one
+
+
+def test_messages_for_truncated_and_edited_archives(tmp_path):
+    path = tmp_path / "m.npz"
+    save(_model().state_dict(), path)
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    assert "starts like a zip archive but is truncated or corrupt" in _message(tmp_path / "cut.npz")
+    # a manifest naming a member the archive lacks: copy every member but one
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "edited.npz", "w") as dst:
+        dropped = [n for n in src.namelist() if n != "__gpucnn__.npy"][0]
+        for name in src.namelist():
+            if name != dropped:
+                dst.writestr(name, src.read(name))
+    msg = _message(tmp_path / "edited.npz")
+    assert "manifest names member" in msg and dropped[:-4] in msg and "pickled" not in msg
+
+
+def test_a_real_pickle_is_called_one(tmp_path):
+    (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"w": [1.0]}, protocol=2))
+    assert "is a pickled Python object" in _message(tmp_path / "legacy.pt")
+
+
+def test_checkpoint_missing_keys_are_named(tmp_path):
+    save({"format": serialization.CHECKPOINT_FORMAT, "epoch": 1, "model": {}}, tmp_path / "c.npz")
+    with pytest.raises(SerializationError, match=r"missing the key\(s\) \['optimizer', 'scheduler', 'rng', 'extra'\]"):
+        serialization.read_checkpoint(tmp_path / "c.npz")

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..commands.errors import CommandError, positive_int
 from . import report
 from .env import cpu_threads, default_threads, import_torch
 from .runner import OPS, Runner
@@ -24,15 +25,16 @@ def add_parser(subparsers):
                    help="shape suite (quick: CPU/CI in seconds; full: every suite, for a GPU)")
     p.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS), metavar="OP",
                    help=f"ops to time (default all): {', '.join(OPS)}")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed calls per measurement (default 5 on the CPU, 50 on the GPU)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed calls first (default 2 on the CPU, 10 on the GPU)")
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="auto = the GPU when CuPy finds a usable one, else the CPU")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for Numba, the BLAS and PyTorch alike (default: Numba's count)")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop a measurement after this many timed seconds (at least one call)")
+                   help="stop a measurement after this many timed seconds, at least one call (default: no limit)")
     p.add_argument("--precision", nargs="+", choices=("highest", "high", "medium"), default=["highest"],
                    metavar="P", help="conv precisions to time on the GPU: highest, high (TF32), medium "
                    "(BF16); each GPU result records its \"precision\" (default: highest)")
@@ -41,12 +43,12 @@ def add_parser(subparsers):
                    help="GPU runs: do not time (or check against) our CPU path")
     p.add_argument("--e2e", choices=("off", "on", "only"), default="off",
                    help="also (or only) time a training step of the default model")
-    p.add_argument("--e2e-batch", type=int, default=128)
-    p.add_argument("--json", metavar="FILE", help="write the run as JSON (schema: gpucnn.benchmark.schema)")
-    p.add_argument("--markdown", metavar="FILE", help="write a markdown report")
-    p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the time ratios")
+    p.add_argument("--e2e-batch", type=positive_int, default=128, help="batch size of the --e2e training step")
+    p.add_argument("--json", metavar="FILE", help="write the run as JSON, schema gpucnn.benchmark.schema (default: not written)")
+    p.add_argument("--markdown", metavar="FILE", help="write a markdown report (default: not written)")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the time ratios (default: not written)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
-                   help="show two saved runs side by side instead of running")
+                   help="show two saved runs side by side instead of running (default: run)")
     p.set_defaults(func=run)
     return p
 
@@ -72,8 +74,7 @@ def run(args):
                         use_torch=not args.no_torch, cpu_baseline=not args.no_cpu_baseline,
                         max_seconds=args.max_seconds, log=_log, precisions=args.precision)
     except RuntimeError as exc:  # --device gpu without a usable GPU
-        _log(f"gpucnn bench: {exc}")
-        return 2
+        raise CommandError(f"{exc}; use --device cpu (or auto)") from None
     only_e2e = args.e2e == "only"
     doc = runner.run([] if only_e2e else get_suite(args.suite), args.ops,
                      suite="e2e" if only_e2e else args.suite, small_ceilings=only_e2e or args.suite == "quick")
@@ -95,4 +96,7 @@ def run(args):
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         report.plot_ratios(doc, args.plot)
-    return 1 if doc["summary"]["failed_checks"] else 0
+    if doc["summary"]["failed_checks"] or doc["summary"].get("crashed"):
+        _log("gpucnn bench: error: a kernel version failed its check or crashed (listed above)")
+        return 1
+    return 0

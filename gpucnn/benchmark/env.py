@@ -46,6 +46,11 @@ def git_info():
     return {"commit": commit or None, "dirty": dirty}
 
 
+def git_describe():
+    """`git describe --always --dirty` of the source checkout, or None outside one."""
+    return _git("describe", "--always", "--dirty") or None
+
+
 # PyTorch's CPU build runs its intra-op pool on OpenMP, whose idle workers
 # spin-wait after every op. Timed side by side in one process, those spinning
 # threads hold a core while our code runs (measured on 2 cores: our 2-thread

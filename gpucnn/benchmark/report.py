@@ -109,6 +109,8 @@ def text_report(doc):
                   text_table(*summary_rows(doc))]
     if doc["summary"]["failed_checks"]:
         parts += ["", "FAILED correctness checks: " + ", ".join(doc["summary"]["failed_checks"])]
+    if doc["summary"].get("crashed"):
+        parts += ["", "CRASHED kernel versions: " + "; ".join(doc["summary"]["crashed"])]
     if doc.get("e2e"):
         parts += ["", e2e_text(doc["e2e"])]
     return "\n".join(parts)
@@ -124,6 +126,8 @@ def markdown_report(doc):
                   markdown_table(*summary_rows(doc))]
     if doc["summary"]["failed_checks"]:
         parts += ["", "**Failed correctness checks:** " + ", ".join(doc["summary"]["failed_checks"])]
+    if doc["summary"].get("crashed"):
+        parts += ["", "**Crashed kernel versions:** " + "; ".join(doc["summary"]["crashed"])]
     if doc.get("e2e"):
         parts += ["", "## End to end", "", "```", e2e_text(doc["e2e"]), "```"]
     return "\n".join(parts) + "\n"

@@ -443,8 +443,11 @@ def summarize(results):
                   for e, v in best]
     failed = [f"{e['case']} {e['op']} {v['version']}" for e in results for v in e["versions"]
               if v.get("check") and not v["check"]["ok"]]
+    # a version record is always one of ours: "skipped" there means our call raised
+    crashed = [f"{e['case']} {e['op']} {v['version']}: {v['skipped']}" for e in results for v in e["versions"]
+               if "skipped" in v]
     return {"geomean": _geomeans(median_ratios), "geomean_min": _geomeans(min_ratios),
-            "entries": len(results), "failed_checks": failed}
+            "entries": len(results), "failed_checks": failed, "crashed": crashed}
 
 
 def _geomeans(op_ratios):

@@ -22,7 +22,7 @@ our throughput as a fraction of a measured machine ceiling):
                                  time | skipped, gflops, gbps, ratios, check
     summary                      geomean[ratio key] = {all, count, by_op} from median times,
                                  geomean_min[vs_<ref>] the same from the fastest calls,
-                                 entries, failed_checks
+                                 entries, failed_checks, crashed (versions that raised)
     e2e (optional)               end-to-end training-step timings (e2e.py)
 """
 
@@ -134,7 +134,8 @@ SCHEMA = {
                 "geomean": {"$ref": "#/definitions/geomeans"},
                 "geomean_min": {"$ref": "#/definitions/geomeans"},
                 "entries": {"type": "integer", "minimum": 0},
-                "failed_checks": {"type": "array", "items": {"type": "string"}}}},
+                "failed_checks": {"type": "array", "items": {"type": "string"}},
+                "crashed": {"type": "array", "items": {"type": "string"}}}},
         "e2e": {"type": "object"},
     },
 }

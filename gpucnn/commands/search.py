@@ -1,40 +1,55 @@
-"""`gpucnn search`: random or grid hyperparameter search (optionally k-fold
-cross-validated) over learning rate, weight decay, batch size and optimizer;
-prints a table sorted by validation accuracy and can score an ensemble of the
-best configurations on the test set."""
+"""`gpucnn search`: random or grid hyperparameter search over learning rate, weight decay, batch size and optimizer.
+
+Each configuration trains a fresh model for --epochs epochs and is scored on a
+validation split (--val-split), or by K-fold cross-validation on the training
+set (--k-folds K). Random mode draws --trials configurations: the learning
+rate and weight decay log-uniformly from a [lo hi] range (or from a list of
+values), batch size and optimizer from their lists; grid mode tries every
+combination of the listed values. Prints a table sorted by validation
+accuracy; --ensemble M scores the mean softmax of the best M configurations
+on the test set; --json-out writes every result."""
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .. import backend, protocol
-from .train import add_common_arguments, load_data
+from .. import protocol
+from .errors import CommandError, nonnegative_float, nonnegative_int, positive_float, positive_int, ranged
+from .train import add_common_arguments, load_data, prepare_outputs, resolve_device, split_data
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("search", help="hyperparameter search", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("search", help="hyperparameter search", description=__doc__)
     add_common_arguments(p)
     p.set_defaults(epochs=2)
-    p.add_argument("--mode", choices=("random", "grid"), default="random")
-    p.add_argument("--trials", type=int, default=8, help="configurations to draw (random mode)")
-    p.add_argument("--lr", type=float, nargs="+", default=[1e-4, 1e-2],
+    p.add_argument("--mode", choices=("random", "grid"), default="random",
+                   help="random: draw --trials configurations; grid: every combination of the lists")
+    p.add_argument("--trials", type=positive_int, default=8, help="configurations to draw (random mode)")
+    p.add_argument("--lr", type=positive_float, nargs="+", default=[1e-4, 1e-2],
                    help="grid: the values; random: a [lo hi] range sampled log-uniformly (or a list)")
-    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-6, 1e-3])
-    p.add_argument("--batch-size", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--optimizer", nargs="+", choices=protocol.OPTIMIZERS, default=["adam", "momentum"])
-    p.add_argument("--k-folds", type=int, default=None, metavar="K",
-                   help="K-fold cross-validation on the training set instead of one validation split")
-    p.add_argument("--ensemble", type=int, default=0, metavar="M",
-                   help="test an ensemble (mean softmax) of the best M configurations")
-    p.add_argument("--json-out", metavar="FILE.json", help="all results as JSON")
+    p.add_argument("--weight-decay", type=nonnegative_float, nargs="+", default=[1e-6, 1e-3],
+                   help="L2 weight decay: grid values, or a [lo hi] range for random mode")
+    p.add_argument("--batch-size", type=positive_int, nargs="+", default=[64, 128], help="batch sizes to try")
+    p.add_argument("--optimizer", nargs="+", choices=protocol.OPTIMIZERS, default=["adam", "momentum"],
+                   help="optimizers to try")
+    p.add_argument("--k-folds", type=ranged(int, 2), default=None, metavar="K",
+                   help="K-fold cross-validation on the training set instead of one validation split "
+                        "(default: one split)")
+    p.add_argument("--ensemble", type=nonnegative_int, default=0, metavar="M",
+                   help="test an ensemble (mean softmax) of the best M configurations (0 = none)")
+    p.add_argument("--json-out", metavar="FILE.json", help="all results as JSON (default: not written)")
     p.set_defaults(func=run)
 
 
 def run(args):
-    device = backend.resolve_device(args.device)
+    prepare_outputs(args.json_out)
+    device = resolve_device(args.device)
     ds = load_data(args)
     val_split = 0.0 if args.k_folds else (args.val_split or 0.1)
-    data = protocol.prepare_data(ds, val_split, args.subset, args.seed)
+    data = split_data(ds, val_split, args)
+    if args.k_folds and args.k_folds > len(data.x_train):
+        raise CommandError(f"--k-folds {args.k_folds} is more than the {len(data.x_train)} training images; "
+                           f"pass a smaller --k-folds or a larger --subset")
     space = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
              "optimizer": args.optimizer}
     configs = protocol.search_space(args.mode, space, args.trials, args.seed)

@@ -1,5 +1,6 @@
 """Datasets, the mini-batch loader and batch transforms (NumPy, host side)."""
-from .datasets import DATASETS, Dataset, load_dataset, train_val_split
+from .datasets import (CIFAR10_CLASSES, DATASETS, DIGIT_CLASSES, FASHION_MNIST_CLASSES, Dataset, load_dataset,
+                       train_val_split)
 from .loader import DataLoader
 from .readers import read_cifar10_batch, read_idx, read_idx_images, read_idx_labels, read_npz
 from .transforms import (AUGMENTATIONS, Compose, CutMix, Cutout, GaussianNoise, MixUp, Normalize,

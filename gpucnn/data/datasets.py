@@ -19,6 +19,7 @@ DATASETS = ("auto", "fashion-mnist", "mnist", "digits", "cifar10", "npz")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASSES = tuple(str(c) for c in range(10))  # digits and MNIST: the digit itself
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 _IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
@@ -110,7 +111,7 @@ def load_digits():
     bunch = sk_load_digits()
     x = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None]  # pixel values 0..16
     x_tr, y_tr, x_te, y_te = _held_out_split(x, bunch.target.astype(np.int64))
-    return Dataset("digits", x_tr, y_tr, x_te, y_te, tuple(str(c) for c in range(10)),
+    return Dataset("digits", x_tr, y_tr, x_te, y_te, DIGIT_CLASSES,
                    source="scikit-learn bundled 8x8 digits",
                    notes=[f"held-out test split: {HELD_OUT_FRACTION:.0%} of 1797 images, seed 0"])
 
@@ -167,7 +168,7 @@ def load_dataset(name="auto", data_dir=None):
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs --data-dir (the {'.npz file' if name == 'npz' else 'directory'})")
     if name == "mnist":
-        return load_idx_dir(data_dir, name, tuple(str(c) for c in range(10)))
+        return load_idx_dir(data_dir, name, DIGIT_CLASSES)
     if name == "cifar10":
         return load_cifar10(data_dir)
     return load_npz(data_dir)

@@ -26,10 +26,13 @@ class DataLoader:
         epochs after a resume, and the prefetch thread never touches the
         global generator.
     prefetch: how many batches a background thread prepares ahead (0 = none).
+    sampler: an iterable of sample indices with len() (e.g.
+        gpucnn.distributed.DistributedSampler); it then sets each epoch's
+        order (and shuffle is not used for it). Call its set_epoch yourself.
     """
 
     def __init__(self, x, y, batch_size=128, shuffle=True, drop_last=False, transform=None,
-                 seed=None, prefetch=2):
+                 seed=None, prefetch=2, sampler=None):
         if len(x) != len(y):
             raise ValueError(f"DataLoader: x has {len(x)} samples but y has {len(y)}")
         if batch_size < 1:
@@ -42,9 +45,10 @@ class DataLoader:
         self.transform = transform
         self.prefetch = int(prefetch)
         self.rng = None if seed is None else np.random.default_rng(seed)
+        self.sampler = sampler
 
     def __len__(self):
-        n, b = len(self.x), self.batch_size
+        n, b = len(self.x) if self.sampler is None else len(self.sampler), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def _epoch_rng(self):
@@ -53,10 +57,13 @@ class DataLoader:
         return np.random.default_rng(int(gpucnn_random.generator().integers(2 ** 63)))
 
     def _batches(self, rng):
-        order = rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        if self.sampler is not None:
+            order = np.fromiter(self.sampler, dtype=np.int64)
+        else:
+            order = rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if self.shuffle:
+            if self.shuffle or self.sampler is not None:
                 idx = np.sort(idx)  # same set; sorted gathers read memory in order
             xb, yb = self.x[idx], self.y[idx]
             if self.transform is not None:

@@ -5,6 +5,7 @@ reads; every error names the file and what was expected.
 import gzip
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +94,19 @@ def read_cifar10_batch(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected a CIFAR-10 python batch)")
     with open(path, "rb") as f:
+        head = f.read(2)
+        if len(head) < 2 or head[0] != 0x80:  # CIFAR's batches are protocol-2 pickles: PROTO opcode first
+            raise ValueError(f"{path}: not a CIFAR-10 python batch (not a pickle of protocol 2 or later; "
+                             f"starts with {head!r})")
+        f.seek(0)
         try:
             batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
+        except (EOFError, pickle.UnpicklingError) as exc:
+            if isinstance(exc, EOFError) or "truncated" in str(exc):
+                raise ValueError(f"{path}: truncated CIFAR-10 python batch (the pickle ends early)") from exc
+            raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -117,9 +127,18 @@ def read_npz(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected an .npz with arrays 'x' and 'y')")
     try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+        if not is_zip:
+            raise ValueError(f"{path}: not an .npz archive (no zip header); expected an .npz with arrays "
+                             f"'x' and 'y' (numpy.savez)")
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ValueError(f"{path}: truncated or corrupt .npz archive ({type(exc).__name__}: {exc})") from exc
     except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
         raise ValueError(f"{path}: cannot read as .npz without pickles ({exc})") from exc
     missing = {"x", "y"} - arrays.keys()
     if missing:

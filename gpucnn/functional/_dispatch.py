@@ -32,17 +32,29 @@ def implementation(family, xp, nd):
     return importlib.import_module(f"{__package__}.{name}")
 
 
-def gpu_kwargs(xp, version):
-    """The GPU modules take a kernel version; the CPU modules have none."""
-    return {} if xp is np else {"version": version}
+def gpu_kwargs(xp, version, family, nd, direction):
+    """The GPU modules take a kernel version; the CPU modules have none, but a
+    version the GPU would refuse is refused on the CPU too (same ValueError),
+    so code tried on a CPU does not fail later on a GPU. `direction` keys the
+    GPU module's VERSIONS table (forward, backward_data, max_forward, ...)."""
+    if xp is not np:
+        return {"version": version}
+    if version is not None:
+        from ._gpu_launch import resolve_version
+        gpu = importlib.import_module(f"{__package__}.{_GPU_MODULES[(family, nd)]}")
+        resolve_version(gpu.VERSIONS, direction, version)
+    return {}
 
 
-def conv_kwargs(xp, op, version, precision):
+def conv_kwargs(xp, op, version, precision, nd, direction):
     """gpu_kwargs plus the conv precision: the per-call keyword, else the policy
     (gpucnn.precision). Checked on both devices; the CPU computes every mode
     in float32, so it gets no precision."""
     precision = _precision.resolve(precision, op)
-    return {} if xp is np else {"version": version, "precision": precision}
+    kwargs = gpu_kwargs(xp, version, "conv", nd, direction)
+    if xp is not np:
+        kwargs["precision"] = precision
+    return kwargs
 
 
 def widen(*arrays):

@@ -18,76 +18,100 @@ pooling is exact, since float16 -> float32 is).
 
 Average pooling: padding counts as zeros and is included in the divisor
 (R*S, count_include_pad in PyTorch's terms).
+
+Dilated max pooling (PyTorch's `dilation`): the window taps are D apart, a
+window spans D*(R-1) + 1 inputs, Ho = (H + 2P - D*(R-1) - 1) // stride + 1.
+
+Adaptive pooling (adaptive_{avg,max}_pool{1,2,3}d(x, output_size)): output
+o of an axis of size H pools PyTorch's window [floor(o*H/O), ceil((o+1)*H/O));
+output_size is an int or a tuple (None keeps that input size). The average
+divides by each window's own size; the max returns (y, argmax) with
+max_pool's argmax encoding and tie/NaN rules, and its backward is
+max_pool's routing (adaptive_max_pool*d_backward(dy, argmax, x_shape)).
+Global average pooling is adaptive_avg_pool2d(x, 1).
 """
+from .. import backend
 from . import _args
 from ._dispatch import gpu_kwargs, implementation, narrow, widen
 
 
-def _max_forward(op, nd, x, kernel_size, stride, padding, version):
-    xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
+def _max_forward(op, nd, x, kernel_size, stride, padding, dilation, version):
+    x = backend.dlpack_or_same(x)  # DLPack inputs (PyTorch, JAX): zero-copy views
+    xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding, dilation)
+    kw = gpu_kwargs(xp, version, "pool", nd, "max_forward")
+    if any(d != 1 for d in a.dilation):
+        kw["dilation"] = a.dilation
     (x,), half = widen(x)
-    return narrow(implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding,
-                                                             **gpu_kwargs(xp, version)), half)
+    return narrow(implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding, **kw), half)
 
 
-def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, version):
+def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, dilation, version):
     """Without kernel_size the window geometry is unknown: the CPU scatters in
     output order and the GPU runs a plane-serial route (both deterministic).
-    With it, each input element gathers from the windows that contain it."""
+    With it, each input element gathers from the windows that contain it
+    (undilated windows; dilated ones take the route)."""
+    dy, argmax = map(backend.dlpack_or_same, (dy, argmax))
     if kernel_size is None:
         xp, x_shape = _args.max_pool_backward_args(op, nd, dy, argmax, x_shape)
         geometry = None
     else:
-        xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax)
-        x_shape, geometry = a.x_shape, (a.kernel, a.stride, a.padding)
+        xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax,
+                                         dilation)
+        dilated = any(d != 1 for d in a.dilation)
+        x_shape, geometry = a.x_shape, None if dilated else (a.kernel, a.stride, a.padding)
     (dy,), half = widen(dy)
-    return narrow(implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, geometry,
-                                                              **gpu_kwargs(xp, version)), half)
+    return narrow(implementation("pool", xp, nd).max_backward(
+        dy, argmax, x_shape, geometry, **gpu_kwargs(xp, version, "pool", nd, "max_backward")), half)
 
 
 def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
+    x = backend.dlpack_or_same(x)
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
     (x,), half = widen(x)
     return narrow(implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
-                                                             **gpu_kwargs(xp, version)), half)
+                                                             **gpu_kwargs(xp, version, "pool", nd, "avg_forward")), half)
 
 
 def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding, version):
+    dy = backend.dlpack_or_same(dy)
     xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding)
     (dy,), half = widen(dy)
     return narrow(implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
-                                                              **gpu_kwargs(xp, version)), half)
+                                                              **gpu_kwargs(xp, version, "pool", nd, "avg_backward")), half)
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0, *, version=None):
-    return _max_forward("max_pool1d", 1, x, kernel_size, stride, padding, version)
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, *, version=None):
+    return _max_forward("max_pool1d", 1, x, kernel_size, stride, padding, dilation, version)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, *, version=None):
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, *, version=None):
     """x (N, C, H, W) -> (y, argmax), both (N, C, Ho, Wo); argmax int32 flat h*W + w."""
-    return _max_forward("max_pool2d", 2, x, kernel_size, stride, padding, version)
+    return _max_forward("max_pool2d", 2, x, kernel_size, stride, padding, dilation, version)
 
 
-def max_pool3d(x, kernel_size, stride=None, padding=0, *, version=None):
-    return _max_forward("max_pool3d", 3, x, kernel_size, stride, padding, version)
+def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, *, version=None):
+    return _max_forward("max_pool3d", 3, x, kernel_size, stride, padding, dilation, version)
 
 
-def max_pool1d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
+def max_pool1d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0, dilation=1,
                         version=None):
-    return _max_backward("max_pool1d_backward", 1, dy, argmax, x_shape, kernel_size, stride, padding, version)
+    return _max_backward("max_pool1d_backward", 1, dy, argmax, x_shape, kernel_size, stride, padding,
+                         dilation, version)
 
 
-def max_pool2d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
+def max_pool2d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0, dilation=1,
                         version=None):
     """Route dy to argmax -> dx of shape x_shape. Passing the forward's
     kernel_size/stride/padding (the layers do) selects the gather, which
     parallelizes over input elements (the route without it runs a thread per plane)."""
-    return _max_backward("max_pool2d_backward", 2, dy, argmax, x_shape, kernel_size, stride, padding, version)
+    return _max_backward("max_pool2d_backward", 2, dy, argmax, x_shape, kernel_size, stride, padding,
+                         dilation, version)
 
 
-def max_pool3d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0,
+def max_pool3d_backward(dy, argmax, x_shape, *, kernel_size=None, stride=None, padding=0, dilation=1,
                         version=None):
-    return _max_backward("max_pool3d_backward", 3, dy, argmax, x_shape, kernel_size, stride, padding, version)
+    return _max_backward("max_pool3d_backward", 3, dy, argmax, x_shape, kernel_size, stride, padding,
+                         dilation, version)
 
 
 def avg_pool1d(x, kernel_size, stride=None, padding=0, *, version=None):
@@ -113,3 +137,84 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, *, ver
 
 def avg_pool3d_backward(dy, x_shape, kernel_size, stride=None, padding=0, *, version=None):
     return _avg_backward("avg_pool3d_backward", 3, dy, x_shape, kernel_size, stride, padding, version)
+
+
+def _adaptive_avg(op, nd, x, output_size):
+    x = backend.dlpack_or_same(x)
+    xp, out = _args.adaptive_pool_args(op, nd, x, output_size)
+    (x,), half = widen(x)
+    return narrow(implementation("pool", xp, nd).adaptive_avg_forward(x, out), half)
+
+
+def _adaptive_avg_backward(op, nd, dy, x_shape):
+    dy = backend.dlpack_or_same(dy)
+    xp, x_shape = _args.adaptive_pool_backward_args(op, nd, dy, x_shape)
+    (dy,), half = widen(dy)
+    return narrow(implementation("pool", xp, nd).adaptive_avg_backward(dy, x_shape), half)
+
+
+def _adaptive_max(op, nd, x, output_size):
+    x = backend.dlpack_or_same(x)
+    xp, out = _args.adaptive_pool_args(op, nd, x, output_size)
+    (x,), half = widen(x)
+    return narrow(implementation("pool", xp, nd).adaptive_max_forward(x, out), half)
+
+
+def _adaptive_max_backward(op, nd, dy, argmax, x_shape):
+    """max_pool's route: dy to argmax, accumulating, in output order."""
+    dy, argmax = map(backend.dlpack_or_same, (dy, argmax))
+    xp, x_shape = _args.max_pool_backward_args(op, nd, dy, argmax, x_shape)
+    (dy,), half = widen(dy)
+    return narrow(implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, None), half)
+
+
+def adaptive_avg_pool1d(x, output_size):
+    return _adaptive_avg("adaptive_avg_pool1d", 1, x, output_size)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """x (N, C, H, W) -> y (N, C, *output_size): the mean of each adaptive window."""
+    return _adaptive_avg("adaptive_avg_pool2d", 2, x, output_size)
+
+
+def adaptive_avg_pool3d(x, output_size):
+    return _adaptive_avg("adaptive_avg_pool3d", 3, x, output_size)
+
+
+def adaptive_avg_pool1d_backward(dy, x_shape):
+    return _adaptive_avg_backward("adaptive_avg_pool1d_backward", 1, dy, x_shape)
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape):
+    """dy (N, C, Ho, Wo) -> dx of shape x_shape: dy / window size over each window."""
+    return _adaptive_avg_backward("adaptive_avg_pool2d_backward", 2, dy, x_shape)
+
+
+def adaptive_avg_pool3d_backward(dy, x_shape):
+    return _adaptive_avg_backward("adaptive_avg_pool3d_backward", 3, dy, x_shape)
+
+
+def adaptive_max_pool1d(x, output_size):
+    return _adaptive_max("adaptive_max_pool1d", 1, x, output_size)
+
+
+def adaptive_max_pool2d(x, output_size):
+    """x (N, C, H, W) -> (y, argmax), both (N, C, *output_size); argmax as max_pool2d's."""
+    return _adaptive_max("adaptive_max_pool2d", 2, x, output_size)
+
+
+def adaptive_max_pool3d(x, output_size):
+    return _adaptive_max("adaptive_max_pool3d", 3, x, output_size)
+
+
+def adaptive_max_pool1d_backward(dy, argmax, x_shape):
+    return _adaptive_max_backward("adaptive_max_pool1d_backward", 1, dy, argmax, x_shape)
+
+
+def adaptive_max_pool2d_backward(dy, argmax, x_shape):
+    """Route dy to argmax -> dx of shape x_shape (overlapping windows accumulate)."""
+    return _adaptive_max_backward("adaptive_max_pool2d_backward", 2, dy, argmax, x_shape)
+
+
+def adaptive_max_pool3d_backward(dy, argmax, x_shape):
+    return _adaptive_max_backward("adaptive_max_pool3d_backward", 3, dy, argmax, x_shape)

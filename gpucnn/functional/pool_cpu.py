@@ -22,26 +22,28 @@ result is deterministic.
 import numba as nb
 import numpy as np
 
-from ._args import output_shape
+from ._args import adaptive_windows, output_shape
 from .conv_cpu import as5d, lift3, over_items
 
 
 @nb.njit(inline="always")
-def _taps(o, stride, pad, size, window):
-    """The window taps k with 0 <= o*stride + k - pad < size, as [k0, k1)."""
+def _taps(o, stride, pad, size, window, dil=1):
+    """The window taps k with 0 <= o*stride + k*dil - pad < size, as [k0, k1)
+    (floor divisions: Numba's // floors like Python's)."""
     start = o * stride - pad
-    return max(0, -start), min(window, size - start)
+    k0 = max(0, (-start + dil - 1) // dil)
+    return k0, max(k0, min(window, (size - 1 - start) // dil + 1))
 
 
 @nb.njit(inline="always")
-def _row_runs(S, sw, pw, W, Wo):
+def _row_runs(S, sw, pw, W, Wo, dw=1):
     """For each tap s of a row: the outputs [o0, o1) that read a real input
     element with it and the input column w0 of o0, shape (S, 3)."""
     runs = np.empty((S, 3), np.int64)
     for s in range(S):
-        o0 = max(0, (pw - s + sw - 1) // sw)
-        o1 = max(o0, min(Wo, (W - 1 + pw - s) // sw + 1))
-        runs[s, 0], runs[s, 1], runs[s, 2] = o0, o1, o0 * sw + s - pw
+        o0 = max(0, (pw - s * dw + sw - 1) // sw)
+        o1 = max(o0, min(Wo, (W - 1 + pw - s * dw) // sw + 1))
+        runs[s, 0], runs[s, 1], runs[s, 2] = o0, o1, o0 * sw + s * dw - pw
     return runs
 
 
@@ -49,26 +51,27 @@ def _row_runs(S, sw, pw, W, Wo):
 # construction), which drops Numba's negative-index handling from them.
 
 @nb.njit(nogil=True, cache=True)
-def _max_forward(x, kernel, stride, padding, y, arg, p0, p1):
+def _max_forward(x, kernel, stride, padding, dilation, y, arg, p0, p1):
     """Planes [p0, p1) of x (NC, D, H, W) -> y, arg (NC, Do, Ho, Wo)."""
     _, D, H, W = x.shape
     _, Do, Ho, Wo = y.shape
     T, R, S = kernel
     sd, sh, sw = stride
     pd, ph, pw = padding
-    runs = _row_runs(S, sw, pw, W, Wo)
+    dd, dh, dw = dilation
+    runs = _row_runs(S, sw, pw, W, Wo, dw)
     for p in range(p0, p1):
         for od in range(Do):
-            t0, t1 = _taps(od, sd, pd, D, T)
+            t0, t1 = _taps(od, sd, pd, D, T, dd)
             for oh in range(Ho):
-                r0, r1 = _taps(oh, sh, ph, H, R)
+                r0, r1 = _taps(oh, sh, ph, H, R, dh)
                 best, idx = y[p, od, oh], arg[p, od, oh]
                 for i in range(Wo):
                     idx[i] = -1
                 for t in range(t0, t1):
-                    d = od * sd + t - pd
+                    d = od * sd + t * dd - pd
                     for r in range(r0, r1):
-                        h = oh * sh + r - ph
+                        h = oh * sh + r * dh - ph
                         row = x[p, d, h]
                         base = (d * H + h) * W
                         for s in range(S):
@@ -165,13 +168,13 @@ def _geometry(kernel, stride, padding):
     return lift3(kernel, 1), lift3(stride, 1), lift3(padding, 0)
 
 
-def max_forward(x, kernel, stride, padding):
-    shape = x.shape[:2] + output_shape(x.shape[2:], kernel, stride, padding)
+def max_forward(x, kernel, stride, padding, dilation=None):
+    shape = x.shape[:2] + output_shape(x.shape[2:], kernel, stride, padding, dilation)
     y = np.empty(shape, x.dtype)
     arg = np.empty(shape, np.int32)
     x4 = _as4d(x)
-    over_items(_max_forward, x4.shape[0], x.size,
-                 x4, *_geometry(kernel, stride, padding), _as4d(y), _as4d(arg))
+    over_items(_max_forward, x4.shape[0], x.size, x4, *_geometry(kernel, stride, padding),
+               lift3(dilation or (1,) * len(kernel), 1), _as4d(y), _as4d(arg))
     return y, arg
 
 
@@ -200,4 +203,99 @@ def avg_backward(dy, x_shape, kernel, stride, padding):
     dx4 = _as4d(dx)
     over_items(_avg_backward, dx4.shape[0], dx.size,
                  _as4d(dy), *_geometry(kernel, stride, padding), dx4)
+    return dx
+
+
+# Adaptive pooling: output o of an axis of size H pools [floor(o*H/O),
+# ceil((o+1)*H/O)) (PyTorch's windows; _args.adaptive_windows). The window
+# bounds come in as (3, O) int arrays per axis (starts) and (ends), computed
+# once per call; windows may overlap (H % O != 0) and have different sizes.
+
+@nb.njit(nogil=True, cache=True)
+def _adaptive_max_forward(x, starts_d, ends_d, starts_h, ends_h, starts_w, ends_w, y, arg, p0, p1):
+    _, D, H, W = x.shape
+    _, Do, Ho, Wo = y.shape
+    for p in range(p0, p1):
+        for od in range(Do):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    best, k = x[p, starts_d[od], starts_h[oh], starts_w[ow]], -1
+                    for d in range(starts_d[od], ends_d[od]):
+                        for h in range(starts_h[oh], ends_h[oh]):
+                            for w in range(starts_w[ow], ends_w[ow]):
+                                v = x[p, d, h, w]
+                                # first strict maximum; NaN beats any number, the first NaN stays
+                                if k < 0 or v > best or (v != v and best == best):
+                                    best, k = v, (d * H + h) * W + w
+                    y[p, od, oh, ow], arg[p, od, oh, ow] = best, k
+
+
+@nb.njit(nogil=True, cache=True)
+def _adaptive_avg_forward(x, starts_d, ends_d, starts_h, ends_h, starts_w, ends_w, y, p0, p1):
+    _, Do, Ho, Wo = y.shape
+    for p in range(p0, p1):
+        for od in range(Do):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    acc = 0.0
+                    for d in range(starts_d[od], ends_d[od]):
+                        for h in range(starts_h[oh], ends_h[oh]):
+                            for w in range(starts_w[ow], ends_w[ow]):
+                                acc += x[p, d, h, w]
+                    count = ((ends_d[od] - starts_d[od]) * (ends_h[oh] - starts_h[oh])
+                             * (ends_w[ow] - starts_w[ow]))
+                    y[p, od, oh, ow] = acc / count
+
+
+@nb.njit(nogil=True, cache=True)
+def _adaptive_avg_backward(dy, starts_d, ends_d, starts_h, ends_h, starts_w, ends_w, dx, p0, p1):
+    """dx[p] = the sum over outputs (row-major) of dy/count over their windows."""
+    _, Do, Ho, Wo = dy.shape
+    for p in range(p0, p1):
+        plane = dx[p].ravel()
+        for i in range(plane.size):
+            plane[i] = 0
+        for od in range(Do):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    count = ((ends_d[od] - starts_d[od]) * (ends_h[oh] - starts_h[oh])
+                             * (ends_w[ow] - starts_w[ow]))
+                    g = dy[p, od, oh, ow] / count
+                    for d in range(starts_d[od], ends_d[od]):
+                        for h in range(starts_h[oh], ends_h[oh]):
+                            for w in range(starts_w[ow], ends_w[ow]):
+                                dx[p, d, h, w] += g
+
+
+def adaptive_bounds(spatial, out):
+    """[starts_d, ends_d, starts_h, ends_h, starts_w, ends_w] as int64 arrays
+    of the 3-D lifted geometry (unit leading axes: window [0, 1))."""
+    bounds = []
+    for h, o in zip(lift3(spatial, 1), lift3(out, 1)):
+        bounds += [np.asarray(b, np.int64) for b in adaptive_windows(h, o)]
+    return bounds
+
+
+def adaptive_max_forward(x, out):
+    y = np.empty(x.shape[:2] + tuple(out), x.dtype)
+    arg = np.empty(y.shape, np.int32)
+    x4 = _as4d(x)
+    over_items(_adaptive_max_forward, x4.shape[0], x.size, x4, *adaptive_bounds(x.shape[2:], out),
+               _as4d(y), _as4d(arg))
+    return y, arg
+
+
+def adaptive_avg_forward(x, out):
+    y = np.empty(x.shape[:2] + tuple(out), x.dtype)
+    x4 = _as4d(x)
+    over_items(_adaptive_avg_forward, x4.shape[0], x.size, x4, *adaptive_bounds(x.shape[2:], out),
+               _as4d(y))
+    return y
+
+
+def adaptive_avg_backward(dy, x_shape):
+    dx = np.empty(x_shape, dy.dtype)
+    dx4 = _as4d(dx)
+    over_items(_adaptive_avg_backward, dx4.shape[0], dx.size, _as4d(dy),
+               *adaptive_bounds(x_shape[2:], dy.shape[2:]), dx4)
     return dx

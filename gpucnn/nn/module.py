@@ -160,6 +160,7 @@ class Module:
 
     # ---- forward / backward ---------------------------------------------
     def __call__(self, x):
+        x = backend.dlpack_or_same(x)  # PyTorch/JAX arrays: zero-copy NumPy/CuPy views
         y = self.forward(x)
         for hook in _forward_hooks:
             hook(self, x, y)

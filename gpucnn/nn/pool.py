@@ -9,7 +9,14 @@ AvgPoolNd(kernel_size, stride=None, padding=0): padding counts as zeros and is
 included in the divisor (PyTorch's count_include_pad=True); backward spreads
 dout / window size evenly over each window.
 
-Neither has parameters; both pass the forward's geometry to the backward ops.
+MaxPoolNd(kernel_size, stride=None, padding=0, dilation=1): dilation spaces
+the window taps (PyTorch's).
+
+AdaptiveAvgPoolNd(output_size) / AdaptiveMaxPoolNd(output_size): PyTorch's
+adaptive windows [floor(o*H/O), ceil((o+1)*H/O)) per axis, any input size;
+AdaptiveAvgPool2d(1) is global average pooling.
+
+None has parameters; each passes the forward's geometry to the backward ops.
 """
 from .. import functional as F
 from ..functional import _args
@@ -42,6 +49,16 @@ class _PoolNd(Module):
 
 
 class _MaxPoolNd(_PoolNd):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
+        super().__init__(kernel_size, stride, padding)
+        self.dilation = _args.ntuple(type(self).__name__, "dilation", dilation, self.nd)
+
+    def _geometry(self):
+        return dict(super()._geometry(), dilation=self.dilation)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", dilation={self.dilation}"
+
     def forward(self, x):
         y, argmax = _MAX[self.nd][0](x, **self._geometry())
         self._save(argmax, x.shape)
@@ -84,4 +101,71 @@ class AvgPool2d(_AvgPoolNd):
 
 
 class AvgPool3d(_AvgPoolNd):
+    nd = 3
+
+
+_ADAPTIVE = {nd: (getattr(F, f"adaptive_avg_pool{nd}d"), getattr(F, f"adaptive_avg_pool{nd}d_backward"),
+                  getattr(F, f"adaptive_max_pool{nd}d"), getattr(F, f"adaptive_max_pool{nd}d_backward"))
+             for nd in (1, 2, 3)}
+
+
+class _AdaptivePoolNd(Module):
+    nd = None
+
+    def __init__(self, output_size):
+        super().__init__()
+        # validated like the op does (None entries keep the input size)
+        _args.adaptive_output_size(type(self).__name__, output_size, (1,) * self.nd)
+        self.output_size = output_size
+
+    def macs(self, in_shape, out_shape):
+        return 0
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class _AdaptiveAvgPoolNd(_AdaptivePoolNd):
+    def forward(self, x):
+        y = _ADAPTIVE[self.nd][0](x, self.output_size)
+        self._save(x.shape)
+        return y
+
+    def backward(self, dout):
+        (x_shape,) = self._take()
+        return _ADAPTIVE[self.nd][1](dout, x_shape)
+
+
+class _AdaptiveMaxPoolNd(_AdaptivePoolNd):
+    def forward(self, x):
+        y, argmax = _ADAPTIVE[self.nd][2](x, self.output_size)
+        self._save(argmax, x.shape)
+        return y
+
+    def backward(self, dout):
+        argmax, x_shape = self._take()
+        return _ADAPTIVE[self.nd][3](dout, argmax, x_shape)
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    nd = 1
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
+    nd = 2
+
+
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
+    nd = 3
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    nd = 1
+
+
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
+    nd = 2
+
+
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
     nd = 3
