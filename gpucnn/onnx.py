@@ -25,6 +25,7 @@ imports; this file is gpucnn.onnx).
 import numpy as np
 
 from . import backend, nn, serialization
+from .functional import _args
 from .nn.module import forward_hook, no_grad
 
 DEFAULT_OPSET = 17
@@ -102,17 +103,12 @@ def _ntuple(value, n):
     return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * n
 
 
-def _conv_pads(padding, kernel, dilation):
-    """ONNX pads (all begins, then all ends). 'same' puts the odd pixel at the end, as PyTorch does."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return [0] * (2 * len(kernel))
-        if padding != "same":
-            raise ValueError(f"gpucnn.onnx.export: unknown padding {padding!r}")
-        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
-        return [t // 2 for t in total] + [t - t // 2 for t in total]
-    padding = _ntuple(padding, len(kernel))
-    return list(padding) * 2
+def _conv_pads(layer, kernel, dilation):
+    """ONNX pads (all begins, then all ends) of a conv layer; 'same' puts the odd
+    pixel at the end, as PyTorch does (the ops' own padding helper decides)."""
+    begin, extra = _args.conv_padding(f"gpucnn.onnx.export ({type(layer).__name__})", layer.padding, len(kernel),
+                                      kernel, _ntuple(layer.stride, len(kernel)), dilation, f"kernel_size={kernel}")
+    return list(begin) + [b + e for b, e in zip(begin, extra)]
 
 
 # ---- containers -------------------------------------------------------------
@@ -131,24 +127,38 @@ def _residual(g, layer, x, path):
 
 
 # ---- layers with weights ----------------------------------------------------------
-@register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv(g, layer, x, path):
-    kernel = tuple(layer.kernel_size)
-    dilation = _ntuple(getattr(layer, "dilation", 1), len(kernel))
+def _weight_and_bias(g, layer, x, path):
     inputs = [x, g.const(_sub(path, "weight"), layer.weight.data)]
     if layer.bias is not None:
         inputs.append(g.const(_sub(path, "bias"), layer.bias.data))
-    return g.node("Conv", inputs, path, kernel_shape=list(kernel), strides=list(_ntuple(layer.stride, len(kernel))),
-                  pads=_conv_pads(layer.padding, kernel, dilation), dilations=list(dilation),
-                  group=int(getattr(layer, "groups", 1)))
+    return inputs
+
+
+def _conv_attrs(layer):
+    kernel = tuple(layer.kernel_size)
+    dilation = _ntuple(getattr(layer, "dilation", 1), len(kernel))
+    return {"kernel_shape": list(kernel), "strides": list(_ntuple(layer.stride, len(kernel))),
+            "dilations": list(dilation), "group": int(getattr(layer, "groups", 1))}
+
+
+@register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv(g, layer, x, path):
+    attrs = _conv_attrs(layer)
+    return g.node("Conv", _weight_and_bias(g, layer, x, path), path,
+                  pads=_conv_pads(layer, tuple(layer.kernel_size), attrs["dilations"]), **attrs)
+
+
+@register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose(g, layer, x, path):
+    # weight (C_in, K/groups, *kernel) is ONNX's layout too; explicit pads and
+    # output_padding give PyTorch's output size (no output_shape attribute)
+    return g.node("ConvTranspose", _weight_and_bias(g, layer, x, path), path,
+                  pads=list(layer.padding) * 2, output_padding=list(layer.output_padding), **_conv_attrs(layer))
 
 
 @register(nn.Linear)
 def _linear(g, layer, x, path):
-    inputs = [x, g.const(_sub(path, "weight"), layer.weight.data)]
-    if layer.bias is not None:
-        inputs.append(g.const(_sub(path, "bias"), layer.bias.data))
-    return g.node("Gemm", inputs, path, transB=1)  # y = x W^T + b
+    return g.node("Gemm", _weight_and_bias(g, layer, x, path), path, transB=1)  # y = x W^T + b
 
 
 @register(nn.BatchNorm1d, nn.BatchNorm2d)
@@ -168,13 +178,40 @@ def _pool_attrs(layer):
 
 @register(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool(g, layer, x, path):
-    return g.node("MaxPool", [x], path, **_pool_attrs(layer))
+    dilation = list(_ntuple(getattr(layer, "dilation", 1), len(layer.kernel_size)))
+    return g.node("MaxPool", [x], path, dilations=dilation, **_pool_attrs(layer))
 
 
 @register(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool(g, layer, x, path):
     include = int(bool(getattr(layer, "count_include_pad", True)))  # gpucnn's pools include the padding
     return g.node("AveragePool", [x], path, count_include_pad=include, **_pool_attrs(layer))
+
+
+def _adaptive_pool(g, layer, x, path, op):
+    """ONNX has no adaptive pool. Output 1 everywhere is Global<op>Pool; an input
+    size divisible by the output size gives equal, disjoint windows, i.e. a
+    plain <op>Pool with kernel = stride = in/out. The sizes are those of the
+    example input (the graph's spatial sizes are static)."""
+    size, out = g.in_shape(layer)[2:], g.out_shape(layer)[2:]
+    if all(o == 1 for o in out):
+        return g.node(f"Global{op}Pool", [x], path)
+    if any(s % o for s, o in zip(size, out)):
+        raise ValueError(f"gpucnn.onnx.export: layer {path!r} ({type(layer).__name__}) pools spatial size "
+                         f"{tuple(size)} to {tuple(out)}; ONNX has no adaptive pool, so each input size must be "
+                         f"a multiple of its output size (or the output 1)")
+    window = [s // o for s, o in zip(size, out)]
+    return g.node(f"{op}Pool", [x], path, kernel_shape=window, strides=window, pads=[0] * (2 * len(size)))
+
+
+@register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+def _adaptive_avg_pool(g, layer, x, path):
+    return _adaptive_pool(g, layer, x, path, "Average")
+
+
+@register(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+def _adaptive_max_pool(g, layer, x, path):
+    return _adaptive_pool(g, layer, x, path, "Max")
 
 
 # ---- shape and elementwise layers ---------------------------------------------------

@@ -43,10 +43,14 @@ __device__ __forceinline__ int split_last(idx_t& idx, int n) {
 // ---------------------------------------------------------------------------
 // Sliding windows (pooling and convolution). Along one axis the input has
 // `in` positions and the output `out`; output o's window covers inputs
-// o*stride - pad + [0, win). A 2-D kernel uses the 3-D helpers below with the
-// depth axis FLAT_AXIS (one position, one output, window 1, no padding).
+// o*stride - pad + dil*[0, win) (dil: the dilation, taps dil apart; the
+// window spans dil*(win-1) + 1 inputs). A 2-D kernel uses the 3-D helpers
+// below with the depth axis FLAT_AXIS (one position, one output, window 1,
+// no padding). Axis{in, out, win, stride, pad} leaves dil = 1.
 struct Axis {
     int in, out, win, stride, pad;
+    int dil = 1;
+    __device__ __forceinline__ int span() const { return dil * (win - 1) + 1; }
 };
 #define FLAT_AXIS (Axis{1, 1, 1, 1, 0})
 
@@ -69,13 +73,13 @@ __device__ __forceinline__ void for_each_in_window(const Axis& ad, const Axis& a
                                                    int a, int b, int e, F f) {
     const int d0 = a * ad.stride - ad.pad, h0 = b * ah.stride - ah.pad, v0 = e * aw.stride - aw.pad;
     for (int t = 0; t < ad.win; ++t) {
-        const int d = d0 + t;
+        const int d = d0 + t * ad.dil;
         if (!in_range(d, ad.in)) continue;
         for (int r = 0; r < ah.win; ++r) {
-            const int h = h0 + r;
+            const int h = h0 + r * ah.dil;
             if (!in_range(h, ah.in)) continue;
             for (int s = 0; s < aw.win; ++s) {
-                const int v = v0 + s;
+                const int v = v0 + s * aw.dil;
                 if (in_range(v, aw.in))
                     f(((idx_t)d * ah.in + h) * aw.in + v, (t * ah.win + r) * aw.win + s);
             }
@@ -85,21 +89,28 @@ __device__ __forceinline__ void for_each_in_window(const Axis& ad, const Axis& a
 
 // f(o, tap) for every window that contains input (d, h, v), in row-major
 // (a, b, e) order: o = (a*Ho + b)*Wo + e is the window's offset in the output
-// volume, tap = (t*R + r)*S + s the position of (d, h, v) inside it.
+// volume, tap = (t*R + r)*S + s the position of (d, h, v) inside it. With
+// dilation the windows whose span covers the input are scanned and those
+// whose offset is not a multiple of dil (the input falls between two taps)
+// skipped; with dil = 1 every offset is a tap.
 template <typename F>
 __device__ __forceinline__ void for_each_covering_window(const Axis& ad, const Axis& ah,
                                                          const Axis& aw, int d, int h, int v, F f) {
     int a_lo, a_hi, b_lo, b_hi, e_lo, e_hi;
-    covering_outputs(d, ad.win, ad.stride, ad.pad, ad.out, &a_lo, &a_hi);
-    covering_outputs(h, ah.win, ah.stride, ah.pad, ah.out, &b_lo, &b_hi);
-    covering_outputs(v, aw.win, aw.stride, aw.pad, aw.out, &e_lo, &e_hi);
+    covering_outputs(d, ad.span(), ad.stride, ad.pad, ad.out, &a_lo, &a_hi);
+    covering_outputs(h, ah.span(), ah.stride, ah.pad, ah.out, &b_lo, &b_hi);
+    covering_outputs(v, aw.span(), aw.stride, aw.pad, aw.out, &e_lo, &e_hi);
     for (int a = a_lo; a < a_hi; ++a) {
         const int t = d + ad.pad - a * ad.stride;
+        if (t % ad.dil) continue;
         for (int b = b_lo; b < b_hi; ++b) {
             const int r = h + ah.pad - b * ah.stride;
+            if (r % ah.dil) continue;
             for (int e = e_lo; e < e_hi; ++e) {
                 const int s = v + aw.pad - e * aw.stride;
-                f(((idx_t)a * ah.out + b) * aw.out + e, (t * ah.win + r) * aw.win + s);
+                if (s % aw.dil) continue;
+                f(((idx_t)a * ah.out + b) * aw.out + e,
+                  ((t / ad.dil) * ah.win + r / ah.dil) * aw.win + s / aw.dil);
             }
         }
     }
@@ -108,18 +119,18 @@ __device__ __forceinline__ void for_each_covering_window(const Axis& ad, const A
 // f(o, at) for every window (a, b, e) whose tap (t, r, s) lies inside the
 // input, in row-major (a, b, e) order: o = (a*Ho + b)*Wo + e is the window's
 // offset in the output volume, at = (d*H + h)*W + v that of the input
-// element under the tap (d = a*stride - pad + t, ...).
+// element under the tap (d = a*stride - pad + t*dil, ...).
 template <typename F>
 __device__ __forceinline__ void for_each_window_at_tap(const Axis& ad, const Axis& ah,
                                                        const Axis& aw, int t, int r, int s, F f) {
     for (int a = 0; a < ad.out; ++a) {
-        const int d = a * ad.stride + t - ad.pad;
+        const int d = a * ad.stride + t * ad.dil - ad.pad;
         if (!in_range(d, ad.in)) continue;
         for (int b = 0; b < ah.out; ++b) {
-            const int h = b * ah.stride + r - ah.pad;
+            const int h = b * ah.stride + r * ah.dil - ah.pad;
             if (!in_range(h, ah.in)) continue;
             for (int e = 0; e < aw.out; ++e) {
-                const int v = e * aw.stride + s - aw.pad;
+                const int v = e * aw.stride + s * aw.dil - aw.pad;
                 if (in_range(v, aw.in))
                     f(((idx_t)a * ah.out + b) * aw.out + e, ((idx_t)d * ah.in + h) * aw.in + v);
             }
@@ -284,12 +295,14 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
 }
 
 // The epilogue: stores the thread's outputs Out[m, col] of the tile (rows
-// m < M, columns col < Ng) at out[n, m, p] of an (Ng / spatial, M, spatial)
+// m < rows, columns col < Ng) at out[n, m, p] of an (Ng / spatial, M, spatial)
 // array, col = n*spatial + p (the NC... layout of y and dx). A plain row-major
-// M x Ng matrix is the case spatial = Ng.
+// M x Ng matrix is the case spatial = Ng. rows < M (grouped convolution):
+// the tile is one group's rows; `out` then points at the group's first row.
 __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREAD_N],
                                            scalar_t* __restrict__ out, int M, idx_t Ng,
-                                           idx_t spatial) {
+                                           idx_t spatial, int rows = -1) {
+    if (rows < 0) rows = M;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int m0 = blockIdx.y * TILE_M;
     const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
@@ -302,7 +315,7 @@ __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREA
 #pragma unroll
         for (int i = 0; i < THREAD_M; ++i) {
             const int m = m0 + ty + 16 * i;
-            if (m < M) out[(n * M + m) * spatial + p] = acc[i][j];
+            if (m < rows) out[(n * M + m) * spatial + p] = acc[i][j];
         }
     }
 }

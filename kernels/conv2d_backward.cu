@@ -7,24 +7,29 @@
 //     nvcc -arch=sm_90 -cubin -I kernels -DSCALAR=float kernels/conv2d_backward.cu
 // Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
 //
-// Math. x (N, C, H, W), w (K, C, R, S), stride (sh, sw), padding (ph, pw),
-// dy (N, K, Ho, Wo), Ho = (H + 2 ph - R) / sh + 1, Wo likewise.
-//     dx[n,c,h,w] = sum_{k,r,s} dy[n, k, (h + ph - r)/sh, (w + pw - s)/sw] * w[k,c,r,s]
-//                   over the (r, s) where both divisions are exact and land in
-//                   [0,Ho) x [0,Wo): the 180-degree rotated filter correlated
-//                   with the stride-dilated dy.
-//     dw[k,c,r,s] = sum_{n,i,j} dy[n,k,i,j] * x[n, c, i*sh + r - ph, j*sw + s - pw]
-//                   (x zero outside the image).
+// Math. x (N, C, H, W), w (K, C/G, R, S), stride (sh, sw), padding (ph, pw),
+// dilation (dil_h, dil_w), G groups, dy (N, K, Ho, Wo),
+// Ho = (H + 2 ph - dil_h*(R-1) - 1) / sh + 1, Wo likewise.
+//     dx[n,c,h,w] = sum_{k,r,s} dy[n, k, (h + ph - r*dil_h)/sh, (w + pw - s*dil_w)/sw] * w[k,c',r,s]
+//                   over the k of c's group (c' = c - g*C/G) and the (r, s) where both
+//                   divisions are exact and land in [0,Ho) x [0,Wo): the 180-degree
+//                   rotated filter correlated with the stride-dilated dy.
+//     dw[k,c,r,s] = sum_{n,i,j} dy[n,k,i,j] * x[n, g*C/G + c, i*sh + r*dil_h - ph, j*sw + s*dil_w - pw]
+//                   (x zero outside the image; g = k / (K/G)).
+// The transposed convolution (conv_transpose*d) is backward_data with its
+// input in dy's place. Dilation and groups: compiled and emulated, not yet
+// run on a GPU.
 //
 // Versions:
 //   backward_data_v1          one thread per dx element; 1-D grid of 256-thread blocks
-//   backward_data_v2          implicit GEMM (M = C, Ngemm = N*H*W, Kgemm = K*R*S), 64x64
-//                             tile, 4x4 per thread; grid (ceil(N*H*W/64), ceil(C/64)), 256 threads
+//   backward_data_v2          implicit GEMM per group (M = C/G, Ngemm = N*H*W, Kgemm = K/G*R*S),
+//                             64x64 tile, 4x4 per thread; grid (ceil(N*H*W/64), ceil(C/G/64), G),
+//                             256 threads
 //   backward_filter_v1        one thread per dw element (sums over n, i, j in order); 1-D grid
-//   backward_filter_v2        implicit GEMM (M = K, Ngemm = C*R*S, Kgemm = N*Ho*Wo) split
-//                             along Kgemm into gridDim.z chunks; grid (ceil(CRS/64),
-//                             ceil(K/64), splits), 256 threads; chunk z writes its partial
-//                             dw to out + z*K*CRS
+//   backward_filter_v2        implicit GEMM per group (M = K/G, Ngemm = C/G*R*S, Kgemm =
+//                             N*Ho*Wo) split along Kgemm into chunks; grid (ceil(C/G*RS/64),
+//                             ceil(K/G/64), G*splits) (z = g*splits + chunk), 256 threads;
+//                             chunk z writes its partial dw to out + chunk*K*(C/G)RS
 //   backward_filter_reduce_v2 dw[e] = sum_z partial[z][e] for z = 0, 1, ... in order; 1-D grid
 // Both backward_filter versions are deterministic: no atomics, every sum in a
 // fixed order, so equal inputs give bitwise equal dw.
@@ -55,19 +60,21 @@
 extern "C" __global__ void conv2d_backward_data_v1(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw)
+    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
 {
-    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
+    const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
+    const int Cg = C / groups, Kpg = K / groups;
     const idx_t total = (idx_t)N * C * H * W;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
         idx_t n = idx;
         const int ww = split_last(n, W);
         const int h = split_last(n, H);
         const int c = split_last(n, C);
+        const int g = c / Cg;
         scalar_t acc = 0;
-        for (int k = 0; k < K; ++k) {
+        for (int k = g * Kpg; k < (g + 1) * Kpg; ++k) {
             const scalar_t* dyk = dy + (n * K + k) * Ho * Wo;
-            const scalar_t* wk = w + ((idx_t)k * C + c) * R * S;
+            const scalar_t* wk = w + ((idx_t)k * Cg + (c - g * Cg)) * R * S;
             for_each_covering_window(FLAT_AXIS, ah, aw, 0, h, ww,
                                      [&](idx_t o, int tap) { acc += dyk[o] * wk[tap]; });
         }
@@ -82,10 +89,11 @@ extern "C" __global__ void conv2d_backward_data_v1(
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_v2(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw)
+    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
 {
     const int RS = R * S;
-    const int Kg = K * RS;
+    const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
+    const int Kg = Kpg * RS;
     const idx_t HW = (idx_t)H * W;
     const idx_t Ng = (idx_t)N * HW;
 
@@ -101,25 +109,25 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_
             const int p = (int)(col - n * HW);
             b.hb = p / W + ph;
             b.wb = p - (p / W) * W + pw;
-            b.img = dy + n * K * Ho * Wo;
+            b.img = dy + (n * K + (idx_t)g * Kpg) * Ho * Wo;   // the group's first dy channel
         }
         return b;
     };
-    auto load_a = [&](int c, int kk) {  // w[k, c, r, s], kk = k*RS + rs
+    auto load_a = [&](int c, int kk) {  // w[g*K/G + k, c, r, s], kk = k*RS + rs
         const int k = kk / RS, rs = kk - (kk / RS) * RS;
-        return c < C ? __ldg(w + ((idx_t)k * C + c) * RS + rs) : (scalar_t)0;
+        return c < Cg ? __ldg(w + (((idx_t)g * Kpg + k) * Cg + c) * RS + rs) : (scalar_t)0;
     };
     auto load_b = [&](int kk, const Column& b) {
         const int k = kk / RS, rs = kk - (kk / RS) * RS;
         const int r = rs / S, s = rs - (rs / S) * S;
         int i, j;
-        return b.ok && exact_output(b.hb - r, sh, Ho, &i) && exact_output(b.wb - s, sw, Wo, &j)
+        return b.ok && exact_output(b.hb - r * dil_h, sh, Ho, &i) && exact_output(b.wb - s * dil_w, sw, Wo, &j)
                    ? __ldg(b.img + ((idx_t)k * Ho + i) * Wo + j) : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
     implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
-    store_tile(acc, dx, C, Ng, HW);
+    store_tile(acc, dx + (idx_t)g * Cg * HW, C, Ng, HW, Cg);
 }
 
 // ---------------------------------------------------------------------------
@@ -127,15 +135,17 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_
 extern "C" __global__ void conv2d_backward_filter_v1(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dw,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw)
+    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
 {
-    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
-    const idx_t total = (idx_t)K * C * R * S;
+    const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
+    const int Cg = C / groups, Kpg = K / groups;
+    const idx_t total = (idx_t)K * Cg * R * S;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
         idx_t k = idx;
         const int s = split_last(k, S);
         const int r = split_last(k, R);
-        const int c = split_last(k, C);
+        const int cl = split_last(k, Cg);   // k is the filter from here on
+        const int c = (int)(k / Kpg) * Cg + cl;  // the input channel
         scalar_t acc = 0;
         for (int n = 0; n < N; ++n) {
             const scalar_t* dyk = dy + ((idx_t)n * K + k) * Ho * Wo;
@@ -160,18 +170,21 @@ extern "C" __global__ void conv2d_backward_filter_v1(
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filter_v2(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, long long chunk)
+    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups, long long chunk)
 {
     const int RS = R * S;
-    const int Ng = C * RS;
+    const int Cg = C / groups, Kpg = K / groups;
+    const int splits = gridDim.z / groups;
+    const int g = blockIdx.z / splits, z = blockIdx.z - g * splits;
+    const int Ng = Cg * RS;
     const idx_t HoWo = (idx_t)Ho * Wo;
     const idx_t HW = (idx_t)H * W;
     const idx_t Kg = (idx_t)N * HoWo;
-    const idx_t k_begin = (idx_t)blockIdx.z * chunk;
+    const idx_t k_begin = (idx_t)z * chunk;
     const idx_t k_end = k_begin + chunk < Kg ? k_begin + chunk : Kg;
 
     struct Column {
-        idx_t off;   // c*H*W
+        idx_t off;   // (g*C/G + c)*H*W
         int dh, dw;  // tap shift (r - ph, s - pw)
         bool ok;
     };
@@ -180,11 +193,11 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filte
         const int cc = ok ? (int)col : 0;
         const int c = cc / RS, rs = cc - (cc / RS) * RS;
         const int r = rs / S, s = rs - (rs / S) * S;
-        return Column{(idx_t)c * HW, r - ph, s - pw, ok};
+        return Column{((idx_t)g * Cg + c) * HW, r * dil_h - ph, s * dil_w - pw, ok};
     };
-    auto load_a = [&](int k, idx_t kk) {  // dy[n, k, p], kk = n*HoWo + p
+    auto load_a = [&](int k, idx_t kk) {  // dy[n, g*K/G + k, p], kk = n*HoWo + p
         const idx_t n = kk / HoWo, p = kk - (kk / HoWo) * HoWo;
-        return k < K ? __ldg(dy + (n * K + k) * HoWo + p) : (scalar_t)0;
+        return k < Kpg ? __ldg(dy + (n * K + (idx_t)g * Kpg + k) * HoWo + p) : (scalar_t)0;
     };
     auto load_b = [&](idx_t kk, const Column& b) {
         const idx_t n = kk / HoWo;
@@ -196,7 +209,7 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filte
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
     implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc);
-    store_tile(acc, out + (idx_t)blockIdx.z * K * Ng, K, Ng, Ng);
+    store_tile(acc, out + ((idx_t)z * K + (idx_t)g * Kpg) * Ng, Kpg, Ng, Ng);
 }
 
 // dw[e] = sum_{z < splits} partial[z * count + e], z in increasing order.

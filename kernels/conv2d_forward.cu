@@ -7,15 +7,19 @@
 // (python -m gpucnn.kernel_check prints every kernel's registers and spills).
 // Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
 //
-// Math. x (N, C, H, W), w (K, C, R, S), stride (sh, sw), padding (ph, pw),
-// y (N, K, Ho, Wo) with Ho = (H + 2 ph - R) / sh + 1, Wo likewise:
-//     y[n,k,i,j] = sum_{c,r,s} x[n, c, i*sh + r - ph, j*sw + s - pw] * w[k,c,r,s]
-// where x outside [0,H) x [0,W) is zero (the padding).
+// Math. x (N, C, H, W), w (K, C/G, R, S), stride (sh, sw), padding (ph, pw),
+// dilation (dil_h, dil_w), G groups, y (N, K, Ho, Wo) with
+// Ho = (H + 2 ph - dil_h*(R-1) - 1) / sh + 1, Wo likewise:
+//     y[n,k,i,j] = sum_{c,r,s} x[n, g*C/G + c, i*sh + r*dil_h - ph, j*sw + s*dil_w - pw] * w[k,c,r,s]
+// with g = k / (K/G) the filter's group and c < C/G, where x outside
+// [0,H) x [0,W) is zero (the padding). Depthwise is G = C.
+// Dilation and groups: compiled and emulated, not yet run on a GPU.
 //
 // Versions:
 //   v1  one thread per output element, grid-stride loop; 1-D grid of 256-thread blocks
 //   v2  implicit GEMM, 64x64 block tile, TILE_K 16, 4x4 outputs per thread;
-//       grid (ceil(N*Ho*Wo / 64), ceil(K / 64)), 256 threads
+//       grid (ceil(N*Ho*Wo / 64), ceil(K/G / 64), G), 256 threads: one GEMM per group
+//       (grid z), whose rows are the group's K/G filters
 
 #include "common.cuh"
 
@@ -23,12 +27,13 @@
 // Notes on the math.
 // As a matrix product (implicit GEMM: the im2col matrix is never stored):
 //     Out[m, col] = sum_kk A[m, kk] * B[kk, col]
-//     m   = k                     (M = K)
+// per group g (k = g*K/G + m, channels g*C/G + c):
+//     m   = k - g*K/G             (M = K/G)
 //     col = (n*Ho + i)*Wo + j     (Ngemm = N*Ho*Wo)
-//     kk  = (c*R + r)*S + s       (Kgemm = C*R*S)
-//     A[m, kk]   = w[k, c, r, s]  = w_flat[m*Kgemm + kk]  (w is already K x CRS)
-//     B[kk, col] = x[n, c, i*sh + r - ph, j*sw + s - pw]  (0 in the padding)
-//     y[n, k, i, j] = Out[k, col]
+//     kk  = (c*R + r)*S + s       (Kgemm = C/G*R*S)
+//     A[m, kk]   = w[k, c, r, s]  = w_flat[k*Kgemm + kk]  (w is already K x (C/G)RS)
+//     B[kk, col] = x[n, g*C/G + c, i*sh + r*dil_h - ph, j*sw + s*dil_w - pw]  (0 in the padding)
+//     y[n, k, i, j] = Out[m, col]
 // Rows, columns and kk past the matrix edges load as zeros; outputs past the
 // edges are not stored. The sum over kk runs in increasing order.
 
@@ -37,19 +42,21 @@
 extern "C" __global__ void conv2d_forward_v1(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw)
+    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
 {
-    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
+    const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
+    const int Cg = C / groups, Kpg = K / groups;
     const idx_t total = (idx_t)N * K * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
         idx_t n = idx;
         const int j = split_last(n, Wo);
         const int i = split_last(n, Ho);
         const int k = split_last(n, K);
+        const int c0 = (k / Kpg) * Cg;  // the group's first input channel
         scalar_t acc = 0;
-        for (int c = 0; c < C; ++c) {
-            const scalar_t* xc = x + (n * C + c) * H * W;
-            const scalar_t* wc = w + ((idx_t)k * C + c) * R * S;
+        for (int c = 0; c < Cg; ++c) {
+            const scalar_t* xc = x + (n * C + c0 + c) * H * W;
+            const scalar_t* wc = w + ((idx_t)k * Cg + c) * R * S;
             for_each_in_window(FLAT_AXIS, ah, aw, 0, i, j,
                                [&](idx_t at, int tap) { acc += xc[at] * wc[tap]; });
         }
@@ -67,12 +74,14 @@ extern "C" __global__ void conv2d_forward_v1(
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
     int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw)
+    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
 {
     const int RS = R * S;
-    const int Kg = C * RS;
+    const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
+    const int Kg = Cg * RS;
     const idx_t HoWo = (idx_t)Ho * Wo;
     const idx_t Ng = (idx_t)N * HoWo;
+    const scalar_t* wg = w + (idx_t)g * Kpg * Kg;   // the group's filters
 
     struct Column {
         const scalar_t* img;  // x[n]
@@ -86,21 +95,21 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
             const int p = (int)(col - n * HoWo);
             b.hbase = (p / Wo) * sh - ph;
             b.wbase = (p - (p / Wo) * Wo) * sw - pw;
-            b.img = x + n * C * H * W;
+            b.img = x + (n * C + (idx_t)g * Cg) * H * W;   // the group's first channel
         }
         return b;
     };
     auto load_a = [&](int m, int kk) {
-        return m < K ? __ldg(w + (idx_t)m * Kg + kk) : (scalar_t)0;
+        return m < Kpg ? __ldg(wg + (idx_t)m * Kg + kk) : (scalar_t)0;
     };
     auto load_b = [&](int kk, const Column& b) {
         const int c = kk / RS, rs = kk - (kk / RS) * RS;
-        const int h = b.hbase + rs / S, ww = b.wbase + rs - (rs / S) * S;
+        const int h = b.hbase + (rs / S) * dil_h, ww = b.wbase + (rs - (rs / S) * S) * dil_w;
         return b.ok && in_range(h, H) && in_range(ww, W)
                    ? __ldg(b.img + ((idx_t)c * H + h) * W + ww) : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
     implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
-    store_tile(acc, y, K, Ng, HoWo);
+    store_tile(acc, y + (idx_t)g * Kpg * HoWo, K, Ng, HoWo, Kpg);
 }

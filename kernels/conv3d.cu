@@ -7,23 +7,28 @@
 // (python -m gpucnn.kernel_check prints every kernel's registers and spills).
 // Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
 //
-// Math. x (N, C, D, H, W), w (K, C, T, R, S), stride (sd, sh, sw), padding
-// (pd, ph, pw), y / dy (N, K, Do, Ho, Wo) with Do = (D + 2 pd - T) / sd + 1,
-// Ho and Wo likewise; x is zero outside the volume (the padding).
+// Math. x (N, C, D, H, W), w (K, C/G, T, R, S), stride (sd, sh, sw), padding
+// (pd, ph, pw), dilation (dil_d, dil_h, dil_w), G groups, y / dy (N, K, Do, Ho, Wo)
+// with Do = (D + 2 pd - dil_d*(T-1) - 1) / sd + 1, Ho and Wo likewise; x is
+// zero outside the volume (the padding). Below, tap offsets t, r, s stand
+// for t*dil_d, r*dil_h, s*dil_w in positions, and c runs over the group
+// g = k / (K/G) of each filter (input channel g*C/G + c, weight channel c).
 //     y[n,k,a,b,e]  = sum_{c,t,r,s} x[n, c, a*sd + t - pd, b*sh + r - ph, e*sw + s - pw] * w[k,c,t,r,s]
 //     dx[n,c,d,h,v] = sum_{k,t,r,s} dy[n, k, (d + pd - t)/sd, (h + ph - r)/sh, (v + pw - s)/sw] * w[k,c,t,r,s]
 //                     over the taps where every division is exact and in range:
 //                     the 180-degree rotated filter correlated with the stride-dilated dy
 //     dw[k,c,t,r,s] = sum_{n,a,b,e} dy[n,k,a,b,e] * x[n, c, a*sd + t - pd, b*sh + r - ph, e*sw + s - pw]
+// Dilation and groups: compiled and emulated, not yet run on a GPU.
 //
 // Versions:
 //   forward_v1          one thread per y element; 1-D grid of 256-thread blocks
-//   forward_v2          implicit GEMM (M = K, Ngemm = N*Do*Ho*Wo, Kgemm = C*T*R*S), 64x64
-//                       tile, 4x4 per thread; grid (ceil(N*Do*Ho*Wo/64), ceil(K/64)), 256 threads
+//   forward_v2          implicit GEMM per group (M = K/G, Ngemm = N*Do*Ho*Wo, Kgemm = C/G*T*R*S),
+//                       64x64 tile, 4x4 per thread; grid (ceil(N*Do*Ho*Wo/64), ceil(K/G/64), G),
+//                       256 threads
 //   backward_data_v1    one thread per dx element, gathers over the windows containing it;
 //                       1-D grid
-//   backward_data_v2    implicit GEMM (M = C, Ngemm = N*D*H*W, Kgemm = K*T*R*S), same tile;
-//                       grid (ceil(N*D*H*W/64), ceil(C/64)), 256 threads
+//   backward_data_v2    implicit GEMM per group (M = C/G, Ngemm = N*D*H*W, Kgemm = K/G*T*R*S),
+//                       same tile; grid (ceil(N*D*H*W/64), ceil(C/G/64), G), 256 threads
 //   backward_filter_v1  one thread per dw element, sums over (n, a, b, e) in order; 1-D grid
 // Every kernel is deterministic: each output element is summed by one thread
 // in a fixed order, no atomics.
@@ -51,7 +56,8 @@
 // Geometry after the three pointers, the same for every kernel in this file.
 #define CONV3D_GEOMETRY                                                         \
     int N, int C, int D, int H, int W, int K, int T, int R, int S,             \
-    int Do, int Ho, int Wo, int sd, int sh, int sw, int pd, int ph, int pw
+    int Do, int Ho, int Wo, int sd, int sh, int sw, int pd, int ph, int pw,     \
+    int dil_d, int dil_h, int dil_w, int groups
 
 // ---------------------------------------------------------------------------
 // forward v1: straight from the formula.
@@ -59,7 +65,8 @@ extern "C" __global__ void conv3d_forward_v1(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
     CONV3D_GEOMETRY)
 {
-    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
+    const Axis ad{D, Do, T, sd, pd, dil_d}, ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
+    const int Cg = C / groups, Kpg = K / groups;
     const idx_t total = (idx_t)N * K * Do * Ho * Wo;
     const idx_t DHW = (idx_t)D * H * W;
     const int TRS = T * R * S;
@@ -69,10 +76,11 @@ extern "C" __global__ void conv3d_forward_v1(
         const int b = split_last(n, Ho);
         const int a = split_last(n, Do);
         const int k = split_last(n, K);
+        const int c0 = (k / Kpg) * Cg;  // the group's first input channel
         scalar_t acc = 0;
-        for (int c = 0; c < C; ++c) {
-            const scalar_t* xc = x + (n * C + c) * DHW;
-            const scalar_t* wc = w + ((idx_t)k * C + c) * TRS;
+        for (int c = 0; c < Cg; ++c) {
+            const scalar_t* xc = x + (n * C + c0 + c) * DHW;
+            const scalar_t* wc = w + ((idx_t)k * Cg + c) * TRS;
             for_each_in_window(ad, ah, aw, a, b, e,
                                [&](idx_t at, int tap) { acc += xc[at] * wc[tap]; });
         }
@@ -87,7 +95,8 @@ extern "C" __global__ void conv3d_backward_data_v1(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
     CONV3D_GEOMETRY)
 {
-    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
+    const Axis ad{D, Do, T, sd, pd, dil_d}, ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
+    const int Cg = C / groups, Kpg = K / groups;
     const idx_t total = (idx_t)N * C * D * H * W;
     const idx_t oDHW = (idx_t)Do * Ho * Wo;
     const int TRS = T * R * S;
@@ -97,10 +106,11 @@ extern "C" __global__ void conv3d_backward_data_v1(
         const int h = split_last(n, H);
         const int d = split_last(n, D);
         const int c = split_last(n, C);
+        const int g = c / Cg;
         scalar_t acc = 0;
-        for (int k = 0; k < K; ++k) {
+        for (int k = g * Kpg; k < (g + 1) * Kpg; ++k) {
             const scalar_t* dyk = dy + (n * K + k) * oDHW;
-            const scalar_t* wk = w + ((idx_t)k * C + c) * TRS;
+            const scalar_t* wk = w + ((idx_t)k * Cg + (c - g * Cg)) * TRS;
             for_each_covering_window(ad, ah, aw, d, h, v,
                                      [&](idx_t o, int tap) { acc += dyk[o] * wk[tap]; });
         }
@@ -114,8 +124,9 @@ extern "C" __global__ void conv3d_backward_filter_v1(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dw,
     CONV3D_GEOMETRY)
 {
-    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
-    const idx_t total = (idx_t)K * C * T * R * S;
+    const Axis ad{D, Do, T, sd, pd, dil_d}, ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
+    const int Cg = C / groups, Kpg = K / groups;
+    const idx_t total = (idx_t)K * Cg * T * R * S;
     const idx_t DHW = (idx_t)D * H * W;
     const idx_t oDHW = (idx_t)Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
@@ -123,7 +134,8 @@ extern "C" __global__ void conv3d_backward_filter_v1(
         const int s = split_last(k, S);
         const int r = split_last(k, R);
         const int t = split_last(k, T);
-        const int c = split_last(k, C);
+        const int cl = split_last(k, Cg);   // k is the filter from here on
+        const int c = (int)(k / Kpg) * Cg + cl;  // the input channel
         scalar_t acc = 0;
         for (idx_t n = 0; n < N; ++n) {
             const scalar_t* dyk = dy + (n * K + k) * oDHW;
@@ -149,13 +161,16 @@ __device__ __forceinline__ void conv3d_igemm(
     const scalar_t* __restrict__ src, const scalar_t* __restrict__ w, scalar_t* __restrict__ out,
     CONV3D_GEOMETRY)
 {
-    // GEMM rows M, src channels, and the spatial sizes of src and out.
-    const int M = FORWARD ? K : C;
-    const int src_ch = FORWARD ? C : K;
+    // One GEMM per group g = blockIdx.z: rows M (the group's filters or
+    // channels), src channels (all, and the group's), out channels.
+    const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
+    const int M = FORWARD ? Kpg : Cg;
+    const int src_ch = FORWARD ? C : K, src_g = FORWARD ? Cg : Kpg;
+    const int out_ch = FORWARD ? K : C;
     const int sD = FORWARD ? D : Do, sH = FORWARD ? H : Ho, sW = FORWARD ? W : Wo;
     const int oD = FORWARD ? Do : D, oH = FORWARD ? Ho : H, oW = FORWARD ? Wo : W;
     const int RS = R * S, TRS = T * RS;
-    const int Kg = src_ch * TRS;
+    const int Kg = src_g * TRS;
     const idx_t sDHW = (idx_t)sD * sH * sW;
     const idx_t oHW = (idx_t)oH * oW, oDHW = oD * oHW;
     const idx_t Ng = (idx_t)N * oDHW;
@@ -178,13 +193,14 @@ __device__ __forceinline__ void conv3d_igemm(
             } else {
                 b.bd = o0 + pd; b.bh = o1 + ph; b.bw = o2 + pw;
             }
-            b.img = src + n * src_ch * sDHW;
+            b.img = src + (n * src_ch + (idx_t)g * src_g) * sDHW;   // the group's first channel
         }
         return b;
     };
-    auto load_a = [&](int m, int kk) {  // forward: w[m, kk]; backward: w[k, c = m, trs]
+    const scalar_t* wg = w + (idx_t)g * Kpg * Cg * TRS;  // the group's K/G filters
+    auto load_a = [&](int m, int kk) {  // forward: w[g*K/G + m, kk]; backward: w[g*K/G + k, c = m, trs]
         const int k = kk / TRS, trs = kk - k * TRS;
-        return m < M ? __ldg(w + (FORWARD ? (idx_t)m * Kg + kk : ((idx_t)k * C + m) * TRS + trs))
+        return m < M ? __ldg(wg + (FORWARD ? (idx_t)m * Kg + kk : ((idx_t)k * Cg + m) * TRS + trs))
                      : (scalar_t)0;
     };
     auto load_b = [&](int kk, const Column& b) {
@@ -194,11 +210,11 @@ __device__ __forceinline__ void conv3d_igemm(
         int i0, i1, i2;
         bool ok;
         if (FORWARD) {
-            i0 = b.bd + t; i1 = b.bh + r; i2 = b.bw + s;
+            i0 = b.bd + t * dil_d; i1 = b.bh + r * dil_h; i2 = b.bw + s * dil_w;
             ok = in_range(i0, sD) && in_range(i1, sH) && in_range(i2, sW);
         } else {  // dilated-dy position (d + pd - t, ...) must be a stride multiple
-            ok = exact_output(b.bd - t, sd, sD, &i0) && exact_output(b.bh - r, sh, sH, &i1)
-                 && exact_output(b.bw - s, sw, sW, &i2);
+            ok = exact_output(b.bd - t * dil_d, sd, sD, &i0) && exact_output(b.bh - r * dil_h, sh, sH, &i1)
+                 && exact_output(b.bw - s * dil_w, sw, sW, &i2);
         }
         return b.ok && ok ? __ldg(b.img + ch * sDHW + ((idx_t)i0 * sH + i1) * sW + i2)
                           : (scalar_t)0;
@@ -206,19 +222,21 @@ __device__ __forceinline__ void conv3d_igemm(
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
     implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
-    store_tile(acc, out, M, Ng, oDHW);
+    store_tile(acc, out + (idx_t)g * M * oDHW, out_ch, Ng, oDHW, M);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv3d_forward_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
     CONV3D_GEOMETRY)
 {
-    conv3d_igemm<true>(x, w, y, N, C, D, H, W, K, T, R, S, Do, Ho, Wo, sd, sh, sw, pd, ph, pw);
+    conv3d_igemm<true>(x, w, y, N, C, D, H, W, K, T, R, S, Do, Ho, Wo, sd, sh, sw, pd, ph, pw,
+                      dil_d, dil_h, dil_w, groups);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv3d_backward_data_v2(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
     CONV3D_GEOMETRY)
 {
-    conv3d_igemm<false>(dy, w, dx, N, C, D, H, W, K, T, R, S, Do, Ho, Wo, sd, sh, sw, pd, ph, pw);
+    conv3d_igemm<false>(dy, w, dx, N, C, D, H, W, K, T, R, S, Do, Ho, Wo, sd, sh, sw, pd, ph, pw,
+                      dil_d, dil_h, dil_w, groups);
 }

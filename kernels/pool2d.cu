@@ -20,7 +20,7 @@
 //         dx[n,c,h,w] = sum of dy[n,c,i,j] over the windows containing (h, w), / (R*S).
 //
 // Versions (all one thread per element, grid-stride loops, 1-D grids of 256 threads):
-//   max_pool2d_forward_v1         one thread per output
+//   max_pool2d_forward_v1         one thread per output (dilation: taps dil apart)
 //   max_pool2d_backward_v1        one thread per input element, gathers from the
 //                                 windows containing it (needs the geometry)
 //   max_pool2d_backward_route_v1  one thread per (n, c) plane: zeroes dx's plane, then
@@ -46,11 +46,15 @@
 // never becomes the argmax.
 
 // ---------------------------------------------------------------------------
+// Dilated max pooling (PyTorch's dilation): the window taps are dil apart,
+// Ho = (H + 2 ph - dil_h*(R-1) - 1) / sh + 1 (the launcher computes it). The
+// dilation is compiled and emulated, not yet run on a GPU.
 extern "C" __global__ void max_pool2d_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
-    int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
+    int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw,
+    int dil_h, int dil_w)
 {
-    const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
+    const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
     const idx_t total = (idx_t)N * C * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
         idx_t plane = idx;  // becomes n*C + c

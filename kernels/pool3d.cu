@@ -51,11 +51,12 @@
     int T, int R, int S, int sd, int sh, int sw, int pd, int ph, int pw
 
 // ---------------------------------------------------------------------------
+// Dilated max pooling: taps dil apart (compiled and emulated, not yet run on a GPU).
 extern "C" __global__ void max_pool3d_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
-    POOL3D_GEOMETRY)
+    POOL3D_GEOMETRY, int dil_d, int dil_h, int dil_w)
 {
-    const Axis ad{D, Do, T, sd, pd}, ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
+    const Axis ad{D, Do, T, sd, pd, dil_d}, ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
     const idx_t total = (idx_t)N * C * Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
         idx_t volume = idx;  // becomes n*C + c

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from gpucnn import kernel_check, kernel_loader
-from gpucnn.functional import _gpu_launch, conv3d_gpu, conv_gpu, pool3d_gpu, pool_gpu
+from gpucnn.functional import _gpu_launch, adaptive_pool_gpu, conv3d_gpu, conv_gpu, pool3d_gpu, pool_gpu
 
 NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)+_v\d+$")   # <op>_<direction>_v<N>
-LAUNCHERS = (conv_gpu, pool_gpu, conv3d_gpu, pool3d_gpu)
+LAUNCHERS = (conv_gpu, pool_gpu, conv3d_gpu, pool3d_gpu, adaptive_pool_gpu)
 needs_nvcc = pytest.mark.skipif(kernel_check.find_nvcc() is None, reason="nvcc not found")
 
 

@@ -20,12 +20,12 @@ import pytest
 import cuda_emulator as emu
 import gpucnn.functional as F
 from gpucnn import backend, kernel_loader
-from gpucnn.functional import conv3d_gpu, conv_gpu, pool3d_gpu, pool_gpu
+from gpucnn.functional import adaptive_pool_gpu, conv3d_gpu, conv_gpu, pool3d_gpu, pool_gpu
 from gpucnn.testing import reference as ref
 
 REL_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
-LAUNCHERS = (conv_gpu, pool_gpu, conv3d_gpu, pool3d_gpu)
+LAUNCHERS = (conv_gpu, pool_gpu, conv3d_gpu, pool3d_gpu, adaptive_pool_gpu)
 LAUNCHED = Counter()   # launches per (kernel, dtype) in this session
 
 
@@ -316,6 +316,153 @@ def test_max_pool_backward_is_bitwise_deterministic(dev, nd):
 # ---------------------------------------------------------------------------
 # The emulator itself
 
+# ---------------------------------------------------------------------------
+# Conv features (issue 16): dilation and groups in every conv kernel version,
+# the depthwise backward-filter kernel, transposed convolution through the
+# backward-data kernels, adaptive pools, dilated max pooling.
+
+# (N, C, K, groups, spatial, kernel, stride, padding, dilation, layout)
+FEATURE_CASES = [
+    (2, 3, 4, 1, (9, 8), (3, 2), 1, (2, 1), (2, 3), "contiguous"),     # dilation only
+    (2, 4, 132, 2, (5, 6), (3, 3), 1, 1, 1, "sliced"),                 # groups, K/G = 66 > 64 rows
+    (1, 6, 6, 6, (7, 9), (3, 3), 1, 2, (2, 1), "transposed"),          # depthwise, dilated
+    (2, 3, 6, 3, (6, 5), (3, 2), 2, 1, 1, "contiguous"),               # depthwise, multiplier 2, stride
+    (2, 4, 6, 2, (13,), (3,), 2, 3, 3, "sliced"),                      # 1-D dilation + groups
+    (1, 4, 4, 4, (17,), (5,), 1, 4, 2, "contiguous"),                  # 1-D depthwise
+    (1, 4, 6, 2, (5, 6, 5), (2, 3, 2), 1, 1, (2, 1, 2), "contiguous"),  # 3-D dilation + groups
+    (2, 3, 3, 3, (4, 5, 4), (3, 3, 3), (1, 2, 1), 2, 2, "sliced"),      # 3-D depthwise
+    (1, 2, 4, 2, (6, 7), (2, 3), 1, "same", (1, 2), "contiguous"),     # 'same', odd total padding
+]
+
+
+def _feature_id(c):
+    return "N{}C{}K{}G{}-x{}-k{}-s{}-p{}-d{}-{}".format(*c).replace(" ", "")
+
+
+def _feature_params():
+    """Every SIMT version (the tensor-core ones take no dilation or groups:
+    tests/test_tensor_core_emulated.py) and the default choice."""
+    def simt(module, versions):
+        return tuple(v for v in versions if v not in getattr(module, "TENSOR_CORE", ()))
+    return [pytest.param(case, direction, v, id=f"{direction}-v{v}-{_feature_id(case)}")
+            for case in FEATURE_CASES
+            for direction, versions in CONV_OPS[len(case[4])][3].VERSIONS.items()
+            for v in simt(CONV_OPS[len(case[4])][3], versions) + (None,)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case, direction, version", _feature_params())
+def test_conv_dilation_groups_kernels_match_reference(dev, case, direction, version, dtype):
+    n, c, k, groups, spatial, kernel, stride, padding, dilation, layout = case
+    fwd, bwd_data, bwd_filter, _, stem = CONV_OPS[len(spatial)]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((k, c // groups) + kernel).astype(dtype)
+    geo = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y_ref = ref.conv_forward_ref(x, w, None, **geo)
+    kw = dict(layout=layout, version=version, **geo)
+    if direction == "forward":
+        out, expected = run(fwd, x, w, None, **kw), y_ref
+    else:
+        dy = rng.standard_normal(y_ref.shape).astype(dtype)
+        if direction == "backward_data":
+            out, expected = run(bwd_data, dy, w, x.shape, **kw), ref.conv_backward_data_ref(dy, w, x.shape, **geo)
+        else:
+            out, expected = run(bwd_filter, dy, x, w.shape, **kw), ref.conv_backward_filter_ref(dy, x, w.shape, **geo)
+    assert_close(out, expected, dtype)
+    depthwise = c // groups == 1 and groups > 1 and stem == "conv2d"
+    if direction == "backward_filter" and version is None and depthwise:
+        assert "conv2d_depthwise_backward_filter_v1" in dev.launched()
+    elif version is not None:
+        assert f"{stem}_{direction}_v{version}" in dev.launched()
+
+
+def test_depthwise_backward_filter_is_bitwise_deterministic(dev):
+    """Blocks and threads in opposite orders: the same bits (fixed-order tree reduction)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
+    dy = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
+    first = run(F.conv2d_backward_filter, dy, x, (4, 1, 3, 3), 1, 1, 1, 4)
+    dev.reverse = True
+    second = run(F.conv2d_backward_filter, dy, x, (4, 1, 3, 3), 1, 1, 1, 4)
+    dev.reverse = False
+    np.testing.assert_array_equal(first, second)
+    assert "conv2d_depthwise_backward_filter_v1" in dev.launched()
+
+
+# (N, C_in, K, groups, spatial, kernel, stride, padding, output_padding, dilation)
+TRANSPOSE_CASES = [
+    (2, 4, 6, 2, (4, 3), (3, 2), (2, 1), (1, 0), (1, 0), (1, 2)),
+    (1, 3, 70, 1, (3, 4), (2, 2), 2, 0, 1, 1),                         # K > 64: two row tiles (v2)
+    (2, 4, 4, 4, (5,), (3,), 1, 1, 1, 2),                             # 1-D depthwise, output_padding < dilation
+    (1, 2, 4, 2, (2, 3, 2), (2, 2, 3), 2, (0, 1, 1), 1, 1),            # 3-D
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=str)
+def test_conv_transpose_runs_the_backward_data_and_forward_kernels(dev, case, version, dtype):
+    n, c, k, groups, spatial, kernel, stride, padding, output_padding, dilation = case
+    nd = len(spatial)
+    fwd = getattr(F, f"conv_transpose{nd}d")
+    bwd_data, bwd_filter = getattr(F, f"conv_transpose{nd}d_backward_data"), getattr(F, f"conv_transpose{nd}d_backward_filter")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    w = rng.standard_normal((c, k // groups) + kernel).astype(dtype)
+    geo = (stride, padding, output_padding, groups, dilation)
+    y_ref = ref.conv_transpose_ref(x, w, None, *geo)
+    assert_close(run(fwd, x, w, None, *geo, version=version), y_ref, dtype)
+    stem = "conv3d" if nd == 3 else "conv2d"
+    assert f"{stem}_backward_data_v{version}" in dev.launched()
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    assert_close(run(bwd_data, dy, w, x.shape, *geo, version=version),
+                 ref.conv_transpose_backward_data_ref(dy, w, x.shape, *geo), dtype)
+    if nd < 3 or version == 1:   # conv3d backward-filter has v1 only
+        assert_close(run(bwd_filter, dy, x, w.shape, *geo, version=version),
+                     ref.conv_transpose_backward_filter_ref(dy, x, w.shape, *geo), dtype)
+
+
+ADAPTIVE_EMU_CASES = [((2, 3, 7), 3), ((1, 2, 5), 8), ((2, 2, 7, 10), (3, 4)), ((1, 3, 5, 6), 1),
+                      ((1, 2, 3, 4), (5, 7)), ((1, 2, 4, 5, 6), (2, 3, 4))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, output_size", ADAPTIVE_EMU_CASES, ids=str)
+def test_adaptive_pool_kernels_match_reference(dev, shape, output_size, dtype):
+    nd = len(shape) - 2
+    rng = np.random.default_rng(3)
+    x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(dtype)   # no ties
+    y_ref = ref.adaptive_avg_pool_ref(x, output_size)
+    assert_close(run(getattr(F, f"adaptive_avg_pool{nd}d"), x, output_size, layout="sliced"), y_ref, dtype)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    assert_close(run(getattr(F, f"adaptive_avg_pool{nd}d_backward"), dy, shape),
+                 ref.adaptive_avg_pool_backward_ref(dy, shape), dtype)
+    (y, arg), (y_r, arg_r) = run(getattr(F, f"adaptive_max_pool{nd}d"), x, output_size), ref.adaptive_max_pool_ref(x, output_size)
+    np.testing.assert_array_equal(y, y_r.astype(dtype))
+    np.testing.assert_array_equal(arg, arg_r)
+    assert_close(run(getattr(F, f"adaptive_max_pool{nd}d_backward"), dy, arg_r, shape),
+                 ref.max_pool_backward_ref(dy, arg_r, shape), dtype)
+    assert {"adaptive_avg_pool_forward_v1", "adaptive_avg_pool_backward_v1",
+            "adaptive_max_pool_forward_v1"} <= dev.launched()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", [
+    ((2, 3, 11), 3, 1, 1, 2), ((1, 2, 9, 10), 3, 2, 1, (2, 3)), ((1, 2, 7, 6, 8), 2, 1, 1, 2)], ids=str)
+def test_dilated_max_pool_kernels_match_reference(dev, shape, kernel, stride, padding, dilation, dtype):
+    nd = len(shape) - 2
+    rng = np.random.default_rng(4)
+    x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(dtype)
+    y_r, arg_r = ref.max_pool_ref(x, kernel, stride, padding, dilation)
+    y, arg = run(getattr(F, f"max_pool{nd}d"), x, kernel, stride, padding, dilation, layout="transposed")
+    np.testing.assert_array_equal(y, y_r.astype(dtype))
+    np.testing.assert_array_equal(arg, arg_r)
+    dy = rng.standard_normal(y_r.shape).astype(dtype)
+    assert_close(run(getattr(F, f"max_pool{nd}d_backward"), dy, arg_r, shape, kernel_size=kernel, stride=stride,
+                     padding=padding, dilation=dilation), ref.max_pool_backward_ref(dy, arg_r, shape), dtype)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_emulator_reports_an_out_of_bounds_access(dev, version):
     """An output one element short (a launcher bug) must fail under ASan."""
@@ -325,8 +472,8 @@ def test_emulator_reports_an_out_of_bounds_access(dev, version):
     kernel = kernel_loader.get_typed_kernel(conv_gpu.FORWARD_FILE, f"conv2d_forward_v{version}", np.float32)
     grid = (1,) if version == 1 else (1, 1)
     with pytest.raises(emu.EmulatorError, match="heap-buffer-overflow"):
-        kernel_loader.launch(kernel, grid, (256,), "ppp" + "i" * 13,
-                             (x, w, y, 1, 2, 5, 5, 3, 3, 3, 3, 3, 1, 1, 0, 0))
+        kernel_loader.launch(kernel, grid, (256,), "ppp" + "i" * 16,
+                             (x, w, y, 1, 2, 5, 5, 3, 3, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1))
 
 
 def test_emulator_checks_arguments_against_the_kernel_signature(dev):

@@ -1,6 +1,8 @@
 """gpucnn.save(..., format="safetensors") / gpucnn.load of .safetensors files:
 round trips through the file, and through PyTorch (same architecture built in
 torch, state dict moved both ways, equal outputs) where PyTorch is installed."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -82,26 +84,45 @@ def _torch_twin(module, torch):
                 return self.body(x) + (self.projection(x) if hasattr(self, "projection") else x)
         proj = _torch_twin(module.projection, torch) if module._has_projection else None
         return Residual(_torch_twin(module.body, torch), proj)
-    if isinstance(module, nn.Conv2d):
-        return tnn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                          module.padding, bias=module.bias is not None)
+    kind = getattr(tnn, type(module).__name__)  # gpucnn's layers carry PyTorch's names
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return kind(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.dilation, module.groups, bias=module.bias is not None)
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return kind(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.output_padding, module.groups, module.bias is not None, module.dilation)
     if isinstance(module, nn.BatchNorm2d):
         return tnn.BatchNorm2d(module.num_features, module.eps, module.momentum)
     if isinstance(module, nn.Linear):
         return tnn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-    if isinstance(module, nn.MaxPool2d):
-        return tnn.MaxPool2d(module.kernel_size, module.stride, module.padding)
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+        return kind(module.kernel_size, module.stride, module.padding, module.dilation)
     if isinstance(module, nn.AvgPool2d):
         return tnn.AvgPool2d(module.kernel_size, module.stride, module.padding, count_include_pad=True)
-    simple = {nn.ReLU: tnn.ReLU, nn.Flatten: tnn.Flatten, nn.Dropout: tnn.Dropout}
-    return simple[type(module)]()
+    if type(module).__name__.startswith("Adaptive"):
+        return kind(module.output_size)
+    return kind()  # ReLU, Flatten, Dropout, ...
 
 
-@pytest.mark.parametrize("name", models.MODELS)
+def _stack_with_new_layers(in_channels, num_classes, image_size):
+    """Every conv feature and the adaptive pools, as a state-dict round trip sees them."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, (2, 3), padding="same", dilation=(2, 1), bias=False), nn.BatchNorm2d(4),
+        nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2),
+        nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=(1, 2)),
+        nn.MaxPool2d(3, stride=1, padding=1, dilation=2), nn.AdaptiveMaxPool2d((3, None)),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, num_classes))
+
+
+BUILDERS = dict({name: functools.partial(models.build, name) for name in models.MODELS},
+                new_layers=_stack_with_new_layers)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
 def test_state_dict_moves_between_gpucnn_and_pytorch(name, tmp_path, rng):
     torch = pytest.importorskip("torch")
     import safetensors.torch
-    ours = _trained_looking(models.build(name, 1, 10, 8), rng).eval()
+    ours = _trained_looking(BUILDERS[name](1, 10, 8), rng).eval()
     twin = _torch_twin(ours, torch).eval()
     x = rng.normal(size=(4, 1, 8, 8)).astype(np.float32)
 
@@ -116,7 +137,7 @@ def test_state_dict_moves_between_gpucnn_and_pytorch(name, tmp_path, rng):
             p.mul_(0.5)
         theirs = twin(torch.from_numpy(x)).numpy()
     safetensors.torch.save_file(twin.state_dict(), tmp_path / "theirs.safetensors")
-    fresh = models.build(name, 1, 10, 8)
+    fresh = BUILDERS[name](1, 10, 8)
     fresh.load_state_dict(gpucnn.load(tmp_path / "theirs.safetensors"), strict=True)
     with no_grad():
         _assert_close(fresh.eval()(x), theirs)

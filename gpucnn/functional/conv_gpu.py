@@ -12,10 +12,19 @@ dtype. Kernel versions: 1 = one thread per output element, straight from the
 formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (forward
 only) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
 (kernels/conv2d_tc.cu: TF32 for precision "high", BF16 for "medium", 3xTF32
-for "highest"; float32 only; compiled and emulated, not yet run on a GPU).
-version=None picks by
+for "highest"; float32 only, no dilation or groups; compiled and emulated,
+not yet run on a GPU). version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
+
+Dilation and groups (issue 16) are kernel arguments of every version: v1
+sums over the group's channels, v2 runs one GEMM per group on grid z (its
+rows the group's K/G filters, or C/G channels for backward-data), so a
+depthwise conv (G = C) has GEMM rows K/G = the channel multiplier and
+version=None sends forward and backward-data to v1, the direct kernel; its
+backward-filter runs conv2d_depthwise_backward_filter_v1 (kernels/
+conv2d_depthwise.cu, one block per filter tap reducing over N*Ho*Wo).
+The dilation/groups paths are compiled and emulated, not yet run on a GPU.
 """
 import functools
 
@@ -28,12 +37,14 @@ from ._gpu_launch import (BLOCK, TILE, TILE_K, as_2d, check_gemm_size, geometry_
 
 FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
+DEPTHWISE_FILE = "conv2d_depthwise.cu"
 TC_FILE = "conv2d_tc.cu"
 VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2), "backward_filter": (1, 2)}
 # Versions that run on tensor cores, with the rows (K) of their block tile:
-# float32 only (float16 arrives as float32); the precision picks the kernel.
-# Compiled and emulated, not yet run on a GPU.
+# float32 only (float16 arrives as float32), no dilation or groups; the
+# precision picks the kernel. Compiled and emulated, not yet run on a GPU.
 TENSOR_CORE = {3: 64, 4: 128}
+SIMT_VERSIONS = {d: tuple(v for v in vs if v not in TENSOR_CORE) for d, vs in VERSIONS.items()}
 TC_TILES = {3: (64, 64, 128), 4: (128, 128, 256)}   # (BM, BN, threads): kernels/conv2d_tc.cu
 _TC_TAGS = {"highest": "3xtf32", "high": "tf32", "medium": "bf16"}
 TC_FORWARD = {v: {p: f"conv2d_forward_{tag}_v{v}" for p, tag in _TC_TAGS.items()} for v in TENSOR_CORE}
@@ -47,6 +58,7 @@ KERNELS = {
     "conv2d_backward_filter_v1": BACKWARD_FILE,
     "conv2d_backward_filter_v2": BACKWARD_FILE,
     "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
+    "conv2d_depthwise_backward_filter_v1": DEPTHWISE_FILE,
     **{name: TC_FILE for names in TC_FORWARD.values() for name in names.values()},
 }
 FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names.values())
@@ -57,33 +69,41 @@ FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names
 SPLIT_TARGET_BLOCKS = 512
 MIN_SPLIT_STEPS = 8
 # Geometry arguments after the three pointers, in kernel order:
-# N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
-_SIG = "ppp" + "i" * 13
+# N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups
+_SIG = "ppp" + "i" * 16
 
 
-def _plan(N, C, H, W, K, R, S, stride, padding):
-    Ho, Wo = output_shape((H, W), (R, S), stride, padding)
-    return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding)
+def _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups):
+    Ho, Wo = output_shape((H, W), (R, S), stride, padding, dilation)
+    return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding) + tuple(dilation) + (groups,)
 
 
-def _select(direction, version, precision, dtype, gemm_rows, shapes, run):
-    """select_version for this module's table (autotune keyed by op and shapes)."""
-    return select_version(VERSIONS, direction, version, gemm_rows=gemm_rows, dtype=dtype,
-                          precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run)
+def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True):
+    """select_version for this module's table (autotune keyed by op and shapes);
+    the tensor-core versions only for a plain conv (no dilation, no groups)."""
+    if not plain and version in TENSOR_CORE:
+        raise ValueError(f"{op}: kernel version {version} (tensor cores) takes no dilation or groups")
+    return select_version(VERSIONS if plain else SIMT_VERSIONS, direction, version, gemm_rows=gemm_rows,
+                          dtype=dtype, precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run)
 
 
-def forward(x, w, stride, padding, version=None, precision="highest"):
-    """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C, R, S) or (K, C, S)."""
+def _plain(dilation, groups):
+    return groups == 1 and all(d == 1 for d in (dilation or ()))
+
+
+def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precision="highest"):
+    """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C/G, R, S) or (K, C/G, S)."""
     op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
-    v = _select("forward", version, precision, x.dtype, w.shape[0],
-                dict(x=x.shape, w=w.shape, s=stride, p=padding),
-                lambda v: forward(x, w, stride, padding, v, precision))
+    v = _select(op, "forward", version, precision, x.dtype, w.shape[0] // groups,
+                dict(x=x.shape, w=w.shape, s=stride, p=padding, d=dilation, g=groups),
+                lambda v: forward(x, w, stride, padding, dilation, groups, v, precision),
+                _plain(dilation, groups))
     nd = x.ndim - 2
-    stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
+    stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
     x4, w4 = as_2d(x), as_2d(w)
     N, C, H, W = x4.shape
     K, _, R, S = w4.shape
-    dims = _plan(N, C, H, W, K, R, S, stride, padding)
+    dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     Ho, Wo = dims[7], dims[8]
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
     if run_if_nonempty(y, x4, w4):
@@ -94,38 +114,42 @@ def forward(x, w, stride, padding, version=None, precision="highest"):
             bm, bn, threads = TC_TILES[v]
             grid = (kernel_loader.grid_1d(N * Ho * Wo, bn)[0], -(-K // bm))
             kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[v][precision], x.dtype)
-            kernel_loader.launch(kernel, grid, (threads,), "pppp" + "i" * 13,
-                                 (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims)
+            kernel_loader.launch(kernel, grid, (threads,), "pppp" + "i" * 13,   # no dilation/groups
+                                 (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims[:13])
             return y if nd == 2 else y.reshape(N, K, Wo)
         if v == 1:
             grid = kernel_loader.grid_1d(y.size, BLOCK)
         else:
-            check_gemm_size(op, K, C * R * S, Ho * Wo)
-            grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-K // TILE))
+            check_gemm_size(op, K // groups, C // groups * R * S, Ho * Wo)
+            check_groups_grid(op, groups)
+            grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-(K // groups) // TILE), groups)
         kernel = kernel_loader.get_typed_kernel(FORWARD_FILE, f"conv2d_forward_v{v}", x.dtype)
         kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (x4, w4, y) + dims)
     return y if nd == 2 else y.reshape(N, K, Wo)
 
 
-def backward_data(dy, w, x_shape, stride, padding, version=None, precision="highest"):
-    """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C, R, S) (or 1-D)."""
+def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, version=None,
+                  precision="highest"):
+    """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C/G, R, S) (or 1-D)."""
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
-    v = _select("backward_data", version, precision, dy.dtype, w.shape[1],
-                dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding),
-                lambda v: backward_data(dy, w, x_shape, stride, padding, v, precision))
+    v = _select(op, "backward_data", version, precision, dy.dtype, w.shape[1],
+                dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding, d=dilation, g=groups),
+                lambda v: backward_data(dy, w, x_shape, stride, padding, dilation, groups, v, precision),
+                _plain(dilation, groups))
     nd = dy.ndim - 2
-    stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
+    stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
     dy4, w4 = as_2d(dy), as_2d(w)
     N, C, H, W = (tuple(x_shape) if nd == 2 else tuple(x_shape[:2]) + (1, x_shape[2]))
     K, _, R, S = w4.shape
-    dims = _plan(N, C, H, W, K, R, S, stride, padding)
+    dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     dx = kernel_loader.alloc_output((N, C, H, W), dy.dtype)
     if run_if_nonempty(dx, dy4, w4):
         if v == 1:
             grid = kernel_loader.grid_1d(dx.size, BLOCK)
         else:
-            check_gemm_size(op, C, K * R * S, H * W)
-            grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-C // TILE))
+            check_gemm_size(op, C // groups, K // groups * R * S, H * W)
+            check_groups_grid(op, groups)
+            grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-(C // groups) // TILE), groups)
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, f"conv2d_backward_data_v{v}", dy.dtype)
         kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (dy4, w4, dx) + dims)
     return dx.reshape(tuple(x_shape))
@@ -141,46 +165,60 @@ def _tap_table(C, H, W, R, S, xp):
     return backend.to_gpu(((c * H * W + r * W + s) << 32) | (r << 16) | s)
 
 
-def filter_split(K, crs, kgemm):
-    """(splits, chunk) of backward_filter_v2: chunk is a multiple of TILE_K,
-    splits = ceil(kgemm / chunk) so that no chunk is empty. Shapes only."""
-    tiles = -(-K // TILE) * -(-crs // TILE)
+def filter_split(K, crs, kgemm, groups=1):
+    """(splits, chunk) of backward_filter_v2 (K, crs per group): chunk is a
+    multiple of TILE_K, splits = ceil(kgemm / chunk) so that no chunk is
+    empty, groups*splits within grid z. Shapes only."""
+    tiles = groups * -(-K // TILE) * -(-crs // TILE)
     steps = -(-kgemm // TILE_K)
     splits = min(-(-SPLIT_TARGET_BLOCKS // tiles), -(-steps // MIN_SPLIT_STEPS),
-                 kernel_loader.MAX_GRID_Y)
+                 kernel_loader.MAX_GRID_Y // groups)
     splits = max(1, splits)
     chunk = -(-steps // splits) * TILE_K
     return -(-kgemm // chunk), chunk
 
 
-def backward_filter(dy, x, w_shape, stride, padding, version=None, precision="highest"):
+def check_groups_grid(op, groups):
+    if groups > kernel_loader.MAX_GRID_Y:
+        raise ValueError(f"{op}: groups={groups} exceed the GPU kernel's grid limit")
+
+
+def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, version=None,
+                    precision="highest"):
     """dw of shape w_shape from dy (N, K, Ho, Wo) and x (N, C, H, W) (or 1-D).
     Deterministic: no atomics, every sum in a fixed order."""
     op = "conv2d_backward_filter" if x.ndim == 4 else "conv1d_backward_filter"
-    v = _select("backward_filter", version, precision, x.dtype, None,
-                dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding),
-                lambda v: backward_filter(dy, x, w_shape, stride, padding, v, precision))
     nd = x.ndim - 2
-    stride, padding = geometry_2d(nd, (stride, 1), (padding, 0))
+    stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
     dy4, x4 = as_2d(dy), as_2d(x)
     N, C, H, W = x4.shape
-    K, _, R, S = (tuple(w_shape) if nd == 2 else tuple(w_shape[:2]) + (1, w_shape[2]))
-    dims = _plan(N, C, H, W, K, R, S, stride, padding)
+    K, Cg, R, S = (tuple(w_shape) if nd == 2 else tuple(w_shape[:2]) + (1, w_shape[2]))
+    dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     Ho, Wo = dims[7], dims[8]
-    dw = kernel_loader.alloc_output((K, C, R, S), x.dtype)
+    dw = kernel_loader.alloc_output((K, Cg, R, S), x.dtype)
     if not run_if_nonempty(dw, dy4, x4):
         return dw.reshape(tuple(w_shape))
+    if version is None and Cg == 1 and groups > 1:     # depthwise: the per-tap reduction kernel
+        kernel = kernel_loader.get_typed_kernel(DEPTHWISE_FILE, "conv2d_depthwise_backward_filter_v1", x.dtype)
+        kernel_loader.launch(kernel, (min(dw.size, kernel_loader.MAX_GRID_Y),), (BLOCK,), _SIG,
+                             (dy4, x4, dw) + dims)
+        return dw.reshape(tuple(w_shape))
+    v = _select(op, "backward_filter", version, precision, x.dtype, None,
+                dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding, d=dilation, g=groups),
+                lambda v: backward_filter(dy, x, w_shape, stride, padding, dilation, groups, v, precision),
+                _plain(dilation, groups))
     if v == 1:
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v1", x.dtype)
         kernel_loader.launch(kernel, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), _SIG,
                              (dy4, x4, dw) + dims)
         return dw.reshape(tuple(w_shape))
-    crs = C * R * S
-    check_gemm_size(op, K, crs, Ho * Wo)
-    splits, chunk = filter_split(K, crs, N * Ho * Wo)
-    out = dw if splits == 1 else kernel_loader.alloc_output((splits, K, C, R, S), x.dtype)
+    crs, Kpg = Cg * R * S, K // groups
+    check_gemm_size(op, Kpg, crs, Ho * Wo)
+    check_groups_grid(op, groups)
+    splits, chunk = filter_split(Kpg, crs, N * Ho * Wo, groups)
+    out = dw if splits == 1 else kernel_loader.alloc_output((splits, K, Cg, R, S), x.dtype)
     kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v2", x.dtype)
-    kernel_loader.launch(kernel, (-(-crs // TILE), -(-K // TILE), splits), (BLOCK,), _SIG + "l",
+    kernel_loader.launch(kernel, (-(-crs // TILE), -(-Kpg // TILE), splits * groups), (BLOCK,), _SIG + "l",
                          (dy4, x4, out) + dims + (chunk,))
     if splits > 1:
         reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", x.dtype)

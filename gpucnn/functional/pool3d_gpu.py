@@ -12,6 +12,7 @@ _gpu_launch; every op has one version so far.
 from .. import kernel_loader
 from ._args import output_shape
 from ._gpu_launch import BLOCK, check_plane, contiguous, resolve_version
+from .adaptive_pool_gpu import adaptive_avg_backward, adaptive_avg_forward, adaptive_max_forward  # noqa: F401
 
 POOL3D_FILE = "pool3d.cu"
 VERSIONS = {"max_forward": (1,), "max_backward": (1,), "avg_forward": (1,), "avg_backward": (1,)}
@@ -29,9 +30,9 @@ KERNELS = {
 _GEOM = "i" * 17
 
 
-def _geometry(x_shape, window, stride, padding):
+def _geometry(x_shape, window, stride, padding, dilation=None):
     """(Do, Ho, Wo) and the kernels' geometry tuple of a 3-D pooling."""
-    out = output_shape(tuple(x_shape[2:]), window, stride, padding)
+    out = output_shape(tuple(x_shape[2:]), window, stride, padding, dilation)
     return out, tuple(x_shape) + out + tuple(window) + tuple(stride) + tuple(padding)
 
 
@@ -43,15 +44,17 @@ def _run(name, version_key, version, out, signature, args):
         kernel_loader.launch(kernel, kernel_loader.grid_1d(out.size, BLOCK), (BLOCK,), signature, args)
 
 
-def max_forward(x, kernel_size, stride, padding, version=None):
-    """(y, argmax int32): max over each window, first maximum / first NaN wins;
-    argmax = d*H*W + h*W + w in the (n, c) volume."""
+def max_forward(x, kernel_size, stride, padding, dilation=None, version=None):
+    """(y, argmax int32): max over each window (taps `dilation` apart), first
+    maximum / first NaN wins; argmax = d*H*W + h*W + w in the (n, c) volume."""
     check_plane("max_pool3d", x.shape)
     x = contiguous(x)
-    out, geom = _geometry(x.shape, kernel_size, stride, padding)
+    dilation = tuple(dilation or (1, 1, 1))
+    out, geom = _geometry(x.shape, kernel_size, stride, padding, dilation)
     y = kernel_loader.alloc_output(x.shape[:2] + out, x.dtype)
     argmax = kernel_loader.alloc_output(x.shape[:2] + out, "int32")
-    _run("max_pool3d_forward", "max_forward", version, y, "ppp" + _GEOM, (x, y, argmax) + geom)
+    _run("max_pool3d_forward", "max_forward", version, y, "ppp" + _GEOM + "iii",
+         (x, y, argmax) + geom + dilation)
     return y, argmax
 
 

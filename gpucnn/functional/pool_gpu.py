@@ -9,6 +9,7 @@ version lookup are shared through _gpu_launch (one .cu build per dtype, -DSCALAR
 from .. import kernel_loader
 from ._args import output_shape
 from ._gpu_launch import BLOCK, as_2d, check_plane, geometry_2d, resolve_version
+from .adaptive_pool_gpu import adaptive_avg_backward, adaptive_avg_forward, adaptive_max_forward  # noqa: F401
 
 POOL_FILE = "pool2d.cu"
 VERSIONS = {"max_forward": (1,), "max_backward": (1,), "avg_forward": (1,), "avg_backward": (1,)}
@@ -26,13 +27,15 @@ KERNELS = {
 _GEOM = "i" * 12
 
 
-def _geometry(x_shape, window, stride, padding):
-    """2-D (N, C, H, W), window, stride, padding and (Ho, Wo) of an nd pooling."""
+def _geometry(x_shape, window, stride, padding, dilation=None):
+    """2-D (N, C, H, W), window, stride, padding and (Ho, Wo) of an nd pooling
+    (dilation, max pooling only, goes to the kernel after these)."""
     nd = len(x_shape) - 2
-    window, stride, padding = geometry_2d(nd, (window, 1), (stride, 1), (padding, 0))
+    window, stride, padding, dilation = geometry_2d(nd, (window, 1), (stride, 1), (padding, 0),
+                                                    (dilation or (1,) * nd, 1))
     shape = tuple(x_shape) if nd == 2 else tuple(x_shape[:2]) + (1, x_shape[2])
-    out = output_shape(shape[2:], window, stride, padding)
-    return shape, out, shape + out + window + stride + padding
+    out = output_shape(shape[2:], window, stride, padding, dilation)
+    return shape, out, shape + out + window + stride + padding, dilation
 
 
 def _y_shape(x_shape, out):
@@ -40,16 +43,17 @@ def _y_shape(x_shape, out):
     return tuple(x_shape[:2]) + (out if len(x_shape) == 4 else out[1:])
 
 
-def max_forward(x, kernel_size, stride, padding, version=None):
-    """(y, argmax int32): max over each window, first maximum / first NaN wins."""
+def max_forward(x, kernel_size, stride, padding, dilation=None, version=None):
+    """(y, argmax int32): max over each window (taps `dilation` apart), first
+    maximum / first NaN wins."""
     v = resolve_version(VERSIONS, "max_forward", version)
     check_plane("max_pool_forward", x.shape)
-    shape, out, geom = _geometry(x.shape, kernel_size, stride, padding)
+    shape, out, geom, dilation = _geometry(x.shape, kernel_size, stride, padding, dilation)
     y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
     argmax = kernel_loader.alloc_output(shape[:2] + out, "int32")
     kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_forward_v{v}", x.dtype)
-    kernel_loader.launch(kernel, kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
-                         (as_2d(x), y, argmax) + geom)
+    kernel_loader.launch(kernel, kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "ppp" + _GEOM + "ii",
+                         (as_2d(x), y, argmax) + geom + tuple(dilation))
     y_shape = _y_shape(x.shape, out)
     return y.reshape(y_shape), argmax.reshape(y_shape)
 
@@ -69,7 +73,7 @@ def max_backward(dy, argmax, x_shape, geometry, version=None):
         kernel_loader.launch(kernel, kernel_loader.grid_1d(N * C, BLOCK), (BLOCK,), "ppp" + "i" * 6,
                              (dy4, argmax4, dx) + shape + dy4.shape[2:])
     else:
-        shape, _, geom = _geometry(x_shape, *geometry)
+        shape, _, geom, _ = _geometry(x_shape, *geometry)
         dx = kernel_loader.alloc_output(shape, dy.dtype)
         kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"max_pool2d_backward_v{v}", dy.dtype)
         kernel_loader.launch(kernel, kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "ppp" + _GEOM,
@@ -80,7 +84,7 @@ def max_backward(dy, argmax, x_shape, geometry, version=None):
 def avg_forward(x, kernel_size, stride, padding, version=None):
     """Window means, zero padding counted in the divisor R*S."""
     v = resolve_version(VERSIONS, "avg_forward", version)
-    shape, out, geom = _geometry(x.shape, kernel_size, stride, padding)
+    shape, out, geom, _ = _geometry(x.shape, kernel_size, stride, padding)
     y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
     kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_forward_v{v}", x.dtype)
     kernel_loader.launch(kernel, kernel_loader.grid_1d(y.size, BLOCK), (BLOCK,), "pp" + _GEOM,
@@ -91,7 +95,7 @@ def avg_forward(x, kernel_size, stride, padding, version=None):
 def avg_backward(dy, x_shape, kernel_size, stride, padding, version=None):
     """dx[h, w] = sum of dy over the windows containing (h, w), / (R*S)."""
     v = resolve_version(VERSIONS, "avg_backward", version)
-    shape, _, geom = _geometry(x_shape, kernel_size, stride, padding)
+    shape, _, geom, _ = _geometry(x_shape, kernel_size, stride, padding)
     dx = kernel_loader.alloc_output(shape, dy.dtype)
     kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_backward_v{v}", dy.dtype)
     kernel_loader.launch(kernel, kernel_loader.grid_1d(dx.size, BLOCK), (BLOCK,), "pp" + _GEOM,

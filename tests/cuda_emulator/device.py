@@ -75,6 +75,11 @@ class FakeCupy:
         return a if isinstance(a, DeviceArray) else _device(np.array(a))
 
     @staticmethod
+    def pad(a, pad_width, constant_values=0):
+        """cupy.pad with a constant (the conv ops' zero extension for 'same'/transposed)."""
+        return _device(np.pad(np.asarray(a).view(np.ndarray), pad_width, constant_values=constant_values))
+
+    @staticmethod
     def asnumpy(a):
         return np.array(a).view(np.ndarray)
 
