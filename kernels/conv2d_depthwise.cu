@@ -41,11 +41,9 @@ extern "C" __global__ void __launch_bounds__(DEPTHWISE_THREADS) conv2d_depthwise
     const idx_t total = (idx_t)K * Cg * R * S;
     const idx_t positions = (idx_t)N * Ho * Wo;
     for (idx_t e = blockIdx.x; e < total; e += gridDim.x) {  // uniform over the block
-        idx_t k = e;
-        const int s = split_last(k, S);
-        const int r = split_last(k, R);
-        const int cl = split_last(k, Cg);   // k is the filter from here on
-        const int c = (int)(k / Kpg) * Cg + cl;  // the input channel
+        const FilterTap f = filter_tap(e, Cg, Kpg, R, S);
+        const idx_t k = f.k;
+        const int c = f.c, r = f.r, s = f.s;
         scalar_t acc = 0;
         for (idx_t q = threadIdx.x; q < positions; q += DEPTHWISE_THREADS) {
             idx_t n = q;
