@@ -20,10 +20,12 @@ forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 Dilation and groups (issue 16) are kernel arguments of every version: v1
 sums over the group's channels, v2 runs one GEMM per group on grid z (its
 rows the group's K/G filters, or C/G channels for backward-data), so a
-depthwise conv (G = C) has GEMM rows K/G = the channel multiplier and
-version=None sends forward and backward-data to v1, the direct kernel; its
-backward-filter runs conv2d_depthwise_backward_filter_v1 (kernels/
-conv2d_depthwise.cu, one block per filter tap reducing over N*Ho*Wo).
+depthwise conv (G = C) with version=None runs kernels/conv2d_depthwise.cu:
+the forward stages each 16x16 output tile's input in shared memory
+(conv2d_depthwise_forward_v1, when it fits; else v1), the backward-filter
+gives each filter tap a block reducing over N*Ho*Wo
+(conv2d_depthwise_backward_filter_v1); the backward-data has GEMM rows
+C/G = 1 and runs v1, the direct kernel.
 The dilation/groups paths are compiled and emulated, not yet run on a GPU.
 """
 import functools
@@ -58,10 +60,18 @@ KERNELS = {
     "conv2d_backward_filter_v1": BACKWARD_FILE,
     "conv2d_backward_filter_v2": BACKWARD_FILE,
     "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
+    "conv2d_depthwise_forward_v1": DEPTHWISE_FILE,
     "conv2d_depthwise_backward_filter_v1": DEPTHWISE_FILE,
     **{name: TC_FILE for names in TC_FORWARD.values() for name in names.values()},
 }
 FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names.values())
+DW_TILE, DW_IN = 16, 48   # conv2d_depthwise.cu's output tile and largest staged input tile
+
+
+def depthwise_forward_fits(R, S, stride, dilation):
+    """The staged input tile of conv2d_depthwise_forward_v1 fits its shared buffer."""
+    return all((DW_TILE - 1) * s + d * (k - 1) + 1 <= DW_IN
+               for k, s, d in zip((R, S), stride, dilation))
 
 # backward_filter_v2 splits Kgemm = N*Ho*Wo into chunks until about this many
 # blocks run, keeping at least MIN_SPLIT_STEPS TILE_K steps per chunk. The
@@ -106,7 +116,14 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
     dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     Ho, Wo = dims[7], dims[8]
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
-    if run_if_nonempty(y, x4, w4):
+    depthwise = (version is None and groups > 1 and C == groups
+                 and depthwise_forward_fits(R, S, stride, dilation))
+    if depthwise and run_if_nonempty(y, x4, w4):
+        tiles = -(-Ho // DW_TILE) * -(-Wo // DW_TILE)
+        kernel = kernel_loader.get_typed_kernel(DEPTHWISE_FILE, "conv2d_depthwise_forward_v1", x.dtype)
+        kernel_loader.launch(kernel, (tiles, min(N * K, kernel_loader.MAX_GRID_Y)), (BLOCK,), _SIG,
+                             (x4, w4, y) + dims)
+    elif run_if_nonempty(y, x4, w4):
         if v in TENSOR_CORE:
             check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
             if max(R, S) >= 1 << 16:
