@@ -19,6 +19,7 @@ import numpy as np
 
 from . import backend, serialization
 from .data.loader import DataLoader
+from .step_metrics import DeviceEpochSums
 from .nn.loss import SoftmaxCrossEntropy, softmax
 from .nn.module import no_grad
 
@@ -42,13 +43,28 @@ def _labels(target):
     return target.argmax(axis=1) if target.ndim == 2 else target
 
 
+SYNC_MODES = ("auto", "step", "deferred")
+
+
 class Trainer:
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, sync="auto", progress_every=8):
         """skip_nonfinite: a batch with a NaN/inf loss is skipped (no backward, no
         step) and counted in `nonfinite_steps`; otherwise it raises
         NonFiniteLossError before the step, so the weights stay those of the
-        last good step."""
+        last good step.
+
+        sync: "step" reads each batch's loss, correct count and label check on
+        the host (a device->host wait per step on the GPU); "deferred" keeps
+        them on the device (gpucnn.step_metrics) and reads them once per epoch,
+        the progress bar from a non-blocking snapshot every `progress_every`
+        steps; a bad label or a NaN loss is raised at the next read, after the
+        steps in between were taken. "auto": deferred on the GPU unless
+        skip_nonfinite (which must decide before each step), step on the CPU.
+        Both modes report identical metrics."""
+        if sync not in SYNC_MODES:
+            raise ValueError(f"Trainer: sync must be one of {SYNC_MODES}, got {sync!r}")
+        self.sync, self.progress_every = sync, int(progress_every)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.skip_nonfinite, self.nonfinite_steps = skip_nonfinite, 0
         self.loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
@@ -85,12 +101,99 @@ class Trainer:
         return (bad if self.reduce_sums is None else self.reduce_sums(bad)[0]) == 0
 
     def _correct(self, logits, yb):
-        return int((logits.argmax(axis=1) == _labels(yb)).sum())
+        return backend.item((logits.argmax(axis=1) == _labels(yb)).sum())
+
+    # ---- deferred mode: no host read inside a step -------------------------
+    def deferred(self):
+        """Whether the next epoch runs in deferred mode (see __init__'s `sync`)."""
+        if self.sync == "deferred" and self.skip_nonfinite:
+            raise ValueError("Trainer: skip_nonfinite decides before each step, so it needs sync='step' "
+                             "(or 'auto'), not 'deferred'")
+        return self.sync == "deferred" or (self.sync == "auto" and self.device == "gpu"
+                                           and not self.skip_nonfinite)
+
+    def _device_loss(self, logits, yb):
+        """(loss 0-d float64 device array, dlogits, labels_ok or None), no host read
+        for the built-in losses; a custom loss_fn returns a float (its own read)."""
+        if hasattr(self.loss_fn, "forward_device"):
+            return self.loss_fn.forward_device(logits, yb)
+        loss, dlogits = self.loss_fn(logits, yb)
+        xp = backend.get_array_module(logits)
+        return xp.asarray(loss, dtype=xp.float64), dlogits, None
+
+    def _account(self, sums, i, xb, yb, logits, loss, labels_ok):
+        sums.add(i, len(xb), loss, (logits.argmax(axis=1) == _labels(yb)).sum(), labels_ok, logits.shape[-1])
+
+    def _read(self, sums, epoch):
+        """The epoch's one blocking read -> (seen, loss_sum, correct), summed over
+        ranks in a data-parallel run (which also agree on a NaN loss anywhere)."""
+        alone = self.reduce_sums is None
+        seen, loss_sum, correct, nonfinite = sums.read(epoch, raise_nonfinite=alone)
+        if alone:
+            return seen, loss_sum, correct
+        seen, loss_sum, correct, bad = self.reduce_sums(seen, loss_sum, correct, int(nonfinite))
+        if bad:
+            raise NonFiniteLossError(epoch, "unknown (deferred mode)", "nan/inf on some rank")
+        return seen, loss_sum, correct
+
+    def _train_epoch_deferred(self, loader, progress):
+        self.model.train()
+        xp = backend.xp_for(self.device)
+        epoch, n_batches = len(self.history) + 1, len(loader)
+        sums = DeviceEpochSums(xp)
+        start = time.perf_counter()
+        if self.full_batch:
+            self.optimizer.zero_grad()
+        if self.monitor is not None:
+            self.monitor.begin_epoch()
+        for i, (xb, yb) in enumerate(loader):
+            xb, yb = self._input(xb), self._move(yb)
+            logits = self.model(xb)
+            loss, dlogits, labels_ok = self._device_loss(logits, yb)
+            if self.full_batch:
+                self.model.backward(dlogits * len(xb))
+            else:
+                self.optimizer.zero_grad()
+                self.model.backward(dlogits)
+                if self.monitor is not None:
+                    self.monitor.before_step()
+                self.optimizer.step()
+            self._account(sums, i, xb, yb, logits, loss, labels_ok)
+            if progress is not None:
+                seen, mean_loss, accuracy = sums.poll(self.progress_every, i, epoch, self.reduce_sums is None)
+                progress(i, n_batches, mean_loss, accuracy, seen / max(time.perf_counter() - start, 1e-12))
+        if self.full_batch and sums.seen:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad /= sums.seen
+            if self.monitor is not None:
+                self.monitor.before_step()
+            self.optimizer.step()
+        seen, loss_sum, correct = self._read(sums, epoch)
+        seconds = time.perf_counter() - start   # after the read: the device has finished the epoch
+        if self.monitor is not None:
+            self.monitor.end_epoch()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                "seconds": seconds, "images_per_second": seen / max(seconds, 1e-12)}
+
+    def _evaluate_deferred(self, loader):
+        sums = DeviceEpochSums(backend.xp_for(self.device), "Trainer.evaluate")
+        for i, (xb, yb) in enumerate(loader):
+            xb, yb = self._input(xb), self._move(yb)
+            logits = self.model(xb)
+            loss, _, labels_ok = self._device_loss(logits, yb)
+            self._account(sums, i, xb, yb, logits, loss, labels_ok)
+        seen, loss_sum, correct = self._read(sums, len(self.history))
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     # ---- epochs ---------------------------------------------------------
     def train_epoch(self, loader, progress=None):
         """One pass over `loader` -> {loss, accuracy, seconds, images_per_second}
         (loss and accuracy averaged over samples, during training)."""
+        if self.deferred():
+            return self._train_epoch_deferred(loader, progress)
         self.model.train()
         n_batches = len(loader)
         seen = correct = 0
@@ -148,6 +251,8 @@ class Trainer:
         loss_sum = 0.0
         try:
             with no_grad():
+                if self.deferred():
+                    return self._evaluate_deferred(loader)
                 for xb, yb in loader:
                     xb, yb = self._input(xb), self._move(yb)
                     logits = self.model(xb)
