@@ -282,3 +282,10 @@ class HostSnapshot:
         if self._done is not None:
             self._done.synchronize()
         return [float(v) for v in self._host]
+
+
+def copy_to_device_async(dst, src):
+    """dst (a device array) <- src (a host array), queued on the current stream:
+    the host does not wait for the device (a pageable source is staged by the
+    driver at once, so src may be overwritten when this returns)."""
+    dst.set(src, stream=current_stream())

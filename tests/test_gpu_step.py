@@ -131,3 +131,78 @@ def test_deferred_mode_with_reduce_sums_and_full_batch():
             assert len(calls) == 4 and len(calls[-1]) == 3
     for key in ("loss", "accuracy"):
         assert out["step"][key] == out["deferred"][key]
+
+
+# ---- per-step scalars in device memory (gpucnn.optim.step_scalars) -------------
+from gpucnn.nn.module import Parameter  # noqa: E402
+
+_OPTIMIZERS = {
+    "sgd_momentum": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+    "sgd_nesterov_wd": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3),
+    "sgd_dampening": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.5, dampening=0.3),
+    "sgd_plain": lambda ps: optim.SGD(ps, lr=0.05),
+    "adam": lambda ps: optim.Adam(ps, lr=3e-3, weight_decay=1e-4),
+    "adamw": lambda ps: optim.AdamW(ps, lr=3e-3),
+}
+
+
+def _params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Parameter(rng.standard_normal(shape).astype(dtype)) for shape in ((4, 3, 3, 3), (4,), (7, 5))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
+def test_capturable_updates_equal_the_eager_ones_bitwise_under_a_schedule(name, dtype):
+    runs = []
+    for capture in (False, True):
+        params = _params(dtype)
+        opt = _OPTIMIZERS[name](params)
+        sched = optim.LinearWarmup(opt, 2, start_factor=0.1, after=optim.StepLR(opt, 2, gamma=0.5))
+        if capture:
+            scalars = optim.capturable(opt)
+            assert scalars.device.dtype == dtype
+        rng = np.random.default_rng(1)
+        for step in range(12):
+            for p in params:
+                p.grad = rng.standard_normal(p.shape).astype(dtype)
+            opt.step()
+            if step % 3 == 2:
+                sched.step()          # the rate changes between steps, as an epoch schedule does
+        runs.append(([p.data.copy() for p in params], opt.state_dict()))
+    (eager, eager_state), (device, device_state) = runs
+    for a, b in zip(eager, device):
+        np.testing.assert_array_equal(a, b)
+    for i, entries in eager_state["state"].items():
+        for key, value in entries.items():
+            np.testing.assert_array_equal(device_state["state"][i][key], value)
+
+
+def test_capturable_reads_the_rate_from_device_memory():
+    """apply() alone, after a fill with another rate, uses the filled values:
+    the update reads the vector, not the group's Python number."""
+    params = _params(np.float32)
+    opt = optim.SGD(params, lr=0.1)
+    scalars = optim.capturable(opt)
+    for p in params:
+        p.grad = np.ones_like(p.data)
+    before = params[0].data.copy()
+    scalars.fill()
+    opt.param_groups[0]["lr"] = 100.0      # not filled: apply must not see it
+    scalars.apply()
+    np.testing.assert_array_equal(params[0].data, before - np.float32(0.1))
+
+
+def test_capturable_refuses_what_it_cannot_replay():
+    with pytest.raises(TypeError, match="RMSprop is not supported"):
+        optim.capturable(optim.RMSprop(_params(np.float32)))
+    with pytest.raises(TypeError, match="amsgrad"):
+        optim.capturable(optim.Adam(_params(np.float32), amsgrad=True))
+    mixed = _params(np.float32) + [Parameter(np.zeros(3))]
+    with pytest.raises(TypeError, match="one dtype"):
+        optim.capturable(optim.SGD(mixed, lr=0.1))
+    params = _params(np.float32)
+    opt = optim.SGD(params, lr=0.1)
+    optim.capturable(opt)
+    with pytest.raises(RuntimeError, match="needs a gradient"):
+        opt.step()
