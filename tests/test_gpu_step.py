@@ -206,3 +206,37 @@ def test_capturable_refuses_what_it_cannot_replay():
     optim.capturable(opt)
     with pytest.raises(RuntimeError, match="needs a gradient"):
         opt.step()
+
+
+def test_capturable_fused_kernels_read_device_scalars_bitwise(monkeypatch):
+    """The GPU branch (fused kernels, emulated on NumPy as in test_fused_emulated):
+    0-d device views as kernel arguments give the eager fused results bitwise."""
+    from test_fused_emulated import EmulatedElementwise
+    from gpucnn import fused_gpu
+    seen_scalars = []
+
+    class Recording(EmulatedElementwise):
+        def __call__(self, *args):
+            seen_scalars.extend(type(a).__name__ for a in args if np.ndim(a) == 0)
+            return super().__call__(*args)
+    monkeypatch.setattr(fused_gpu, "elementwise_kernel", Recording)
+    monkeypatch.setattr(fused_gpu, "applies", lambda *a: len({np.dtype(x.dtype) for x in a}) == 1)
+    for name in ("sgd_momentum", "sgd_nesterov_wd", "adam", "adamw"):
+        runs = []
+        for capture in (False, True):
+            params = _params(np.float32)
+            opt = _OPTIMIZERS[name](params)
+            sched = optim.StepLR(opt, 2, gamma=0.5)
+            if capture:
+                optim.capturable(opt)
+            seen_scalars.clear()
+            rng = np.random.default_rng(2)
+            for step in range(6):
+                for p in params:
+                    p.grad = rng.standard_normal(p.shape).astype(np.float32)
+                opt.step()
+                sched.step()
+            runs.append([p.data.copy() for p in params])
+            assert ("ndarray" in seen_scalars) == capture        # device views only in capturable mode
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
