@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import backend, inference, models, protocol, serialization
+from .. import amp, backend, inference, models, protocol, serialization
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
 from ..train import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
@@ -81,6 +81,10 @@ def add_parser(subparsers):
                         "gradient norms) into the metrics JSON, with warnings (default: off)")
     p.add_argument("--monitor-plot", metavar="FILE.png",
                    help="plot of the --monitor statistics, implies --monitor (default: no plot)")
+    p.add_argument("--precision", choices=amp.PRECISIONS, default="fp32",
+                   help="mixed precision (docs/gpu-step.md): float32 master weights; tf32 convolutions, or "
+                        "bf16/fp16 conv/pool/linear with batch norm and the loss in float32; fp16 adds "
+                        "dynamic loss scaling (default: fp32)")
     train_distributed.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -242,6 +246,7 @@ def run(args):
     trainer = make_trainer_from_args(args, ds, device, schedule=args.schedule, epochs=args.epochs,
                                      warmup=args.warmup)
     trainer.skip_nonfinite = args.skip_nonfinite
+    trainer.set_precision(args.precision)
     train_distributed.wrap_trainer(trainer, job, args)
     start_epoch = 0
     if args.resume:
