@@ -220,7 +220,8 @@ def test_capturable_fused_kernels_read_device_scalars_bitwise(monkeypatch):
             seen_scalars.extend(type(a).__name__ for a in args if np.ndim(a) == 0)
             return super().__call__(*args)
     monkeypatch.setattr(fused_gpu, "elementwise_kernel", Recording)
-    monkeypatch.setattr(fused_gpu, "applies", lambda *a: len({np.dtype(x.dtype) for x in a}) == 1)
+    from gpucnn.optim import step_scalars
+    monkeypatch.setitem(step_scalars._CAPTURABLE, "cpu", fused_gpu)   # the GPU branch, on NumPy
     for name in ("sgd_momentum", "sgd_nesterov_wd", "adam", "adamw"):
         runs = []
         for capture in (False, True):

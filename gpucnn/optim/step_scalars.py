@@ -31,6 +31,14 @@ import numpy as np
 from .. import backend, fused_gpu
 from .optimizers import SGD, Adam, _l2, _zeros_like
 
+# The fused updates that read their scalars from device memory exist on the
+# GPU only (fused_gpu's *_with kernels); the CPU runs the array code below.
+_CAPTURABLE = {"gpu": fused_gpu}
+
+
+def _capturable_kernels(*arrays):
+    return _CAPTURABLE.get(backend.one_device_and_dtype(*arrays))
+
 _NAMES = {SGD: ("lr",), Adam: ("decay", "step_size", "sqrt_bc2")}
 
 
@@ -121,11 +129,12 @@ class StepScalars:
 
     def _sgd(self, p, g, state, group, lr):
         momentum, first = group["momentum"], self._first.get(id(p), False)
-        if momentum and fused_gpu.applies(p.data, g):
+        kernels = _capturable_kernels(p.data, g)
+        if momentum and kernels is not None:
             if first:
                 state["momentum_buffer"] = backend.get_array_module(p.data).empty_like(p.data)
             consts = (p.data.dtype.type(v) for v in (group["weight_decay"], momentum, 1 - group["dampening"]))
-            fused_gpu.sgd_momentum_step_with(p.data, g, state["momentum_buffer"], lr, *consts,
+            kernels.sgd_momentum_step_with(p.data, g, state["momentum_buffer"], lr, *consts,
                                              nesterov=group["nesterov"], first=first)
             return
         g = _l2(p, g, group["weight_decay"])
@@ -144,9 +153,10 @@ class StepScalars:
         (beta1, beta2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
         decoupled = self.optimizer.decoupled_weight_decay
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        if fused_gpu.applies(p.data, g):
+        kernels = _capturable_kernels(p.data, g)
+        if kernels is not None:
             consts = [p.data.dtype.type(c) for c in (0.0 if decoupled else wd, beta1, 1 - beta1, beta2, 1 - beta2, eps)]
-            fused_gpu.adam_step_with(p.data, g, m, v, consts[0], views["decay"], *consts[1:5],
+            kernels.adam_step_with(p.data, g, m, v, consts[0], views["decay"], *consts[1:5],
                                      views["step_size"], views["sqrt_bc2"], consts[5])
             return
         xp = backend.get_array_module(p.data)
