@@ -104,11 +104,6 @@ def resolve_device(device=None):
     return choice
 
 
-def xp_for(device):
-    """The array module for a resolved device name."""
-    return cupy if resolve_device(device) == "gpu" else np
-
-
 def synchronize(xp=None):
     """Wait for the GPU (no-op on NumPy)."""
     if cupy is not None and xp is cupy:

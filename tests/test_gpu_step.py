@@ -6,7 +6,7 @@ import pytest
 
 from gpucnn import backend, nn, optim
 from gpucnn import random as grandom
-from gpucnn.train import ArrayLoader, NonFiniteLossError, Trainer
+from gpucnn.trainer import array_loader, NonFiniteLossError, Trainer
 
 
 def _data(n=48, seed=0):
@@ -52,7 +52,7 @@ def test_deferred_mode_reports_the_per_step_metrics_bitwise():
     results = {}
     for sync in ("step", "deferred"):
         trainer = _trainer(sync)
-        records = trainer.fit(ArrayLoader(x, y, batch_size=10, seed=0), ArrayLoader(x, y, 16, shuffle=False),
+        records = trainer.fit(array_loader(x, y, batch_size=10, seed=0), array_loader(x, y, 16, shuffle=False),
                               epochs=2)
         results[sync] = ([(r["train_loss"], r["train_accuracy"], r["val_loss"], r["val_accuracy"])
                           for r in records], trainer.model.state_dict())
@@ -63,12 +63,12 @@ def test_deferred_mode_reports_the_per_step_metrics_bitwise():
 
 def test_deferred_mode_has_no_blocking_read_per_step(monkeypatch):
     x, y = _data()
-    steps = len(ArrayLoader(x, y, batch_size=6))            # 8 batches
+    steps = len(array_loader(x, y, batch_size=6))            # 8 batches
     bar = []
     for sync, per_step_reads in (("step", True), ("deferred", False)):
         trainer = _trainer(sync, progress_every=4)
         counter = _ReadCounter(monkeypatch)
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, seed=0),
+        trainer.train_epoch(array_loader(x, y, batch_size=6, seed=0),
                             progress=lambda *a: bar.append(a) if sync == "deferred" else None)
         if per_step_reads:   # the counter sees the per-step mode's reads: loss and correct count
             assert counter.reads >= 2 * steps
@@ -87,14 +87,14 @@ def test_a_bad_label_is_raised_at_the_next_read_naming_the_batch():
     y[25] = 10                                                 # batch 3 of 6-sample batches (unshuffled)
     trainer = _trainer("deferred", progress_every=100)
     with pytest.raises(ValueError, match=r"batch 5 of epoch 1 has class indices outside \[0, 10\)"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, shuffle=False))
+        trainer.train_epoch(array_loader(x, y, batch_size=6, shuffle=False))
     with pytest.raises(ValueError, match=r"batch 2 .* outside \[0, 10\)"):
-        trainer.evaluate(ArrayLoader(x, y, batch_size=16, shuffle=False))
+        trainer.evaluate(array_loader(x, y, batch_size=16, shuffle=False))
     # with a progress snapshot every 2 steps it surfaces before the epoch ends
     seen = []
     trainer = _trainer("deferred", progress_every=2)
     with pytest.raises(ValueError, match="batch 5 of epoch 1"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, shuffle=False), progress=lambda i, *a: seen.append(i))
+        trainer.train_epoch(array_loader(x, y, batch_size=6, shuffle=False), progress=lambda i, *a: seen.append(i))
     assert len(seen) < 8
 
 
@@ -104,7 +104,7 @@ def test_a_nan_loss_is_raised_at_the_next_read():
     x[13] = np.nan                                             # batch 3
     trainer = _trainer("deferred")
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 3"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, shuffle=False))
+        trainer.train_epoch(array_loader(x, y, batch_size=6, shuffle=False))
 
 
 def test_sync_mode_choice():
@@ -124,7 +124,7 @@ def test_deferred_mode_with_reduce_sums_and_full_batch():
         trainer = _trainer(sync, full_batch=True)
         calls = []
         trainer.reduce_sums = lambda *s: calls.append(s) or s  # a one-process "all-reduce"
-        out[sync] = trainer.train_epoch(ArrayLoader(x, y, batch_size=16, shuffle=False))
+        out[sync] = trainer.train_epoch(array_loader(x, y, batch_size=16, shuffle=False))
         if sync == "deferred":   # one collective per epoch: the sums and the NaN flag
             assert len(calls) == 1 and len(calls[0]) == 4 and calls[0][3] == 0
         else:                    # a finiteness vote per step, then the sums
