@@ -104,11 +104,6 @@ def resolve_device(device=None):
     return choice
 
 
-def xp_for(device):
-    """The array module for a resolved device name."""
-    return cupy if resolve_device(device) == "gpu" else np
-
-
 def synchronize(xp=None):
     """Wait for the GPU (no-op on NumPy)."""
     if cupy is not None and xp is cupy:
@@ -234,3 +229,58 @@ def new_stream():
 
 def current_stream():
     return cupy.cuda.get_current_stream()
+
+
+# ---- reading device values back (the only blocking device->host reads of a training step) ----
+def item(a):
+    """A 0-d (or one-element) array as a Python number: a blocking device->host
+    read on the GPU. The Trainer's per-step code never calls it in deferred mode
+    (tests count the calls of this function and of to_cpu)."""
+    return a.item() if hasattr(a, "item") else a
+
+
+class HostSnapshot:
+    """A non-blocking copy of a few 0-d device values to the host.
+
+    On the GPU the values are packed into one float64 vector on the compute
+    stream (so they are the values as of this point of the step sequence), and
+    that vector is copied into page-locked host memory on a separate stream,
+    which first waits for an event recorded after the pack: the compute stream
+    never waits for the copy. ready() polls the copy's event; values() returns
+    the host vector (waiting only if the copy is still in flight). On the CPU the
+    copy is immediate. Written for CuPy, compiled and emulated, not yet run on a GPU.
+    """
+    _stream = None
+
+    def __init__(self, arrays):
+        xp = get_array_module(*arrays)
+        packed = xp.stack([xp.asarray(a).astype(xp.float64).reshape(()) for a in arrays])
+        if xp is np:
+            self._host, self._done = packed, None
+            return
+        if HostSnapshot._stream is None:
+            HostSnapshot._stream = new_stream()
+        packed_ready = cupy.cuda.Event()
+        packed_ready.record(current_stream())
+        stream = HostSnapshot._stream
+        stream.wait_event(packed_ready)
+        self._host = pinned_empty(packed.shape, np.float64)
+        packed.get(out=self._host, stream=stream, blocking=False)
+        self._packed = packed                       # alive until the copy is done
+        self._done = cupy.cuda.Event()
+        self._done.record(stream)
+
+    def ready(self):
+        return self._done is None or self._done.query()
+
+    def values(self):
+        if self._done is not None:
+            self._done.synchronize()
+        return [float(v) for v in self._host]
+
+
+def copy_to_device_async(dst, src):
+    """dst (a device array) <- src (a host array), queued on the current stream:
+    the host does not wait for the device (a pageable source is staged by the
+    driver at once, so src may be overwritten when this returns)."""
+    dst.set(src, stream=current_stream())

@@ -52,16 +52,30 @@ def adam_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     """Adam (decoupled=False) or AdamW step t (from 1), without amsgrad."""
     bias_correction1, bias_correction2 = 1 - beta1 ** t, 1 - beta2 ** t
     wd, decay = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-    consts = _scalars(p.dtype, wd, decay, beta1, 1 - beta1, beta2, 1 - beta2,
-                      lr / bias_correction1, np.sqrt(bias_correction2), eps)
-    elementwise_kernel("gpucnn_adam", *_ADAM)(g, *consts, p, m, v)
+    adam_step_with(p, g, m, v, *_scalars(p.dtype, wd, decay, beta1, 1 - beta1, beta2, 1 - beta2,
+                                         lr / bias_correction1, np.sqrt(bias_correction2), eps))
+
+
+def adam_step_with(p, g, m, v, wd, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                   sqrt_bc2, eps):
+    """The Adam kernel with its constants given: scalars of p's dtype, or 0-d
+    arrays of it in device memory (gpucnn.optim.step_scalars: a CUDA graph
+    replays the launch and reads this step's values there)."""
+    elementwise_kernel("gpucnn_adam", *_ADAM)(g, wd, decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                                              step_size, sqrt_bc2, eps, p, m, v)
 
 
 def sgd_momentum_step(p, g, b, *, lr, weight_decay, momentum, dampening, nesterov, first):
     """SGD with momentum; `first` makes b <- g (torch's first step)."""
-    consts = _scalars(p.dtype, lr, weight_decay, momentum, 1 - dampening)
+    consts = _scalars(p.dtype, weight_decay, momentum, 1 - dampening)
+    sgd_momentum_step_with(p, g, b, p.dtype.type(lr), *consts, nesterov=nesterov, first=first)
+
+
+def sgd_momentum_step_with(p, g, b, lr, wd, momentum, one_minus_dampening, *, nesterov, first):
+    """The SGD-momentum kernel with lr a scalar of p's dtype or a 0-d array of it
+    in device memory (see adam_step_with)."""
     elementwise_kernel("gpucnn_sgd_momentum", *_SGD_MOMENTUM)(
-        g, *consts, np.int32(first), np.int32(nesterov), p, b)
+        g, lr, wd, momentum, one_minus_dampening, np.int32(first), np.int32(nesterov), p, b)
 
 
 # ---- batch norm ---------------------------------------------------------------

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from gpucnn import cli, lr_finder, monitor, nn, optim, protocol, sanity
-from gpucnn import random as gpucnn_random
+from gpucnn import cli, lr_finder, monitor, nn, optim, recipes, sanity
+from gpucnn import random as grandom
 from gpucnn.data import load_dataset
 from gpucnn.nn.module import _forward_hooks, forward_hook
-from gpucnn.train import ArrayLoader, Trainer
+from gpucnn.trainer import array_loader, Trainer
 
 pytest.importorskip("sklearn")
 
@@ -22,7 +22,7 @@ DIGITS = ["--dataset", "digits", "--subset", "400", "--model", "lenet5", "--devi
 @pytest.fixture(scope="module")
 def digits():
     ds = load_dataset("digits")
-    return protocol.prepare_data(ds, 0.0, 400, 0)
+    return recipes.prepare_data(ds, 0.0, 400, 0)
 
 
 class Scale(nn.Module):
@@ -40,7 +40,7 @@ class Scale(nn.Module):
 
 
 def small_net(broken=False, seed=0, dropout=0.0):
-    gpucnn_random.manual_seed(seed)
+    grandom.manual_seed(seed)
     layers = [nn.Conv2d(1, 4, 3, padding=1), Scale(broken), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
               nn.Linear(64, 32), nn.ReLU()]
     if dropout:
@@ -125,22 +125,23 @@ def test_preprocessing_check(digits):
     assert not scaled.passed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--tiny", "1000"], "--tiny 1000 exceeds the 400 training images"),
-    (["--overfit-steps", "0"], "--overfit-steps must be >= 1"),
-])
-def test_check_user_mistakes(argv, message, capsys):
-    assert cli.main(["check", *DIGITS, "--val-split", "0", *argv]) == 2
+def test_check_user_mistakes(capsys):
+    assert cli.main(["check", *DIGITS, "--val-split", "0", "--tiny", "1000"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gpucnn check: error: ") and message in err and "\n" not in err
+    assert err.startswith("gpucnn check: error: ") and "\n" not in err
+    assert "--tiny 1000 exceeds the 400 training images" in err
+    for argv in (["--overfit-steps", "0"], ["--init-tolerance", "1"], ["--lr", "0"]):
+        with pytest.raises(SystemExit) as exc:  # refused by argparse, before anything runs
+            cli.main(["check", *DIGITS, *argv])
+        assert exc.value.code == 2
+        assert f"argument {argv[0]}: must be" in capsys.readouterr().err
 
 
 # ---- gpucnn lr-find ---------------------------------------------------------------
 def _adam_trainer(x, y):
     net = small_net(dropout=0.3)
     trainer = Trainer(net, optim.Adam(net.parameters(), lr=1e-3))
-    trainer.train_epoch(ArrayLoader(x, y, 64, seed=0))  # the optimizer now has state
+    trainer.train_epoch(array_loader(x, y, 64, seed=0))  # the optimizer now has state
     return trainer
 
 
@@ -149,8 +150,8 @@ def test_lr_find_sweeps_stops_on_divergence_and_restores_everything(digits):
     trainer = _adam_trainer(x, y)
     model_before = trainer.model.state_dict()
     opt_before = copy.deepcopy(trainer.optimizer.state_dict())
-    rng_before = gpucnn_random.get_state()
-    result = lr_finder.lr_find(trainer, ArrayLoader(x, y, 32, seed=1), 1e-5, 100.0, steps=80)
+    rng_before = grandom.get_state()
+    result = lr_finder.lr_find(trainer, array_loader(x, y, 32, seed=1), 1e-5, 100.0, steps=80)
     lrs = np.array(result.lrs)
     ratio = (100.0 / 1e-5) ** (1 / 79)
     np.testing.assert_allclose(lrs[1:] / lrs[:-1], ratio, rtol=1e-12)
@@ -167,7 +168,7 @@ def test_lr_find_sweeps_stops_on_divergence_and_restores_everything(digits):
     for i, state in opt_before["state"].items():
         for key, value in state.items():
             assert np.array_equal(opt_after["state"][i][key], value)
-    assert gpucnn_random.get_state() == rng_before
+    assert grandom.get_state() == rng_before
     assert all(p.grad is None for p in trainer.model.parameters())
 
 
@@ -195,7 +196,7 @@ def test_monitor_statistics_match_a_direct_computation(digits):
     reference = copy.deepcopy(net)
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
     trainer.monitor = monitor.TrainingMonitor(net)
-    trainer.train_epoch(ArrayLoader(x, y, 48, shuffle=False))  # one step: the last step is the only one
+    trainer.train_epoch(array_loader(x, y, 48, shuffle=False))  # one step: the last step is the only one
     record = trainer.monitor.history[-1]
     assert not _forward_hooks  # the hook lives only during the epoch
 
@@ -222,7 +223,7 @@ def test_monitor_statistics_match_a_direct_computation(digits):
         assert stats["update_ratio"] == pytest.approx(float(ratio), rel=1e-4)
 
     n_before = len(trainer.monitor.history)
-    trainer.evaluate(ArrayLoader(x, y, 48, shuffle=False))  # eval forwards are not recorded
+    trainer.evaluate(array_loader(x, y, 48, shuffle=False))  # eval forwards are not recorded
     assert len(trainer.monitor.history) == n_before and not _forward_hooks
 
 
@@ -232,7 +233,7 @@ def test_monitor_warns_on_dead_relus_and_large_updates(digits):
     net[5].bias.data[:] = -100.0  # the Linear before the second ReLU: every output negative
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=5.0))
     trainer.monitor = monitor.TrainingMonitor(net)
-    trainer.train_epoch(ArrayLoader(x, y, 32, seed=0))
+    trainer.train_epoch(array_loader(x, y, 32, seed=0))
     lines = monitor.warnings(trainer.monitor.history[-1])
     assert any(line.startswith("ReLU 6 outputs zero for 100.0%") for line in lines)
     # nothing flows back through the dead ReLUs: the layers below them do not move
@@ -241,7 +242,7 @@ def test_monitor_warns_on_dead_relus_and_large_updates(digits):
     net = small_net()
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=5.0))
     trainer.monitor = monitor.TrainingMonitor(net)
-    trainer.train_epoch(ArrayLoader(x, y, 32, seed=0))
+    trainer.train_epoch(array_loader(x, y, 32, seed=0))
     lines = monitor.warnings(trainer.monitor.history[-1])
     assert any("update/weight ratio of 0.weight" in line and "lr too large" in line for line in lines)
     healthy = Trainer(small_net(), optim.Adam(small_net().parameters(), lr=1e-3))
@@ -258,10 +259,34 @@ def test_train_monitor_writes_json_plot_and_warnings(tmp_path, capsys):
     m = json.loads(metrics.read_text())
     assert [r["epoch"] for r in m["monitor"]] == [1, 2]
     first = m["monitor"][0]
-    assert set(first["parameters"]) == {name for name, _ in protocol.make_trainer(
+    assert set(first["parameters"]) == {name for name, _ in recipes.make_trainer(
         "lenet5", (1, 8, 8), 10).model.named_parameters()}
     assert {s["type"] for s in first["activations"].values()} >= {"Conv2d", "ReLU", "MaxPool2d", "Linear"}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "warning: update/weight ratio" in capsys.readouterr().out  # lr 3 with plain SGD is far too large
     rc = cli.main(["train", *DIGITS, "--epochs", "1", "--no-progress", "--metrics-out", str(metrics)])
     assert rc == 0 and "monitor" not in json.loads(metrics.read_text())
+
+
+def test_monitor_keeps_statistics_as_arrays_until_the_epoch_ends(digits, monkeypatch):
+    """The GPU promise, checked on the CPU path: no host copy (backend.to_cpu)
+    and no Python number among the statistics until end_epoch."""
+    from gpucnn import backend
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    net = small_net()
+    trainer = Trainer(net, optim.Adam(net.parameters(), lr=1e-3))
+    watch = trainer.monitor = monitor.TrainingMonitor(net)
+    copies = []
+    real_to_cpu = backend.to_cpu
+    monkeypatch.setattr(backend, "to_cpu", lambda a: copies.append(a) or real_to_cpu(a))
+    real_end = watch.end_epoch
+
+    def end_epoch():
+        assert copies == []  # nothing went to the host during the steps
+        values = [v for sums, squares, _, zeros in watch._acts.values() for v in sums + squares + zeros]
+        values += [v for norms in watch._grads.values() for v in norms]
+        assert values and all(isinstance(v, (np.ndarray, np.generic)) for v in values)
+        return real_end()
+    monkeypatch.setattr(watch, "end_epoch", end_epoch)
+    trainer.train_epoch(array_loader(x, y, 16, shuffle=False))
+    assert copies and len(watch.history) == 1

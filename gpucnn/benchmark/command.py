@@ -17,8 +17,9 @@ from ..commands.errors import CommandError, positive_int
 from ..models import DEFAULT_MODEL, MODELS
 from . import report, sweep
 from .env import cpu_threads, import_torch
+from .ops import OPS
 from .profile_step import profile_text, profile_step
-from .runner import OPS, Runner
+from .runner import Runner
 from .schema import validate
 from .suites import SUITES, get_suite
 

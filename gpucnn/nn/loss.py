@@ -25,8 +25,10 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
-    def target_distribution(self, logits, target):
-        """q (N, C) of the logits' dtype/device, label smoothing applied."""
+    def target_distribution(self, logits, target, check_range=True):
+        """q (N, C) of the logits' dtype/device, label smoothing applied.
+        check_range=False skips the class-index range check (a host read of the
+        labels' min/max); forward_device reports the range on the device instead."""
         xp = backend.get_array_module(logits)
         n, c = logits.shape
         if backend.is_gpu_array(logits) and not backend.is_gpu_array(target):
@@ -35,7 +37,7 @@ class SoftmaxCrossEntropy:
         if target.ndim == 1 and target.dtype.kind in "iu":
             if target.shape[0] != n:
                 raise ValueError(f"SoftmaxCrossEntropy: {target.shape[0]} class indices for logits {(n, c)}")
-            if target.size and (int(target.min()) < 0 or int(target.max()) >= c):
+            if check_range and target.size and (int(target.min()) < 0 or int(target.max()) >= c):
                 raise ValueError(f"SoftmaxCrossEntropy: class indices must be in [0, {c}), got "
                                  f"min {int(target.min())}, max {int(target.max())}")
             q = (xp.arange(c) == target[:, None]).astype(logits.dtype)
@@ -51,28 +53,46 @@ class SoftmaxCrossEntropy:
         return q
 
     def __call__(self, logits, target):
+        loss, dlogits, _ = self.forward_device(logits, target, check_range=True)
+        return backend.item(loss), dlogits
+
+    def forward_device(self, logits, target, check_range=False):
+        """(loss, dlogits, labels_ok) without reading anything back to the host:
+        loss a 0-d float64 array on the logits' device (the same value __call__
+        returns as a float), labels_ok a 0-d bool array saying whether every
+        class index lies in [0, C) (None for soft labels). check_range=True
+        checks the range on the host instead (a ValueError, as __call__ does)."""
         if logits.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy: logits must be (N, C), got {tuple(logits.shape)}")
         xp = backend.get_array_module(logits)
-        n = logits.shape[0]
-        q = self.target_distribution(logits, target)
+        n, c = logits.shape
+        q = self.target_distribution(logits, target, check_range=check_range)
+        labels_ok = None
+        if not check_range and target.ndim == 1:
+            target = xp.asarray(target) if not backend.is_gpu_array(logits) else backend.to_gpu(target)
+            labels_ok = (target.min() >= 0) & (target.max() < c) if target.size else xp.asarray(True)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        loss = -float((q * log_p).sum()) / n
+        loss = -(q * log_p).sum().astype(xp.float64) / n   # = -float(sum) / n, on the device
         dlogits = (xp.exp(log_p) * q.sum(axis=1, keepdims=True) - q) / n
-        return loss, dlogits.astype(logits.dtype, copy=False)
+        return loss, dlogits.astype(logits.dtype, copy=False), labels_ok
 
 
 class MSELoss:
     def __call__(self, output, target):
+        loss, dout, _ = self.forward_device(output, target)
+        return backend.item(loss), dout
+
+    def forward_device(self, output, target, check_range=False):
+        """(loss as a 0-d float64 array on the output's device, dL/dy, None)."""
         if backend.is_gpu_array(output) and not backend.is_gpu_array(target):
             target = backend.to_gpu(target)
         target = backend.get_array_module(output).asarray(target)
         if tuple(output.shape) != tuple(target.shape):
             raise ValueError(f"MSELoss: output {tuple(output.shape)} and target {tuple(target.shape)} differ")
         diff = output - target.astype(output.dtype, copy=False)
-        loss = 0.5 * float((diff * diff).sum()) / diff.size
-        return loss, diff / diff.size
+        loss = 0.5 * (diff * diff).sum().astype(backend.get_array_module(output).float64) / diff.size
+        return loss, diff / diff.size, None
 
 
 def softmax(logits, axis=-1):

@@ -2,6 +2,7 @@
 from . import lr_scheduler
 from .lr_scheduler import CosineAnnealingLR, LinearLR, LinearWarmup, LRScheduler, StepLR
 from .optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .step_scalars import capturable
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearLR",
-           "LinearWarmup", "Optimizer", "RMSprop", "StepLR", "lr_scheduler"]
+           "LinearWarmup", "Optimizer", "RMSprop", "StepLR", "capturable", "lr_scheduler"]

@@ -114,7 +114,11 @@ class Optimizer:
                 state[key] = backend.to_gpu(value) if on_gpu else backend.to_cpu(value)
         return state
 
+    step_scalars = None  # gpucnn.optim.step_scalars.capturable() sets it: per-step scalars in device memory
+
     def step(self):
+        if self.step_scalars is not None:
+            return self.step_scalars.step()
         for group in self.param_groups:
             fusable = self._fusable(group)
             for p in group["params"]:

@@ -17,13 +17,14 @@ import time
 
 import numpy as np
 
-from . import backend, serialization
+from . import amp, backend, serialization
 from .data.loader import DataLoader
+from .step_metrics import DeviceEpochSums
 from .nn.loss import SoftmaxCrossEntropy, softmax
 from .nn.module import no_grad
 
 
-def ArrayLoader(x, y, batch_size=64, shuffle=True, seed=None):
+def array_loader(x, y, batch_size=64, shuffle=True, seed=None):
     """The course's plain mini-batch loop: a DataLoader over in-memory arrays
     without prefetch (batches drawn without replacement each epoch)."""
     return DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed, prefetch=0)
@@ -42,13 +43,32 @@ def _labels(target):
     return target.argmax(axis=1) if target.ndim == 2 else target
 
 
+SYNC_MODES = ("auto", "step", "deferred")
+
+
 class Trainer:
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, sync="auto", progress_every=8, precision="fp32"):
         """skip_nonfinite: a batch with a NaN/inf loss is skipped (no backward, no
         step) and counted in `nonfinite_steps`; otherwise it raises
         NonFiniteLossError before the step, so the weights stay those of the
-        last good step."""
+        last good step.
+
+        sync: "step" reads each batch's loss, correct count and label check on
+        the host (a device->host wait per step on the GPU); "deferred" keeps
+        them on the device (gpucnn.step_metrics) and reads them once per epoch,
+        the progress bar from a non-blocking snapshot every `progress_every`
+        steps; a bad label or a NaN loss is raised at the next read, after the
+        steps in between were taken. "auto": deferred on the GPU unless
+        skip_nonfinite (which must decide before each step), step on the CPU.
+        Both modes report identical metrics.
+
+        precision: "fp32", "tf32", "bf16" or "fp16" (gpucnn.amp: float32 master
+        weights, low-precision conv/pool/linear, batch norm and the loss in
+        float32; fp16 adds a GradScaler, `self.scaler`)."""
+        if sync not in SYNC_MODES:
+            raise ValueError(f"Trainer: sync must be one of {SYNC_MODES}, got {sync!r}")
+        self.sync, self.progress_every = sync, int(progress_every)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.skip_nonfinite, self.nonfinite_steps = skip_nonfinite, 0
         self.loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
@@ -63,6 +83,29 @@ class Trainer:
             model.to_gpu()
         else:
             model.to_cpu()
+        self.amp = None
+        self.set_precision(precision)
+
+    def set_precision(self, precision):
+        """Install the mixed-precision policy (gpucnn.amp) on the model."""
+        if self.amp is not None:
+            self.amp.remove()
+        self.precision = amp.check(precision)
+        self.amp = amp.autocast(self.model, precision) if precision != "fp32" else None
+        self.scaler = amp.GradScaler(enabled=precision == "fp16")
+
+    def _logits(self, xb):
+        """The model's output, in float32 whatever the policy computed it in."""
+        logits = self.model(xb)
+        return logits if self.amp is None else logits.astype(np.float32, copy=False)
+
+    def _optimizer_step(self):
+        """optimizer.step(), through the GradScaler in fp16 (skipped on inf/NaN gradients)."""
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
 
     # ---- batches --------------------------------------------------------
     def _move(self, a):
@@ -85,12 +128,99 @@ class Trainer:
         return (bad if self.reduce_sums is None else self.reduce_sums(bad)[0]) == 0
 
     def _correct(self, logits, yb):
-        return int((logits.argmax(axis=1) == _labels(yb)).sum())
+        return backend.item((logits.argmax(axis=1) == _labels(yb)).sum())
+
+    # ---- deferred mode: no host read inside a step -------------------------
+    def deferred(self):
+        """Whether the next epoch runs in deferred mode (see __init__'s `sync`)."""
+        if self.sync == "deferred" and self.skip_nonfinite:
+            raise ValueError("Trainer: skip_nonfinite decides before each step, so it needs sync='step' "
+                             "(or 'auto'), not 'deferred'")
+        return self.sync == "deferred" or (self.sync == "auto" and self.device == "gpu"
+                                           and not self.skip_nonfinite)
+
+    def _device_loss(self, logits, yb):
+        """(loss 0-d float64 device array, dlogits, labels_ok or None), no host read
+        for the built-in losses; a custom loss_fn returns a float (its own read)."""
+        if hasattr(self.loss_fn, "forward_device"):
+            return self.loss_fn.forward_device(logits, yb)
+        loss, dlogits = self.loss_fn(logits, yb)
+        xp = backend.get_array_module(logits)
+        return xp.asarray(loss, dtype=xp.float64), dlogits, None
+
+    def _account(self, sums, i, xb, yb, logits, loss, labels_ok):
+        sums.add(i, len(xb), loss, (logits.argmax(axis=1) == _labels(yb)).sum(), labels_ok, logits.shape[-1])
+
+    def _read(self, sums, epoch):
+        """The epoch's one blocking read -> (seen, loss_sum, correct), summed over
+        ranks in a data-parallel run (which also agree on a NaN loss anywhere)."""
+        alone = self.reduce_sums is None
+        seen, loss_sum, correct, nonfinite = sums.read(epoch, raise_nonfinite=alone)
+        if alone:
+            return seen, loss_sum, correct
+        seen, loss_sum, correct, bad = self.reduce_sums(seen, loss_sum, correct, int(nonfinite))
+        if bad:
+            raise NonFiniteLossError(epoch, "unknown (deferred mode)", "nan/inf on some rank")
+        return seen, loss_sum, correct
+
+    def _train_epoch_deferred(self, loader, progress):
+        self.model.train()
+        xp = backend.xp_for(self.device)
+        epoch, n_batches = len(self.history) + 1, len(loader)
+        sums = DeviceEpochSums(xp)
+        start = time.perf_counter()
+        if self.full_batch:
+            self.optimizer.zero_grad()
+        if self.monitor is not None:
+            self.monitor.begin_epoch()
+        for i, (xb, yb) in enumerate(loader):
+            xb, yb = self._input(xb), self._move(yb)
+            logits = self._logits(xb)
+            loss, dlogits, labels_ok = self._device_loss(logits, yb)
+            if self.full_batch:
+                self.model.backward(self.scaler.scale(dlogits * len(xb)))
+            else:
+                self.optimizer.zero_grad()
+                self.model.backward(self.scaler.scale(dlogits))
+                if self.monitor is not None:
+                    self.monitor.before_step()
+                self._optimizer_step()
+            self._account(sums, i, xb, yb, logits, loss, labels_ok)
+            if progress is not None:
+                seen, mean_loss, accuracy = sums.poll(self.progress_every, i, epoch, self.reduce_sums is None)
+                progress(i, n_batches, mean_loss, accuracy, seen / max(time.perf_counter() - start, 1e-12))
+        if self.full_batch and sums.seen:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad /= sums.seen
+            if self.monitor is not None:
+                self.monitor.before_step()
+            self._optimizer_step()
+        seen, loss_sum, correct = self._read(sums, epoch)
+        seconds = time.perf_counter() - start   # after the read: the device has finished the epoch
+        if self.monitor is not None:
+            self.monitor.end_epoch()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                "seconds": seconds, "images_per_second": seen / max(seconds, 1e-12)}
+
+    def _evaluate_deferred(self, loader):
+        sums = DeviceEpochSums(backend.xp_for(self.device), "Trainer.evaluate")
+        for i, (xb, yb) in enumerate(loader):
+            xb, yb = self._input(xb), self._move(yb)
+            logits = self._logits(xb)
+            loss, _, labels_ok = self._device_loss(logits, yb)
+            self._account(sums, i, xb, yb, logits, loss, labels_ok)
+        seen, loss_sum, correct = self._read(sums, len(self.history))
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     # ---- epochs ---------------------------------------------------------
     def train_epoch(self, loader, progress=None):
         """One pass over `loader` -> {loss, accuracy, seconds, images_per_second}
         (loss and accuracy averaged over samples, during training)."""
+        if self.deferred():
+            return self._train_epoch_deferred(loader, progress)
         self.model.train()
         n_batches = len(loader)
         seen = correct = 0
@@ -103,7 +233,7 @@ class Trainer:
         for i, (xb, yb) in enumerate(loader):
             xb, yb = self._input(xb), self._move(yb)
             n = len(xb)
-            logits = self.model(xb)
+            logits = self._logits(xb)
             loss, dlogits = self.loss_fn(logits, yb)
             if not self._all_finite(loss):
                 if not self.skip_nonfinite:
@@ -111,13 +241,13 @@ class Trainer:
                 self.nonfinite_steps += 1
                 continue
             if self.full_batch:
-                self.model.backward(dlogits * n)  # summed over samples; divided by the total below
+                self.model.backward(self.scaler.scale(dlogits * n))  # summed over samples; divided below
             else:
                 self.optimizer.zero_grad()
-                self.model.backward(dlogits)
+                self.model.backward(self.scaler.scale(dlogits))
                 if self.monitor is not None:
                     self.monitor.before_step()
-                self.optimizer.step()
+                self._optimizer_step()
             seen += n
             loss_sum += loss * n
             correct += self._correct(logits, yb)
@@ -130,7 +260,7 @@ class Trainer:
                     p.grad /= seen
             if self.monitor is not None:
                 self.monitor.before_step()
-            self.optimizer.step()
+            self._optimizer_step()
         seconds = time.perf_counter() - start
         seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         if self.monitor is not None:
@@ -148,9 +278,11 @@ class Trainer:
         loss_sum = 0.0
         try:
             with no_grad():
+                if self.deferred():
+                    return self._evaluate_deferred(loader)
                 for xb, yb in loader:
                     xb, yb = self._input(xb), self._move(yb)
-                    logits = self.model(xb)
+                    logits = self._logits(xb)
                     loss, _ = self.loss_fn(logits, yb)
                     seen += len(xb)
                     loss_sum += loss * len(xb)
@@ -168,7 +300,7 @@ class Trainer:
         try:
             with no_grad():
                 for start in range(0, len(x), batch_size):
-                    logits = self.model(self._input(x[start:start + batch_size]))
+                    logits = self._logits(self._input(x[start:start + batch_size]))
                     out.append(backend.to_cpu(softmax(logits, axis=1)))
         finally:
             self.model.train(was_training)
@@ -224,13 +356,16 @@ class Trainer:
     def save_checkpoint(self, path, epoch, extra=None):
         """Model, optimizer, scheduler, RNG state, epoch, history and `extra`."""
         serialization.save_checkpoint(path, self.model, self.optimizer, epoch, self.scheduler,
-                                      extra={"history": self.history, "user": extra})
+                                      extra={"history": self.history, "user": extra,
+                                             "grad_scaler": self.scaler.state_dict()})
 
     def load_checkpoint(self, path):
         """Restore a save_checkpoint file (history included) -> {epoch, extra}."""
         state = serialization.load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         saved = state["extra"] or {}
         self.history = list(saved.get("history") or [])
+        if saved.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["grad_scaler"])
         return {"epoch": state["epoch"], "extra": saved.get("user")}
 
 
@@ -255,7 +390,7 @@ def fit(model, x, y, optimizer, epochs=1, batch_size=64, full_batch=False, x_val
     each epoch from gpucnn.random), or full_batch=True for one gradient step
     per epoch on the whole training set (computed in chunks of batch_size)."""
     trainer = Trainer(model, optimizer, loss_fn, scheduler, device, full_batch)
-    train_loader = ArrayLoader(x, y, batch_size=batch_size, shuffle=not full_batch)
-    val_loader = None if x_val is None else ArrayLoader(x_val, y_val, batch_size=max(batch_size, 512),
+    train_loader = array_loader(x, y, batch_size=batch_size, shuffle=not full_batch)
+    val_loader = None if x_val is None else array_loader(x_val, y_val, batch_size=max(batch_size, 512),
                                                        shuffle=False)
     return trainer.fit(train_loader, val_loader, epochs, early_stopping_patience, progress=progress)
