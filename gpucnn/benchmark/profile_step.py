@@ -10,8 +10,11 @@ perf_counter around it (the CPU runs synchronously):
     loss       the loss and its gradient
     backward   the model's backward, and per top-level layer
     update     optimizer step + zero_grad
-    overhead   the step's wall time minus the phases above (Python calls
-               between phases, the timers themselves)
+    overhead   forward + backward minus the sum of the layers' own times
+               (the containers' Python work between layers, and the timers)
+
+The step's total runs from forward through update (data excluded, as in
+the e2e benchmark).
 
 Per-layer times come from wrapping each top-level layer's forward and
 backward (ours) or forward/backward hooks (PyTorch, on a twin model: the
@@ -90,9 +93,13 @@ def _ours(model_name, x, y, loader):
 
 
 def _phases(clock, t0, t1, t2, t3, t4, t5):
+    """The step's phases; total = forward through update (data excluded, as
+    in e2e); overhead = forward + backward minus the sum of the layers' own
+    times (the containers' Python work between layers)."""
     phases = {"data": t1 - t0, "forward": t2 - t1, "loss": t3 - t2, "backward": t4 - t3, "update": t5 - t4}
-    phases["overhead"] = max(0.0, (t5 - t0) - sum(phases.values()))
-    return {"total": t5 - t0, "phases": phases, "layers": dict(clock.t)}
+    phases["overhead"] = max(0.0, phases["forward"] + phases["backward"] - sum(clock.t.values())) \
+        if clock.t else 0.0
+    return {"total": t5 - t1, "phases": phases, "layers": dict(clock.t)}
 
 
 def _torch_parts(torch, model):
