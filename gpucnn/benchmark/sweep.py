@@ -126,7 +126,8 @@ def plot_sweep(sweep, path):
     a.set_xlabel("threads")
     a.set_ylabel("ms per training step")
     a.set_xticks(threads)
-    a.legend(fontsize=7)
+    if sweep["scaling"]["steps"]:
+        a.legend(fontsize=7)
     a.set_title("training step time", fontsize=9)
     labels = [" ".join(r["key"]) for r in ops]
     ys = np.arange(len(ops))
