@@ -57,7 +57,8 @@ def add_parser(subparsers):
                    "ours and PyTorch's (gpucnn.benchmark.profile_step)")
     p.add_argument("--sweep-threads", type=_thread_list, default=None, metavar="N,N,...",
                    help="run everything once per CPU thread count (e.g. 1,2) and report how each step and "
-                   "op scales; --json/--markdown/--plot then write the sweep (gpucnn.benchmark.sweep)")
+                   "op scales; --json/--markdown/--plot then write the sweep (gpucnn.benchmark.sweep) "
+                   "(default: one run at --threads)")
     p.add_argument("--json", metavar="FILE", help="write the run as JSON, schema gpucnn.benchmark.schema (default: not written)")
     p.add_argument("--markdown", metavar="FILE", help="write a markdown report (default: not written)")
     p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the time ratios (default: not written)")
