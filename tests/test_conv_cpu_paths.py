@@ -25,6 +25,7 @@ CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
     ((2, 8, 40), 4, (5,), (1,), (2,), (1,), 2),                 # wide rows in 1-D, groups
     ((2, 6, 12, 20), 4, (3, 3), (1, 1), (2, 1), (2, 1), 1),    # wide rows, dilation, few channels
     ((3, 16, 9, 8), 20, (1, 1), (1, 1), (0, 0), (1, 1), 2),    # pointwise, one sample a block (views)
+    ((3, 2, 17, 16), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # thin: one sample a block, y written in place
 ]
 
 
@@ -42,8 +43,10 @@ def test_cpu_conv_routes_match_the_reference(case):
     shape, K, kernel, stride, padding, dilation, groups = case
     plan = conv_cpu._Plan(shape, (K, shape[1] // groups) + kernel, stride, padding, np.float64, dilation, groups)
     pointwise = set(kernel) == {1} and set(stride) == {1} and set(padding) == {0}
+    thin = plan.rows_g < conv_cpu._THIN_ROWS and plan.P >= conv_cpu._MIN_COLUMNS
     wide = shape[-1] + 2 * padding[-1] <= conv_cpu._WIDE_LIMIT * plan.out[-1] and len(shape) < 5 and \
-        set(stride) == {1} and not pointwise
+        set(stride) == {1} and not pointwise and not thin
+    assert plan.m == 1 or not thin
     assert plan.pointwise == pointwise and (plan.m == 1 or not pointwise or plan.P < 64)
     assert plan.wide == wide
     x, w, dy = _inputs(case)

@@ -75,6 +75,7 @@ from ._args import output_shape
 _COL_BYTES = 512 << 10   # col buffer per block of samples ...
 _MIN_COLUMNS = 256       # ... but at least this many matmul columns (m*P)
 _WIDE_LIMIT = 1.25        # wide rows while Wp / Wo is at most this
+_THIN_ROWS = 64           # fewer col rows per group: one sample a block on large images
 _MIN_FORWARD_CHANNELS = 16   # backward-data as a forward conv from this many input channels per group
 
 
@@ -205,14 +206,18 @@ class _Plan:
         Wp = lift3(x_shape[2:], 1)[2] + 2 * self.padding[2]
         # 1x1, stride 1, no padding: col of one sample is x[n] itself (no im2col)
         self.pointwise = self.kernel == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0)
-        self.wide = wide and not self.pointwise and Do == 1 and self.stride == (1, 1, 1) and \
-            Wp <= _WIDE_LIMIT * Wo
+        # Thin products (few rows of col, e.g. one input channel) on large images:
+        # one sample a block, the products reading col and writing y in place
+        # (the copy out of a block's Y cost more than its wider product saved).
+        self.thin = self.rows_g < _THIN_ROWS and self.P >= _MIN_COLUMNS
+        self.wide = wide and not (self.pointwise or self.thin) and Do == 1 and self.stride == (1, 1, 1) \
+            and Wp <= _WIDE_LIMIT * Wo
         self.Wp = Wp if self.wide else Wo
         self.Pc = Ho * Wp if self.wide else self.P   # col columns per sample
         fits = _COL_BYTES // (self.rows * self.Pc * self.dtype.itemsize)
         self.m = max(1, min(x_shape[0], max(fits, -(-_MIN_COLUMNS // self.Pc))))
-        if self.pointwise and self.P >= _MIN_COLUMNS // 4:
-            self.m = 1   # per-sample products straight from x into y: no copies at all
+        if (self.pointwise and self.P >= _MIN_COLUMNS // 4) or self.thin:
+            self.m = 1   # per-sample products straight from x (or col) into y: no copies
         self.flops = 2 * x_shape[0] * w_shape[0] * self.rows_g * self.P
 
     def weight(self, w):
