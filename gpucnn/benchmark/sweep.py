@@ -110,16 +110,42 @@ def sweep_text(sweep, markdown=False):
     return "\n".join(parts) + "\n"
 
 
+def _bars(sweep):
+    """(label, ours speed-up, PyTorch's) from the first to the last thread
+    count: per op when the sweep timed ops, else per layer kind of each
+    profiled step (forward + backward summed over the model's layers)."""
+    if sweep["scaling"]["ops"]:
+        return [(" ".join(r["key"]), r["ours_speedup"][-1], r["torch_speedup"][-1])
+                for r in sweep["scaling"]["ops"]]
+    first, last = sweep["runs"][0].get("profile") or [], sweep["runs"][-1].get("profile") or []
+    bars = []
+    for p0, p1 in zip(first, last):
+        kinds = {}
+        for side in ("ours", "torch"):
+            if p0.get(side) is None or p1.get(side) is None:
+                continue
+            for a, b in zip(p0[side]["layers"], p1[side]["layers"]):
+                k = kinds.setdefault(a["layer"].split(":", 1)[1], {"ours": [0.0, 0.0], "torch": [0.0, 0.0]})
+                k[side][0] += a["forward_s"] + a["backward_s"]
+                k[side][1] += b["forward_s"] + b["backward_s"]
+        for kind, t in kinds.items():
+            speed = {side: (t[side][0] / t[side][1] if t[side][1] else None) for side in t}
+            if speed["ours"]:
+                bars.append((f"{p0['model']} {kind}", speed["ours"], speed["torch"]))
+    return bars
+
+
 def plot_sweep(sweep, path):
     """Left: each model's step time against threads (ours, PyTorch); right:
-    each op's speed-up from the first to the last thread count."""
+    the speed-up from the first to the last thread count of each op (or, for
+    step-only sweeps, of each layer kind in the step profiles)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     threads = sweep["threads"]
-    ops = sweep["scaling"]["ops"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 1.5 + max(3, 0.22 * len(ops))))
+    bars = _bars(sweep)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 1.5 + max(3, 0.22 * len(bars))))
     for r in sweep["scaling"]["steps"]:
         a.plot(threads, [t * 1e3 if t else None for t in r["ours_s"]], "o-", label=f"gpucnn {r['key']}")
         a.plot(threads, [t * 1e3 if t else None for t in r["torch_s"]], "s--", label=f"PyTorch {r['key']}")
@@ -129,15 +155,15 @@ def plot_sweep(sweep, path):
     if sweep["scaling"]["steps"]:
         a.legend(fontsize=7)
     a.set_title("training step time", fontsize=9)
-    labels = [" ".join(r["key"]) for r in ops]
-    ys = np.arange(len(ops))
-    b.barh(ys - 0.2, [r["ours_speedup"][-1] or 0 for r in ops], 0.4, label="gpucnn")
-    b.barh(ys + 0.2, [r["torch_speedup"][-1] or 0 for r in ops], 0.4, label="PyTorch")
+    ys = np.arange(len(bars))
+    b.barh(ys - 0.2, [o or 0 for _, o, _ in bars], 0.4, label="gpucnn")
+    b.barh(ys + 0.2, [t or 0 for _, _, t in bars], 0.4, label="PyTorch")
     b.axvline(1.0, color="black", linewidth=0.8)
     b.set_yticks(ys)
-    b.set_yticklabels(labels, fontsize=6)
+    b.set_yticklabels([label for label, _, _ in bars], fontsize=6)
     b.invert_yaxis()
     b.set_xlabel(f"speed-up from {threads[0]} to {threads[-1]} threads")
+    b.set_title("per op" if sweep["scaling"]["ops"] else "per layer kind (step profiles)", fontsize=9)
     b.legend(fontsize=7)
     env = sweep["runs"][0]["environment"]
     fig.suptitle(f"gpucnn CPU thread sweep on {env['cpu_name']} ({env['date'][:10]})", fontsize=9)
