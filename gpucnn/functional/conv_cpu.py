@@ -19,9 +19,9 @@ transposes):
 With groups the channel axes split into G consecutive blocks and each matmul
 becomes a batch of G: W (G, K/G, CTRS/G) against col[n] viewed as
 (G, CTRS/G, P), y[n] as (G, K/G, P); still no copies (G = 1 is the plain
-product). Depthwise (one input channel per filter) runs depthwise_cpu's
-direct loops instead: G products of one filter row each were measured
-slower.
+product). A depthwise forward and backward-data (one input channel per
+filter) run depthwise_cpu's direct loops instead, measured faster than G
+products of one filter row each.
 
 Threads: the batch is split into numba.get_num_threads() contiguous parts,
 one per thread (the calling thread and a small pool of Python threads); each
@@ -298,8 +298,6 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
 
 
 def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
-    if groups > 1 and (dw := _depthwise(w_shape, groups)):
-        return dw.backward_filter(dy, x, w_shape, stride, padding, dilation)
     plan = _Plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
     dy4 = plan.grouped(np.ascontiguousarray(dy).reshape(N, K, plan.P), plan.Kg)

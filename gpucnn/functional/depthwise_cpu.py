@@ -1,8 +1,11 @@
-"""CPU depthwise convolution (groups = C, one input channel per filter):
-direct Numba loops instead of conv_cpu's grouped matmuls, whose G products of
-one filter row each (a 1 x R*S times R*S x P product per channel and sample)
-cost more in per-product overhead and im2col/col2im traffic than the
-multiply-adds themselves.
+"""CPU depthwise convolution (groups = C, one input channel per filter),
+forward and backward-data: direct Numba loops instead of conv_cpu's grouped
+matmuls, whose G products of one filter row each (a 1 x R*S times R*S x P
+product per channel and sample) cost more in per-product overhead and
+im2col/col2im traffic than the multiply-adds themselves. Measured side by
+side (docs/conv-features.md): backward-data 1.2-6x faster, forward mostly
+faster; the backward-filter was not (0.5-1.4x), so it stays on the grouped
+matmuls.
 
 Notation: x (N, C, D, H, W), w (K, 1, T, R, S) with K = C * multiplier,
 filter k reading channel c = k // multiplier; stride, padding, dilation as in
@@ -12,12 +15,11 @@ then every tap adds w * (a strided row of the buffer) to an output row:
 
     forward          y[n,k,od,oh,:]    += w[k,t,r,s] * xpad[n,c, od*sd + t*dd, oh*sh + r*dh, s*dw :: sw]
     backward-data    dxpad[n,c, ...]   += w[k,t,r,s] * dy[n,k,od,oh,:]   (the same positions), cropped
-    backward-filter  dw[k,t,r,s]       = sum over n, od, oh of dot(dy[n,k,od,oh,:], xpad row)
 
-Threads split output planes (forward), input planes (backward-data) or
-filters (backward-filter) through conv_cpu.over_items; every element is
-summed by one thread in a fixed order (samples, then rows), so results are
-deterministic and independent of the thread count.
+Threads split output planes (forward) or input planes (backward-data)
+through conv_cpu.over_items; every element is summed by one thread in a
+fixed order, so results are deterministic and independent of the thread
+count.
 """
 import numba as nb
 import numpy as np
@@ -33,8 +35,8 @@ def applies(w_shape, groups):
 
 # Inner loops over 1-D views indexed from 0 by a range (as in conv_cpu):
 # Numba drops its negative-index handling and LLVM vectorizes the
-# contiguous (stride 1) case, hence the sw == 1 branches at the call sites
-# (one view type per branch).
+# contiguous (stride 1) case, hence the sw == 1 branches in the helpers
+# below (one view type per branch, both compiled).
 
 @nb.njit(inline="always")
 def _axpy(dst, a, src):
@@ -43,10 +45,27 @@ def _axpy(dst, a, src):
 
 
 @nb.njit(inline="always")
-def _dot(a, b, acc):
-    for i in range(a.size):
-        acc += a[i] * b[i]
-    return acc
+def _axpy_from(dst, a, src, w0, sw):
+    """dst[i] += a * src[w0 + i*sw]."""
+    if sw == 1:
+        _axpy(dst, a, src[w0:w0 + dst.size])
+    else:
+        _axpy(dst, a, src[w0:w0 + (dst.size - 1) * sw + 1:sw])
+
+
+@nb.njit(inline="always")
+def _axpy_into(dst, w0, sw, a, src):
+    """dst[w0 + i*sw] += a * src[i]."""
+    if sw == 1:
+        _axpy(dst[w0:w0 + src.size], a, src)
+    else:
+        _axpy(dst[w0:w0 + (src.size - 1) * sw + 1:sw], a, src)
+
+
+@nb.njit(inline="always")
+def _padded_buffer(D, H, W, padding, like):
+    """A zeroed (D, H, W) plane buffer with `padding` on both sides of each axis."""
+    return np.zeros((D + 2 * padding[0], H + 2 * padding[1], W + 2 * padding[2]), like.dtype)
 
 
 @nb.njit(inline="always")
@@ -69,7 +88,7 @@ def _forward(x, w, stride, padding, dilation, y, i0, i1):
     pd, ph, pw = padding
     dd, dh, dw = dilation
     mult = K // C
-    buf = np.zeros((D + 2 * pd, H + 2 * ph, W + 2 * pw), x.dtype)   # the border stays 0
+    buf = _padded_buffer(D, H, W, padding, x)   # the border stays 0
     loaded = -1
     for item in range(i0, i1):
         n, k = item // K, item % K
@@ -89,11 +108,7 @@ def _forward(x, w, stride, padding, dilation, y, i0, i1):
                     wv = w[k, 0, t, r, s]
                     for od in range(Do):
                         for oh in range(Ho):
-                            src, w0 = buf[od * sd + t * dd, oh * sh + r * dh], s * dw
-                            if sw == 1:
-                                _axpy(out[od, oh], wv, src[w0:w0 + Wo])
-                            else:
-                                _axpy(out[od, oh], wv, src[w0:w0 + (Wo - 1) * sw + 1:sw])
+                            _axpy_from(out[od, oh], wv, buf[od * sd + t * dd, oh * sh + r * dh], s * dw, sw)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -106,7 +121,7 @@ def _backward_data(dy, w, stride, padding, dilation, dx, i0, i1):
     pd, ph, pw = padding
     dd, dh, dw = dilation
     mult = K // C
-    buf = np.empty((D + 2 * pd, H + 2 * ph, W + 2 * pw), dx.dtype)
+    buf = _padded_buffer(D, H, W, padding, dx)
     flat = buf.ravel()
     for item in range(i0, i1):
         n, c = item // C, item % C
@@ -120,51 +135,12 @@ def _backward_data(dy, w, stride, padding, dilation, dx, i0, i1):
                         wv = w[k, 0, t, r, s]
                         for od in range(Do):
                             for oh in range(Ho):
-                                dst, w0 = buf[od * sd + t * dd, oh * sh + r * dh], s * dw
-                                if sw == 1:
-                                    _axpy(dst[w0:w0 + Wo], wv, g[od, oh])
-                                else:
-                                    _axpy(dst[w0:w0 + (Wo - 1) * sw + 1:sw], wv, g[od, oh])
+                                _axpy_into(buf[od * sd + t * dd, oh * sh + r * dh], s * dw, sw, wv, g[od, oh])
         for d in range(D):
             for h in range(H):
                 out, src = dx[n, c, d, h], buf[pd + d, ph + h]
                 for i in range(W):
                     out[i] = src[pw + i]
-
-
-@nb.njit(nogil=True, cache=True)
-def _backward_filter(dy, x, stride, padding, dilation, dw_out, i0, i1):
-    """Filters [i0, i1) of dw (K, 1, T, R, S): samples in order, then rows."""
-    N, C, D, H, W = x.shape
-    _, K, Do, Ho, Wo = dy.shape
-    _, _, T, R, S = dw_out.shape
-    sd, sh, sw = stride
-    pd, ph, pw = padding
-    dd, dh, dw = dilation
-    mult = K // C
-    buf = np.zeros((D + 2 * pd, H + 2 * ph, W + 2 * pw), x.dtype)
-    for k in range(i0, i1):
-        c = k // mult
-        taps = dw_out[k, 0]
-        for t in range(T):
-            for r in range(R):
-                for s in range(S):
-                    taps[t, r, s] = 0
-        for n in range(N):
-            _fill_padded(buf, x[n, c], pd, ph, pw)
-            g = dy[n, k]
-            for t in range(T):
-                for r in range(R):
-                    for s in range(S):
-                        acc = taps[t, r, s]
-                        for od in range(Do):
-                            for oh in range(Ho):
-                                src, w0 = buf[od * sd + t * dd, oh * sh + r * dh], s * dw
-                                if sw == 1:
-                                    acc = _dot(g[od, oh], src[w0:w0 + Wo], acc)
-                                else:
-                                    acc = _dot(g[od, oh], src[w0:w0 + (Wo - 1) * sw + 1:sw], acc)
-                        taps[t, r, s] = acc
 
 
 def _geometry(stride, padding, dilation):
@@ -184,10 +160,3 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None):
     over_items(_backward_data, x_shape[0] * x_shape[1], dy.size * int(np.prod(w.shape[2:])),
                as5d(dy), as5d(w), *_geometry(stride, padding, dilation), as5d(dx))
     return dx
-
-
-def backward_filter(dy, x, w_shape, stride, padding, dilation=None):
-    dw = np.empty(w_shape, x.dtype)
-    over_items(_backward_filter, w_shape[0], dy.size * int(np.prod(w_shape[2:])),
-               as5d(dy), as5d(x), *_geometry(stride, padding, dilation), as5d(dw))
-    return dw
