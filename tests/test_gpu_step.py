@@ -240,3 +240,164 @@ def test_capturable_fused_kernels_read_device_scalars_bitwise(monkeypatch):
             assert ("ndarray" in seen_scalars) == capture        # device views only in capturable mode
         for a, b in zip(*runs):
             np.testing.assert_array_equal(a, b)
+
+
+# ---- whole-step graphs, with the CPU stand-in (gpucnn.cuda_graph) ----------------
+def _fit(cuda_graph, opt, epochs=3, model=None):
+    x, y = _data(50)                                  # 50 = 4 batches of 12 + one of 2 (run eagerly)
+    trainer = _trainer("deferred", opt, cuda_graph=cuda_graph)
+    sched = optim.StepLR(trainer.optimizer, 1, gamma=0.5)   # the rate changes every epoch
+    trainer.scheduler = sched
+    records = trainer.fit(ArrayLoader(x, y, batch_size=12, seed=0), ArrayLoader(x, y, 25, shuffle=False),
+                          epochs=epochs)
+    return trainer, records
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_replayed_steps_equal_eager_steps_bitwise(opt):
+    eager, eager_records = _fit(False, opt)
+    graph, graph_records = _fit(True, opt)
+    sg = graph.step_graph
+    # per epoch: 1 warm-up (first epoch only), 3 or 4 replays, 1 eager smaller batch
+    assert (sg.captures, sg.eager_steps, sg.launches) == (1, 1, 3 * 4 - 1)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rs]  # noqa: E731
+    assert strip(graph_records) == strip(eager_records)
+    for key, value in eager.model.state_dict().items():
+        np.testing.assert_array_equal(graph.model.state_dict()[key], value, err_msg=key)
+    for i, entries in eager.optimizer.state_dict()["state"].items():
+        for key, value in entries.items():
+            np.testing.assert_array_equal(graph.optimizer.state_dict()["state"][i][key], value)
+
+
+def test_graph_is_captured_again_when_its_arrays_change():
+    trainer, _ = _fit(True, "sgd", epochs=1)
+    state = trainer.model.state_dict()
+    trainer.model.load_state_dict(state)              # new parameter arrays: the old graph would write stale ones
+    x, y = _data(50)
+    trainer.fit(ArrayLoader(x, y, batch_size=12, seed=0), epochs=1)
+    assert trainer.step_graph.captures == 2
+
+
+class _Rebinds(nn.Module):
+    """A layer whose forward rebinds a buffer (what batch norm did before it
+    updated its running statistics in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("total", np.zeros(1, np.float32))
+
+    def forward(self, x):
+        self.total = self.total + 1
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def test_a_step_that_rebinds_an_array_is_refused():
+    grandom.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), _Rebinds(), nn.Linear(64, 10))
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1), cuda_graph=True)
+    x, y = _data(48)
+    with pytest.raises(RuntimeError, match="rebinds buffer 1.total"):
+        trainer.train_epoch(ArrayLoader(x, y, batch_size=12, shuffle=False))
+
+
+def test_graph_eligibility():
+    trainer = _trainer("auto", cuda_graph="auto")
+    x, y = _data()
+    trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    assert trainer.step_graph is None and trainer.cuda_graph_reason == "auto captures on the GPU only"
+    grandom.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=r"dropout \(1\) draws new random numbers"):
+        Trainer(model, optim.SGD(model.parameters(), lr=0.1), cuda_graph=True).train_epoch(
+            ArrayLoader(x, y, batch_size=12))
+    for kwargs, reason in (({"precision": "fp16"}, "GradScaler"), ({"full_batch": True}, "full_batch"),
+                           ({"sync": "step"}, "sync='step'")):
+        trainer = _trainer(kwargs.pop("sync", "auto"), cuda_graph=True, **kwargs)
+        with pytest.raises(ValueError, match=reason):
+            trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    with pytest.raises(ValueError, match="RMSprop has no device-memory scalars"):
+        model = _cnn()
+        Trainer(model, optim.RMSprop(model.parameters()), cuda_graph=True).train_epoch(
+            ArrayLoader(x, y, batch_size=12))
+
+
+class _FakeCupy:
+    """Just enough of CuPy for backend._CudaGraph: a memory pool, the allocator
+    hook, a capturing stream and a graph, recording what happens."""
+
+    def __init__(self):
+        fake = self
+        self.events, self.freed = [], []
+
+        class Pool:
+            def malloc(self, size):
+                block = ("block", size, len(fake.events))
+                fake.events.append(("malloc", size))
+                return block
+
+        class Graph:
+            def upload(self, stream):
+                fake.events.append("upload")
+
+            def launch(self, stream=None):
+                fake.events.append(("launch", stream))
+
+        class Stream:
+            ptr = 7
+
+            def begin_capture(self):
+                fake.events.append("begin")
+
+            def end_capture(self):
+                fake.events.append("end")
+                return Graph()
+
+        self.pool, self.stream = Pool(), Stream()
+        self.allocator = "default allocator"
+
+        class Cuda:
+            @staticmethod
+            def get_allocator():
+                return fake.allocator
+
+            @staticmethod
+            def set_allocator(fn):
+                fake.allocator = fn
+
+        self.cuda = Cuda
+
+    def get_default_memory_pool(self):
+        return self.pool
+
+
+def test_cuda_graph_keeps_every_block_of_the_capture_alive(monkeypatch):
+    """cupy#9655: blocks allocated while capturing are held by the graph (never
+    returned to the pool while it may replay), the allocator is restored, and
+    the capture ends even when the step raises."""
+    fake = _FakeCupy()
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(backend, "current_stream", lambda: fake.stream)
+
+    def step():   # what CuPy does when the step creates arrays: ask the current allocator
+        assert fake.events[-1] == "begin"
+        fake.allocator(256)
+        fake.allocator(1024)
+    graph = backend.capture_graph(step, gpu=True)
+    assert [b[1] for b in graph.kept] == [256, 1024]
+    assert fake.allocator == "default allocator"
+    assert fake.events == ["begin", ("malloc", 256), ("malloc", 1024), "end", "upload"]
+    graph.launch()
+    assert fake.events[-1] == ("launch", fake.stream)
+
+    def failing():
+        fake.allocator(8)
+        raise ValueError("bad step")
+    with pytest.raises(ValueError, match="bad step"):
+        backend.capture_graph(failing, gpu=True)
+    assert fake.events[-1] == "end" and fake.allocator == "default allocator"
+    fake.stream.ptr = 0
+    with pytest.raises(RuntimeError, match="non-default stream"):
+        backend.capture_graph(step, gpu=True)
