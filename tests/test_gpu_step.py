@@ -401,3 +401,13 @@ def test_cuda_graph_keeps_every_block_of_the_capture_alive(monkeypatch):
     fake.stream.ptr = 0
     with pytest.raises(RuntimeError, match="non-default stream"):
         backend.capture_graph(step, gpu=True)
+
+
+def test_train_command_cuda_graph_choices(tmp_path, capsys):
+    from gpucnn import cli
+    base = ["train", "--dataset", "digits", "--subset", "200", "--model", "lenet_bn", "--device", "cpu",
+            "--epochs", "1", "--no-progress"]
+    assert cli.main(base + ["--cuda-graph", "on"]) == 2
+    assert "--cuda-graph on: the training step cannot be captured: it needs a GPU" in capsys.readouterr().err
+    assert cli.main(base + ["--cuda-graph", "off"]) == 0
+    assert cli.main(base + ["--cuda-graph", "auto", "--dropout", "0.5"]) == 0     # auto: eager here
