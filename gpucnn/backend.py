@@ -284,6 +284,19 @@ class HostSnapshot:
         return [float(v) for v in self._host]
 
 
+def to_gpu_async(a):
+    """to_gpu without waiting for the device: a new array filled by an
+    asynchronous copy on the current stream (cupy.asarray of host memory may
+    wait for the stream's earlier work). CuPy arrays pass through."""
+    if is_gpu_array(a):
+        return a
+    require_gpu("to_gpu_async")
+    a = np.asarray(a)
+    out = cupy.empty(a.shape, a.dtype)
+    copy_to_device_async(out, a)
+    return out
+
+
 def copy_to_device_async(dst, src):
     """dst (a device array) <- src (a host array), queued on the current stream:
     the host does not wait for the device (a pageable source is staged by the

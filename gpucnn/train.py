@@ -120,7 +120,7 @@ class Trainer:
 
     # ---- batches --------------------------------------------------------
     def _move(self, a):
-        return backend.to_gpu(a) if self.device == "gpu" else np.asarray(a)
+        return backend.to_gpu_async(a) if self.device == "gpu" else np.asarray(a)
 
     def _input(self, xb):
         """A batch on the model's device, cast to the model's float dtype."""
