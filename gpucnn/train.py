@@ -122,12 +122,16 @@ class Trainer:
     def _move(self, a):
         return backend.to_gpu_async(a) if self.device == "gpu" else np.asarray(a)
 
-    def _input(self, xb):
-        """A batch on the model's device, cast to the model's float dtype."""
+    def _cast_input(self, xb):
+        """xb cast to the model's float dtype (integer inputs as they are)."""
         params = self.model.parameters()
         if params and np.dtype(xb.dtype).kind == "f":
             xb = xb.astype(params[0].data.dtype, copy=False)
-        return self._move(xb)
+        return xb
+
+    def _input(self, xb):
+        """A batch on the model's device, cast to the model's float dtype."""
+        return self._move(self._cast_input(xb))
 
     def _total(self, *sums):
         return sums if self.reduce_sums is None else self.reduce_sums(*sums)
@@ -168,15 +172,31 @@ class Trainer:
         xb, yb = self._input(xb), self._move(yb)
         logits = self._logits(xb)
         loss, dlogits, labels_ok = self._device_loss(logits, yb)
-        if self.full_batch:
-            self.model.backward(self.scaler.scale(dlogits * len(xb)))
-        else:
-            self.optimizer.zero_grad()
-            self.model.backward(self.scaler.scale(dlogits))
-            if self.monitor is not None:
-                self.monitor.before_step()
-            self._optimizer_step()
+        self._backward_step(dlogits, len(xb))
         self._account(sums, xb, yb, logits, loss, labels_ok)
+
+    def _backward_step(self, dlogits, n):
+        """Backward of a batch of n samples, then the optimizer step (full-batch
+        mode: the gradient summed over samples, divided by the total at the end)."""
+        if self.full_batch:
+            self.model.backward(self.scaler.scale(dlogits * n))
+            return
+        self.optimizer.zero_grad()
+        self.model.backward(self.scaler.scale(dlogits))
+        if self.monitor is not None:
+            self.monitor.before_step()
+        self._optimizer_step()
+
+    def _full_batch_step(self, seen):
+        """Full-batch mode's one step per epoch, on the gradient averaged over `seen` samples."""
+        if not (self.full_batch and seen):
+            return
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad /= seen
+        if self.monitor is not None:
+            self.monitor.before_step()
+        self._optimizer_step()
 
     def _graph_for_epoch(self, xp):
         """(sums, StepGraph) for a captured epoch: the metric arrays persist
@@ -188,12 +208,9 @@ class Trainer:
         return self.step_graph.sums, self.step_graph
 
     def _host_batch(self, xb, yb):
-        """A batch as host arrays of the model's float dtype (for the static buffers)."""
-        params = self.model.parameters()
+        """A batch as arrays of the model's float dtype, not moved (for the static buffers)."""
         xb, yb = (a if backend.is_gpu_array(a) else np.asarray(a) for a in (xb, yb))
-        if params and np.dtype(xb.dtype).kind == "f":
-            xb = xb.astype(params[0].data.dtype, copy=False)
-        return xb, yb
+        return self._cast_input(xb), yb
 
     def _device_loss(self, logits, yb):
         """(loss 0-d float64 device array, dlogits, labels_ok or None), no host read
@@ -236,13 +253,7 @@ class Trainer:
             self.monitor.begin_epoch()
         with backend.graph_stream(self.device == "gpu") if graph else contextlib.nullcontext():
             self._deferred_batches(loader, sums, graph, progress, epoch, start)
-        if self.full_batch and sums.seen:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad /= sums.seen
-            if self.monitor is not None:
-                self.monitor.before_step()
-            self._optimizer_step()
+        self._full_batch_step(sums.seen)
         seen, loss_sum, correct = self._read(sums, epoch)
         seconds = time.perf_counter() - start   # after the read: the device has finished the epoch
         if self.monitor is not None:
@@ -301,27 +312,14 @@ class Trainer:
                     raise NonFiniteLossError(len(self.history) + 1, i + 1, loss)
                 self.nonfinite_steps += 1
                 continue
-            if self.full_batch:
-                self.model.backward(self.scaler.scale(dlogits * n))  # summed over samples; divided below
-            else:
-                self.optimizer.zero_grad()
-                self.model.backward(self.scaler.scale(dlogits))
-                if self.monitor is not None:
-                    self.monitor.before_step()
-                self._optimizer_step()
+            self._backward_step(dlogits, n)
             seen += n
             loss_sum += loss * n
             correct += self._correct(logits, yb)
             if progress is not None:
                 progress(i, n_batches, loss_sum / seen, correct / seen,
                          seen / max(time.perf_counter() - start, 1e-12))
-        if self.full_batch and seen:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad /= seen
-            if self.monitor is not None:
-                self.monitor.before_step()
-            self._optimizer_step()
+        self._full_batch_step(seen)
         seconds = time.perf_counter() - start
         seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         if self.monitor is not None:
