@@ -11,19 +11,16 @@ differ from the CPU path in the last bits: a division by m here is a
 multiplication by 1/m, and the compiler may contract a*b+c into one fused
 multiply-add.
 Inputs broadcast (a per-channel vector shaped (1, C, 1, ...) against (N, C, ...)).
-Every float argument is bound to one type T: callers take this path only when
-`applies` (all CuPy, one dtype); otherwise their array code runs and promotes
-mixed dtypes as NumPy does.
+Every float argument is bound to one type T: callers take this path only for
+all-CuPy arrays of one dtype (the per-device tables in nn/norm.py and
+optim/optimizers.py); otherwise their array code runs and promotes mixed
+dtypes as NumPy does. The optimizer functions share their signatures with
+the CPU's Numba kernels (gpucnn.optim.optim_cpu).
 """
 import numpy as np
 
-from . import backend
 from .kernel_loader import elementwise_kernel
 
-
-def applies(*arrays):
-    """True when every array is a CuPy array of one dtype (the fused kernels' case)."""
-    return backend.one_device_and_dtype(*arrays) == "gpu"
 
 # ---- optimizers (in place on p and the state arrays) -------------------------
 

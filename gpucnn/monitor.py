@@ -20,8 +20,8 @@ Device behaviour: every per-step statistic is a 0-d array reduction on the
 arrays' own device, appended to a list; nothing is converted to a Python
 number until end_epoch, which stacks each list and copies the few totals to
 the host once. On a GPU that means no extra host synchronization per step
-(written for CuPy like the rest of the array code; compiled and emulated,
-not yet run on a GPU: this session had none).
+(the same CuPy array calls as the rest of the array code; not yet run on
+a GPU: the session that wrote it had none).
 
 The Trainer calls begin_epoch() when train_epoch starts, before_step()
 right before each optimizer step (gradients final, weights not yet
@@ -131,8 +131,9 @@ def warnings(record, ratio_range=RATIO_RANGE, dead_limit=DEAD_RELU_LIMIT):
     for name, stats in record["parameters"].items():
         ratio = stats["update_ratio"]
         if len(stats["shape"]) >= 2 and not lo <= ratio <= hi:
-            hint = "no update: a zero gradient?" if ratio == 0 else "lr too small?" if ratio < lo else \
-                "lr too large?" if ratio > hi else "not finite: diverged?"
+            hint = ("no update: a zero gradient?" if ratio == 0 else
+                    "lr too small, or a vanished gradient?" if ratio < lo else
+                    "lr too large?" if ratio > hi else "not finite: diverged?")
             out.append(f"update/weight ratio of {name} is {ratio:.2e}, outside [{lo:g}, {hi:g}] ({hint})")
     for name, stats in record["activations"].items():
         if stats["zero_fraction"] is not None and stats["zero_fraction"] > dead_limit:

@@ -50,7 +50,7 @@ from . import backend
 from .gradcheck import gradcheck
 from .nn.loss import SoftmaxCrossEntropy
 from .nn.module import no_grad
-from .train import ArrayLoader, Trainer
+from .train import ArrayLoader, NonFiniteLossError, Trainer
 
 INIT_TOLERANCE = 0.10
 OVERFIT_TARGET = 0.99
@@ -103,8 +103,12 @@ def _train_full_batch(model, optimizer, x, y, steps, device, stop_accuracy=None)
     loader = ArrayLoader(x, y, batch_size=len(x), shuffle=False)
     history = []
     for _ in range(steps):
-        with np.errstate(all="ignore"):  # a diverging run is an expected outcome here
-            stats = trainer.train_epoch(loader)
+        try:
+            with np.errstate(all="ignore"):  # a diverging run is an expected outcome here
+                stats = trainer.train_epoch(loader)
+        except NonFiniteLossError:  # raised before the step: there is no accuracy to report
+            history.append((math.nan, 0.0))
+            break
         history.append((stats["loss"], stats["accuracy"]))
         if not _finite(stats["loss"]) or (stop_accuracy is not None and stats["accuracy"] >= stop_accuracy):
             break

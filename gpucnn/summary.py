@@ -7,7 +7,8 @@ The shapes come from one dummy forward of a batch of one zero sample in eval
 mode under no_grad (nothing is cached, no running statistic changes, the
 random generator is untouched); the model's training flags are restored.
 Parameter counts include biases: Conv2d(3, 4, 5) has (5*5*3 + 1) * 4 = 504.
-Multiply-adds are per sample: a conv K*C*R*S per output position (Ho*Wo*K*C*R*S),
+Multiply-adds are per sample: a conv K*(C/groups)*R*S per output position (Ho*Wo*K*C/groups*R*S;
+a transposed conv (K/groups)*R*S per input element),
 a Linear in*out; pooling, activations and normalization count as 0 (they
 have no multiply-accumulate). A layer called twice gets two rows.
 """

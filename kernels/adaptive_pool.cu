@@ -40,24 +40,34 @@ __device__ __forceinline__ int adaptive_end(int o, int in, int out) {
     return (int)(((idx_t)(o + 1) * in + out - 1) / out);
 }
 
+// Output idx of (planes, Do, Ho, Wo) -> its plane and input window
+// [d0, d1) x [h0, h1) x [v0, v1).
+struct AdaptiveWindow {
+    idx_t plane;
+    int d0, d1, h0, h1, v0, v1;
+};
+__device__ __forceinline__ AdaptiveWindow adaptive_window(idx_t idx, int D, int H, int W,
+                                                          int Do, int Ho, int Wo) {
+    const int e = split_last(idx, Wo);
+    const int b = split_last(idx, Ho);
+    const int a = split_last(idx, Do);
+    return AdaptiveWindow{idx, adaptive_start(a, D, Do), adaptive_end(a, D, Do),
+                          adaptive_start(b, H, Ho), adaptive_end(b, H, Ho),
+                          adaptive_start(e, W, Wo), adaptive_end(e, W, Wo)};
+}
+
 extern "C" __global__ void adaptive_avg_pool_forward_v1(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, ADAPTIVE_GEOMETRY)
 {
     const idx_t total = planes * Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        idx_t p = idx;
-        const int e = split_last(p, Wo);
-        const int b = split_last(p, Ho);
-        const int a = split_last(p, Do);
-        const int d0 = adaptive_start(a, D, Do), d1 = adaptive_end(a, D, Do);
-        const int h0 = adaptive_start(b, H, Ho), h1 = adaptive_end(b, H, Ho);
-        const int v0 = adaptive_start(e, W, Wo), v1 = adaptive_end(e, W, Wo);
-        const scalar_t* xp = x + p * D * H * W;
+        const AdaptiveWindow win = adaptive_window(idx, D, H, W, Do, Ho, Wo);
+        const scalar_t* xp = x + win.plane * D * H * W;
         scalar_t acc = 0;
-        for (int d = d0; d < d1; ++d)
-            for (int h = h0; h < h1; ++h)
-                for (int v = v0; v < v1; ++v) acc += xp[((idx_t)d * H + h) * W + v];
-        y[idx] = acc / (scalar_t)((d1 - d0) * (h1 - h0) * (v1 - v0));
+        for (int d = win.d0; d < win.d1; ++d)
+            for (int h = win.h0; h < win.h1; ++h)
+                for (int v = win.v0; v < win.v1; ++v) acc += xp[((idx_t)d * H + h) * W + v];
+        y[idx] = acc / (scalar_t)((win.d1 - win.d0) * (win.h1 - win.h0) * (win.v1 - win.v0));
     }
 }
 
@@ -67,19 +77,13 @@ extern "C" __global__ void adaptive_max_pool_forward_v1(
 {
     const idx_t total = planes * Do * Ho * Wo;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        idx_t p = idx;
-        const int e = split_last(p, Wo);
-        const int b = split_last(p, Ho);
-        const int a = split_last(p, Do);
-        const int d0 = adaptive_start(a, D, Do), d1 = adaptive_end(a, D, Do);
-        const int h0 = adaptive_start(b, H, Ho), h1 = adaptive_end(b, H, Ho);
-        const int v0 = adaptive_start(e, W, Wo), v1 = adaptive_end(e, W, Wo);
-        const scalar_t* xp = x + p * D * H * W;
+        const AdaptiveWindow win = adaptive_window(idx, D, H, W, Do, Ho, Wo);
+        const scalar_t* xp = x + win.plane * D * H * W;
         scalar_t best = negative_infinity();
         int best_at = -1;
-        for (int d = d0; d < d1; ++d)
-            for (int h = h0; h < h1; ++h)
-                for (int v = v0; v < v1; ++v) {
+        for (int d = win.d0; d < win.d1; ++d)
+            for (int h = win.h0; h < win.h1; ++h)
+                for (int v = win.v0; v < win.v1; ++v) {
                     const int at = (d * H + h) * W + v;
                     const scalar_t val = xp[at];
                     if (best_at < 0 || max_pool_better(val, best)) {

@@ -158,6 +158,23 @@ __device__ __forceinline__ void max_pool_route_planes(const scalar_t* __restrict
     }
 }
 
+// Element idx of a grouped 2-D filter gradient dw (K, C/G, R, S): its
+// filter k, the input channel c it reads (g*C/G + its weight channel, g =
+// k / (K/G)) and its tap (r, s).
+struct FilterTap {
+    idx_t k;
+    int c, r, s;
+};
+__device__ __forceinline__ FilterTap filter_tap(idx_t idx, int Cg, int Kpg, int R, int S) {
+    FilterTap f;
+    f.s = split_last(idx, S);
+    f.r = split_last(idx, R);
+    const int cl = split_last(idx, Cg);  // idx is the filter from here on
+    f.k = idx;
+    f.c = (int)(idx / Kpg) * Cg + cl;
+    return f;
+}
+
 // Backward-data gather: input position h meets output i through tap r when
 // h + pad - r = i*stride. Given q = h + pad - r, writes i = q / stride and
 // says whether q is such a multiple with i in [0, out).

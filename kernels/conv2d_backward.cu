@@ -141,16 +141,12 @@ extern "C" __global__ void conv2d_backward_filter_v1(
     const int Cg = C / groups, Kpg = K / groups;
     const idx_t total = (idx_t)K * Cg * R * S;
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        idx_t k = idx;
-        const int s = split_last(k, S);
-        const int r = split_last(k, R);
-        const int cl = split_last(k, Cg);   // k is the filter from here on
-        const int c = (int)(k / Kpg) * Cg + cl;  // the input channel
+        const FilterTap f = filter_tap(idx, Cg, Kpg, R, S);
         scalar_t acc = 0;
         for (int n = 0; n < N; ++n) {
-            const scalar_t* dyk = dy + ((idx_t)n * K + k) * Ho * Wo;
-            const scalar_t* xc = x + ((idx_t)n * C + c) * H * W;
-            for_each_window_at_tap(FLAT_AXIS, ah, aw, 0, r, s,
+            const scalar_t* dyk = dy + ((idx_t)n * K + f.k) * Ho * Wo;
+            const scalar_t* xc = x + ((idx_t)n * C + f.c) * H * W;
+            for_each_window_at_tap(FLAT_AXIS, ah, aw, 0, f.r, f.s,
                                    [&](idx_t o, idx_t at) { acc += dyk[o] * xc[at]; });
         }
         dw[idx] = acc;

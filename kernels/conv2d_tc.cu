@@ -17,14 +17,15 @@
 //     m = k (M = K), col = (n*Ho + i)*Wo + j (Ngemm = N*Ho*Wo), kk = (c*R + r)*S + s (Kgemm = C*R*S),
 //     A = w viewed as K x CRS, B = the im2col matrix of x (never stored).
 //
-// Versions (one main loop, the precision a template parameter):
+// Versions (one main loop; the precision and the tile are template parameters):
 //   conv2d_forward_tf32_v3    "high":    operands rounded to TF32 (cvt.rna), one mma.m16n8k8 per step
 //   conv2d_forward_bf16_v3    "medium":  operands rounded to BF16 (cvt.rn), one mma.m16n8k16 per step
 //   conv2d_forward_3xtf32_v3  "highest": each operand split v = hi + lo (both TF32), and
 //                             a*b ~ a_lo*b_hi + a_hi*b_lo + a_hi*b_hi (three mma; a_lo*b_lo dropped)
-//   all: FP32 accumulation in registers; block tile 64 (M) x 64 (Ngemm) x 16 (Kgemm);
-//   4 warps of 32x32 (2 m16 x 4 n8 mma tiles each); 128 threads;
-//   grid (ceil(N*Ho*Wo / 64), ceil(K / 64)).
+//   all: FP32 accumulation in registers; Kgemm step 16; grid (ceil(N*Ho*Wo / BN), ceil(K / BM)).
+//   v3: block tile 64 (M) x 64 (Ngemm), 4 warps of 32x32 (2 m16 x 4 n8 mma tiles), 128 threads
+//   v4: block tile 128 x 128, 8 warps of 64x32 (4 x 4 mma tiles), 256 threads: twice the mma
+//       per copied element, for layers with K >= 128 (48 KiB of shared memory in 3 stages)
 //
 // The pipeline. TC_STAGES = 3 shared-memory stages filled by cp.async (4-byte
 // copies: rows of w and x have no alignment guarantee; out-of-range taps and
@@ -53,11 +54,23 @@
 #include "common.cuh"
 #include "mma.cuh"
 
-#define TC_BM 64
-#define TC_BN 64
 #define TC_BK 16
 #define TC_STAGES 3
-#define TC_THREADS 128
+#define TC_V3_THREADS 128
+#define TC_V4_THREADS 256
+
+// Block tile BM x BN x TC_BK; each warp computes MI x NJ mma tiles of 16 x 8.
+template <int BM_, int BN_, int MI_, int NJ_>
+struct TcTile {
+    static constexpr int BM = BM_, BN = BN_, MI = MI_, NJ = NJ_;
+    static constexpr int WARPS_N = BN / (8 * NJ);
+    static constexpr int THREADS = 32 * (BM / (16 * MI)) * WARPS_N;
+    static constexpr int A_ROWS = THREADS / TC_BK;   // rows of A one pass of the A loader covers
+    static constexpr int B_KSTEP = THREADS / BN;     // kk rows of B one pass of the B loader covers
+};
+typedef TcTile<64, 64, 2, 4> TileV3;     // warps of 32 x 32, 2 x 2 warps
+typedef TcTile<128, 128, 4, 4> TileV4;   // warps of 64 x 32, 2 x 4 warps: twice the mma per copy
+static_assert(TileV3::THREADS == TC_V3_THREADS && TileV4::THREADS == TC_V4_THREADS, "thread counts");
 
 #define TC_MODE_TF32 0
 #define TC_MODE_BF16 1
@@ -103,13 +116,13 @@ __device__ __forceinline__ unsigned tc_pair(const float* S, int row, int kk) {
     return pack_bf16x2(S[tc_slot(row, kk)], S[tc_slot(row, kk + 1)]);
 }
 
-// acc[i][j] += the warp's 32x32 tile of A * B over the 16 kk of one stage.
-template <int MODE, int PLANT>
-__device__ __forceinline__ void tc_stage_mma(float acc[2][4][4], const float* As, const float* Bs,
+// acc[i][j] += the warp's (16 MI) x (8 NJ) tile of A * B over the 16 kk of one stage.
+template <int MODE, int PLANT, int MI, int NJ>
+__device__ __forceinline__ void tc_stage_mma(float acc[MI][NJ][4], const float* As, const float* Bs,
                                              int wm, int wn, int g, int t) {
     if constexpr (MODE == TC_MODE_BF16) {
-        unsigned a[2][4], b[4][2];
-        for (int i = 0; i < 2; ++i) {
+        unsigned a[MI][4], b[NJ][2];
+        for (int i = 0; i < MI; ++i) {
             const int r0 = wm + i * 16 + g;
             a[i][0] = tc_pair(As, r0, 2 * t);
             a[i][1] = tc_pair(As, r0 + 8, 2 * t);
@@ -117,17 +130,17 @@ __device__ __forceinline__ void tc_stage_mma(float acc[2][4][4], const float* As
             a[i][3] = tc_pair(As, r0 + 8, 2 * t + 8);
             if (PLANT == TC_PLANT_LANE) { const unsigned v = a[i][1]; a[i][1] = a[i][2]; a[i][2] = v; }
         }
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < NJ; ++j) {
             const int n = wn + j * 8 + g;
             b[j][0] = tc_pair(Bs, n, 2 * t);
             b[j][1] = tc_pair(Bs, n, 2 * t + 8);
         }
-        for (int i = 0; i < 2; ++i)
-            for (int j = 0; j < 4; ++j) mma_bf16_m16n8k16(acc[i][j], a[i], b[j]);
+        for (int i = 0; i < MI; ++i)
+            for (int j = 0; j < NJ; ++j) mma_bf16_m16n8k16(acc[i][j], a[i], b[j]);
     } else {
         for (int kb = 0; kb < TC_BK; kb += 8) {
-            unsigned a_hi[2][4], a_lo[2][4], b_hi[4][2], b_lo[4][2];
-            for (int i = 0; i < 2; ++i) {
+            unsigned a_hi[MI][4], a_lo[MI][4], b_hi[NJ][2], b_lo[NJ][2];
+            for (int i = 0; i < MI; ++i) {
                 float f[4];
                 tc_load_a_f32<PLANT>(f, As, wm + i * 16 + g, kb, t);
                 for (int e = 0; e < 4; ++e) {
@@ -135,7 +148,7 @@ __device__ __forceinline__ void tc_stage_mma(float acc[2][4][4], const float* As
                     if (MODE == TC_MODE_3XTF32) a_lo[i][e] = to_tf32(f[e] - tf32_value(a_hi[i][e]));
                 }
             }
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < NJ; ++j) {
                 float f[2];
                 tc_load_b_f32(f, Bs, wn + j * 8 + g, kb, t);
                 for (int e = 0; e < 2; ++e) {
@@ -143,8 +156,8 @@ __device__ __forceinline__ void tc_stage_mma(float acc[2][4][4], const float* As
                     if (MODE == TC_MODE_3XTF32) b_lo[j][e] = to_tf32(f[e] - tf32_value(b_hi[j][e]));
                 }
             }
-            for (int i = 0; i < 2; ++i)
-                for (int j = 0; j < 4; ++j) {
+            for (int i = 0; i < MI; ++i)
+                for (int j = 0; j < NJ; ++j) {
                     if (MODE == TC_MODE_3XTF32) {   // small terms first
                         mma_tf32_m16n8k8(acc[i][j], a_lo[i], b_hi[j]);
                         mma_tf32_m16n8k8(acc[i][j], a_hi[i], b_lo[j]);
@@ -158,32 +171,32 @@ __device__ __forceinline__ void tc_stage_mma(float acc[2][4][4], const float* As
 // ---------------------------------------------------------------------------
 // The kernel body (one main loop for every precision).
 
-template <int MODE, int PLANT>
+template <int MODE, int PLANT, typename T>
 __device__ __forceinline__ void conv2d_forward_tc(
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
         const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
         int Ho, int Wo, int sh, int sw, int ph, int pw) {
-    __shared__ __align__(16) float As[TC_STAGES][TC_BM * TC_BK];
-    __shared__ __align__(16) float Bs[TC_STAGES][TC_BN * TC_BK];
+    __shared__ __align__(16) float As[TC_STAGES][T::BM * TC_BK];
+    __shared__ __align__(16) float Bs[TC_STAGES][T::BN * TC_BK];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-    const int m0 = blockIdx.y * TC_BM;
-    const idx_t col0 = (idx_t)blockIdx.x * TC_BN;
+    const int wm = (warp / T::WARPS_N) * 16 * T::MI, wn = (warp % T::WARPS_N) * 8 * T::NJ;
+    const int m0 = blockIdx.y * T::BM;
+    const idx_t col0 = (idx_t)blockIdx.x * T::BN;
     const int kgemm = C * R * S;
     const idx_t HW = (idx_t)H * W, P = (idx_t)Ho * Wo, ncols = (idx_t)N * P;
 
-    // A loader: column a_kk of rows a_row + 8*e (16 consecutive floats of a w
-    // row per 16 threads); a pointer walks along the rows, 16 floats a tile.
-    const int a_kk = tid & (TC_BK - 1), a_row = tid >> 4;
-    const idx_t a_step = (idx_t)8 * kgemm;
+    // A loader: column a_kk of rows a_row + A_ROWS*e (16 consecutive floats of
+    // a w row per 16 threads); a pointer walks along the rows, 16 floats a tile.
+    const int a_kk = tid & (TC_BK - 1), a_row = tid / TC_BK;
+    const idx_t a_step = (idx_t)T::A_ROWS * kgemm;
     const float* a_src = w + (idx_t)(m0 + a_row) * kgemm + a_kk;
-    unsigned a_rows_ok = 0;   // bit e: row a_row + 8*e < K
-    for (int e = 0; e < TC_BM / 8; ++e) a_rows_ok |= (unsigned)(m0 + a_row + 8 * e < K) << e;
+    unsigned a_rows_ok = 0;   // bit e: row a_row + A_ROWS*e < K
+    for (int e = 0; e < T::BM / T::A_ROWS; ++e) a_rows_ok |= (unsigned)(m0 + a_row + T::A_ROWS * e < K) << e;
     // B loader: one column (n, i, j) for the whole loop, decoded here once;
-    // rows kk = b_kk + 2*e from the packed tap table, walked 16 entries a tile.
-    const int b_col = tid & (TC_BN - 1), b_kk = tid >> 6;
+    // rows kk = b_kk + B_KSTEP*e from the packed tap table, walked 16 entries a tile.
+    const int b_col = tid % T::BN, b_kk = tid / T::BN;
     const idx_t col = col0 + b_col;
     const bool col_ok = col < ncols;
     idx_t x_col = 0;   // x offset of tap (c, r, s) = (0, 0, 0) for this column (may be < 0)
@@ -199,14 +212,15 @@ __device__ __forceinline__ void conv2d_forward_tc(
     const long long* tap = taps + b_kk;
 
     auto load_tile = [&](int stage, int k_left) {   // k_left = kgemm - this tile's first kk
-        for (int e = 0; e < TC_BM / 8; ++e) {
+        for (int e = 0; e < T::BM / T::A_ROWS; ++e) {
             const bool ok = ((a_rows_ok >> e) & 1) && a_kk < k_left;
-            cp_async4(&As[stage][tc_store_slot<PLANT>(a_row + 8 * e, a_kk)], ok ? a_src + e * a_step : w, ok);
+            cp_async4(&As[stage][tc_store_slot<PLANT>(a_row + T::A_ROWS * e, a_kk)],
+                      ok ? a_src + e * a_step : w, ok);
         }
-        for (int e = 0; e < TC_BK / 2; ++e) {
-            const int kl = b_kk + 2 * e;
+        for (int e = 0; e < TC_BK / T::B_KSTEP; ++e) {
+            const int kl = b_kk + T::B_KSTEP * e;
             bool ok = col_ok && kl < k_left;
-            const long long t = ok ? tap[2 * e] : 0;
+            const long long t = ok ? tap[T::B_KSTEP * e] : 0;
             ok = ok && in_range(h0 + (int)((t >> 16) & 0xffff), H) && in_range(w0 + (int)(t & 0xffff), W);
             cp_async4(&Bs[stage][tc_store_slot<PLANT>(b_col, kl)], ok ? x + (x_col + (t >> 32)) : x, ok);
         }
@@ -214,9 +228,9 @@ __device__ __forceinline__ void conv2d_forward_tc(
         tap += TC_BK;
     };
 
-    float acc[2][4][4];
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 4; ++j)
+    float acc[T::MI][T::NJ][4];
+    for (int i = 0; i < T::MI; ++i)
+        for (int j = 0; j < T::NJ; ++j)
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
     const int ktiles = (kgemm + TC_BK - 1) / TC_BK;
@@ -230,18 +244,18 @@ __device__ __forceinline__ void conv2d_forward_tc(
         __syncthreads();
         if (kt + TC_STAGES - 1 < ktiles) load_tile(write_stage, kgemm - (kt + TC_STAGES - 1) * TC_BK);
         cp_async_commit();
-        tc_stage_mma<MODE, PLANT>(acc, As[read_stage], Bs[read_stage], wm, wn, g, t);
+        tc_stage_mma<MODE, PLANT, T::MI, T::NJ>(acc, As[read_stage], Bs[read_stage], wm, wn, g, t);
         read_stage = read_stage == TC_STAGES - 1 ? 0 : read_stage + 1;
         write_stage = write_stage == TC_STAGES - 1 ? 0 : write_stage + 1;
     }
     cp_async_wait<0>();   // only empty groups remain in a correct kernel
 
     // Epilogue: c0..c3 of each mma tile at (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < T::MI; ++i)
         for (int half = 0; half < 2; ++half) {
             const int k = m0 + wm + i * 16 + g + 8 * half;
             if (k >= K) continue;
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < T::NJ; ++j)
                 for (int e = 0; e < 2; ++e) {
                     const idx_t c = col0 + wn + j * 8 + 2 * t + e;
                     if (c >= ncols) continue;
@@ -260,14 +274,26 @@ __device__ __forceinline__ void conv2d_forward_tc(
     int sh, int sw, int ph, int pw
 #define TC_ARGS x, w, y, taps, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_tf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NONE>(TC_ARGS);
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_tf32_v3(TC_PARAMS) {
+    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV3>(TC_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_bf16_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_NONE>(TC_ARGS);
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_bf16_v3(TC_PARAMS) {
+    conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV3>(TC_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS) conv2d_forward_3xtf32_v3(TC_PARAMS) {
-    conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE>(TC_ARGS);
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_3xtf32_v3(TC_PARAMS) {
+    conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV3>(TC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_forward_tf32_v4(TC_PARAMS) {
+    conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV4>(TC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_forward_bf16_v4(TC_PARAMS) {
+    conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV4>(TC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_forward_3xtf32_v4(TC_PARAMS) {
+    conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV4>(TC_ARGS);
 }

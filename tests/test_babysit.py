@@ -125,15 +125,16 @@ def test_preprocessing_check(digits):
     assert not scaled.passed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--tiny", "1000"], "--tiny 1000 exceeds the 400 training images"),
-    (["--overfit-steps", "0"], "--overfit-steps must be >= 1"),
-])
-def test_check_user_mistakes(argv, message, capsys):
-    assert cli.main(["check", *DIGITS, "--val-split", "0", *argv]) == 2
+def test_check_user_mistakes(capsys):
+    assert cli.main(["check", *DIGITS, "--val-split", "0", "--tiny", "1000"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gpucnn check: error: ") and message in err and "\n" not in err
+    assert err.startswith("gpucnn check: error: ") and "\n" not in err
+    assert "--tiny 1000 exceeds the 400 training images" in err
+    for argv in (["--overfit-steps", "0"], ["--init-tolerance", "1"], ["--lr", "0"]):
+        with pytest.raises(SystemExit) as exc:  # refused by argparse, before anything runs
+            cli.main(["check", *DIGITS, *argv])
+        assert exc.value.code == 2
+        assert f"argument {argv[0]}: must be" in capsys.readouterr().err
 
 
 # ---- gpucnn lr-find ---------------------------------------------------------------
@@ -265,3 +266,27 @@ def test_train_monitor_writes_json_plot_and_warnings(tmp_path, capsys):
     assert "warning: update/weight ratio" in capsys.readouterr().out  # lr 3 with plain SGD is far too large
     rc = cli.main(["train", *DIGITS, "--epochs", "1", "--no-progress", "--metrics-out", str(metrics)])
     assert rc == 0 and "monitor" not in json.loads(metrics.read_text())
+
+
+def test_monitor_keeps_statistics_as_arrays_until_the_epoch_ends(digits, monkeypatch):
+    """The GPU promise, checked on the CPU path: no host copy (backend.to_cpu)
+    and no Python number among the statistics until end_epoch."""
+    from gpucnn import backend
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    net = small_net()
+    trainer = Trainer(net, optim.Adam(net.parameters(), lr=1e-3))
+    watch = trainer.monitor = monitor.TrainingMonitor(net)
+    copies = []
+    real_to_cpu = backend.to_cpu
+    monkeypatch.setattr(backend, "to_cpu", lambda a: copies.append(a) or real_to_cpu(a))
+    real_end = watch.end_epoch
+
+    def end_epoch():
+        assert copies == []  # nothing went to the host during the steps
+        values = [v for sums, squares, _, zeros in watch._acts.values() for v in sums + squares + zeros]
+        values += [v for norms in watch._grads.values() for v in norms]
+        assert values and all(isinstance(v, (np.ndarray, np.generic)) for v in values)
+        return real_end()
+    monkeypatch.setattr(watch, "end_epoch", end_epoch)
+    trainer.train_epoch(ArrayLoader(x, y, 16, shuffle=False))
+    assert copies and len(watch.history) == 1

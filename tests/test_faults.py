@@ -109,6 +109,16 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     resume_finishes(ckpt, tmp_path, 3)
 
 
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(tmp_path_factory):
+    """A 1-epoch checkpoint, trained in this process. It also fills Numba's on-disk
+    cache for this training, which the size-limited processes below then only
+    read: Numba raises (a traceback, not our error) when it cannot write its cache."""
+    path = tmp_path_factory.mktemp("warm") / "model.ckpt.npz"
+    assert cli.main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path)]) == 0
+    return path
+
+
 def _file_size_limit(limit):
     def apply():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -116,10 +126,10 @@ def _file_size_limit(limit):
     return apply
 
 
-def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, one_epoch_checkpoint):
     ckpt = tmp_path / "model.ckpt.npz"
-    assert cli.main(["train", *TINY, "--epochs", "1", "--checkpoint", str(ckpt)]) == 0
-    before = ckpt.read_bytes()
+    before = one_epoch_checkpoint.read_bytes()
+    ckpt.write_bytes(before)
     limit = len(before) // 4  # the next checkpoint cannot be written; small files (caches) still can
     rc, out, err = finish(gpucnn("train", *TINY, "--epochs", "2", "--checkpoint", str(ckpt), "--resume",
                                  str(ckpt), preexec_fn=_file_size_limit(limit)))
@@ -132,7 +142,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the temp file was removed
 
 
-def test_metrics_on_a_full_disk_keep_the_old_file(tmp_path):
+def test_metrics_on_a_full_disk_keep_the_old_file(tmp_path, one_epoch_checkpoint):
     metrics = tmp_path / "m.json"
     metrics.write_text('{"old": true}')
     rc, out, err = finish(gpucnn("train", *TINY, "--epochs", "1", "--metrics-out", str(metrics),

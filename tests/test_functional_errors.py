@@ -131,7 +131,7 @@ def test_messages_carry_the_shapes(call, shapes):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: F.conv2d(X, W, version=4), r"forward: kernel version 4 does not exist; choose from \(1, 2, 3\)"),
+    (lambda: F.conv2d(X, W, version=5), r"forward: kernel version 5 does not exist; choose from \(1, 2, 3, 4\)"),
     (lambda: F.conv2d_backward_data(np.ones((2, 4, 6, 6), np.float32), W, X.shape, version=0),
      r"backward_data: kernel version 0 does not exist"),
     (lambda: F.conv3d_backward_filter(np.ones((1, 1, 1, 1, 1), np.float32), np.ones((1, 1, 2, 2, 2), np.float32),

@@ -2,8 +2,9 @@
 
 A small stand-in for cupy.ElementwiseKernel runs each kernel's C body with
 NumPy: statements in order, inputs broadcast, outputs read and written in
-place, the ternary as np.where. With it (and `applies` accepting NumPy
-arrays), batch norm and the optimizers take their fused branches on the CPU,
+place, the ternary as np.where. With it (and the per-device tables pointing
+"cpu" at the GPU implementations), batch norm and the optimizers take their
+fused branches on the CPU,
 and every result is compared with their plain array code. This checks the
 formulas and the branches' bookkeeping (running statistics, momentum
 buffers, step counts); the real kernels are checked on a GPU by the gpu tests.
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from gpucnn import fused_gpu, nn, optim
-from gpucnn.nn import Parameter
+from gpucnn.nn import Parameter, norm
+from gpucnn.optim import optimizers
 
 _TERNARY = re.compile(r"(\w+)\s*\?\s*([^:]+?)\s*:\s*([^()]+)")
 
@@ -73,8 +75,16 @@ def fused_on_cpu(monkeypatch):
     """Make the fused branches run on NumPy arrays through the emulator."""
     def enable():
         monkeypatch.setattr(fused_gpu, "elementwise_kernel", EmulatedElementwise)
-        monkeypatch.setattr(fused_gpu, "applies", lambda *a: len({np.dtype(x.dtype) for x in a}) == 1)
+        monkeypatch.setitem(optimizers._FUSED, "cpu", fused_gpu)        # the per-device tables
+        monkeypatch.setitem(norm._IMPLEMENTATIONS, "cpu", norm._GpuFused())
     return enable
+
+
+@pytest.fixture
+def array_code_on_cpu(monkeypatch):
+    """The plain array code on NumPy arrays (not the CPU's Numba kernels)."""
+    monkeypatch.delitem(optimizers._FUSED, "cpu")
+    monkeypatch.setitem(norm._IMPLEMENTATIONS, "cpu", norm._ARRAY_CODE)
 
 
 def test_every_kernel_body_translates():
@@ -110,7 +120,7 @@ FUSED_OPTIMIZERS = [
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
 @pytest.mark.parametrize("name,cfg", FUSED_OPTIMIZERS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FUSED_OPTIMIZERS)])
-def test_fused_optimizer_matches_array_code(fused_on_cpu, monkeypatch, name, cfg, dtype, rtol):
+def test_fused_optimizer_matches_array_code(array_code_on_cpu, fused_on_cpu, monkeypatch, name, cfg, dtype, rtol):
     plain = _trajectory(name, cfg, dtype)
     fused_on_cpu()
     calls = _count_calls(monkeypatch, "adam_step" if name.startswith("Adam") else "sgd_momentum_step")
@@ -141,7 +151,7 @@ def _batch_norm_run(momentum, dtype):
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
-def test_fused_batch_norm_matches_array_code(fused_on_cpu, monkeypatch, momentum, dtype, rtol):
+def test_fused_batch_norm_matches_array_code(array_code_on_cpu, fused_on_cpu, monkeypatch, momentum, dtype, rtol):
     plain, plain_state = _batch_norm_run(momentum, dtype)
     fused_on_cpu()
     calls = _count_calls(monkeypatch, "batch_norm_stats", "batch_norm_backward", "batch_norm_eval")

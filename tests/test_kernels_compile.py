@@ -48,7 +48,8 @@ def test_every_version_has_its_kernels():
     for direction, versions in conv_gpu.VERSIONS.items():
         for v in versions:
             if v in conv_gpu.TENSOR_CORE:   # one kernel per precision
-                assert all(n in conv_gpu.KERNELS and n.endswith(f"_v{v}") for n in conv_gpu.TC_FORWARD.values())
+                names = conv_gpu.TC_FORWARD[v].values()
+                assert len(names) == 3 and all(n in conv_gpu.KERNELS and n.endswith(f"_v{v}") for n in names)
             else:
                 assert f"conv2d_{direction}_v{v}" in conv_gpu.KERNELS
     for op, versions in pool_gpu.VERSIONS.items():
@@ -98,7 +99,7 @@ def test_resolve_version():
     assert _gpu_launch.resolve_version(SIMT, "forward", None) == 2
     assert _gpu_launch.resolve_version(conv_gpu.VERSIONS, "backward_filter", 1) == 1
     with pytest.raises(ValueError, match="forward"):
-        _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", 4)
+        _gpu_launch.resolve_version(conv_gpu.VERSIONS, "forward", max(conv_gpu.VERSIONS["forward"]) + 1)
 
 
 def test_resolve_version_picks_v1_for_few_gemm_rows():

@@ -332,6 +332,8 @@ FEATURE_CASES = [
     (1, 4, 6, 2, (5, 6, 5), (2, 3, 2), 1, 1, (2, 1, 2), "contiguous"),  # 3-D dilation + groups
     (2, 3, 3, 3, (4, 5, 4), (3, 3, 3), (1, 2, 1), 2, 2, "sliced"),      # 3-D depthwise
     (1, 2, 4, 2, (6, 7), (2, 3), 1, "same", (1, 2), "contiguous"),     # 'same', odd total padding
+    (2, 3, 3, 3, (20, 35), (3, 3), 1, 1, 1, "contiguous"),             # depthwise, several 16x16 tiles
+    (1, 2, 2, 2, (40, 9), (3, 1), 1, 0, (17, 1), "contiguous"),        # depthwise, tile too big: v1
 ]
 
 
@@ -371,10 +373,15 @@ def test_conv_dilation_groups_kernels_match_reference(dev, case, direction, vers
             out, expected = run(bwd_filter, dy, x, w.shape, **kw), ref.conv_backward_filter_ref(dy, x, w.shape, **geo)
     assert_close(out, expected, dtype)
     depthwise = c // groups == 1 and groups > 1 and stem == "conv2d"
-    if direction == "backward_filter" and version is None and depthwise:
-        assert "conv2d_depthwise_backward_filter_v1" in dev.launched()
-    elif version is not None:
+    if version is not None:
         assert f"{stem}_{direction}_v{version}" in dev.launched()
+    elif depthwise and direction == "backward_filter":
+        assert "conv2d_depthwise_backward_filter_v1" in dev.launched()
+    elif depthwise and direction == "forward":
+        k2, s2, d2 = ((1,) + kernel, (1, stride), (1, dilation)) if len(spatial) == 1 else (kernel, stride, dilation)
+        s2, d2 = [(v, v) if isinstance(v, int) else tuple(v) for v in (s2, d2)]
+        fits = conv_gpu.depthwise_forward_fits(*k2, s2, d2)
+        assert ("conv2d_depthwise_forward_v1" if fits else "conv2d_forward_v1") in dev.launched()
 
 
 def test_depthwise_backward_filter_is_bitwise_deterministic(dev):

@@ -332,3 +332,63 @@ def test_scheduler_state_dict_resumes():
     sched2 = optim.StepLR(opt2, step_size=2, gamma=0.5)
     sched2.load_state_dict(sched.state_dict())
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)
+
+
+CPU_FUSED = [("SGD", {"lr": 0.02, "momentum": 0.9}),
+             ("SGD", {"lr": 0.02, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+             ("SGD", {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+             ("Adam", {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1}),
+             ("AdamW", {"lr": 0.01, "weight_decay": 0.1})]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name,cfg", CPU_FUSED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CPU_FUSED)])
+def test_cpu_fused_updates_match_array_code(monkeypatch, name, cfg, dtype, rtol):
+    # The CPU's fused Numba updates (optim_cpu) against the array code, and
+    # every update of a contiguous NumPy parameter takes the fused kernel.
+    from gpucnn.optim import optim_cpu, optimizers
+
+    def run():
+        params = [Parameter(a.astype(dtype)) for a in _initial()]
+        opt = getattr(optim, name)(params, **cfg)
+        out = []
+        for _ in range(30):
+            opt.zero_grad()
+            for k, p in enumerate(params):
+                p.grad = _grad(p.data, k).astype(dtype)
+            opt.step()
+            out.append([p.data.copy() for p in params])
+        return out
+    calls = []
+    fn = "adam_step" if name.startswith("Adam") else "sgd_momentum_step"
+    real = getattr(optim_cpu, fn)
+    monkeypatch.setattr(optim_cpu, fn, lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = run()
+    assert len(calls) == 30 * 2
+    monkeypatch.delitem(optimizers._FUSED, "cpu")
+    plain = run()
+    for step, (a, b) in enumerate(zip(fused, plain)):
+        for x, y in zip(a, b):
+            assert x.dtype == dtype
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * 1e-2, err_msg=f"step {step + 1}")
+
+
+def test_cpu_fused_update_is_thread_count_independent():
+    # A parameter large enough to be split across threads gives the same bits at 1 and 2 threads.
+    import numba
+    rng = np.random.default_rng(0)
+    p0, g = rng.standard_normal(600_000).astype(np.float32), rng.standard_normal(600_000).astype(np.float32)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            p = Parameter(p0.copy())
+            opt = optim.Adam([p], lr=0.01, weight_decay=0.1)
+            for _ in range(3):
+                p.grad = g
+                opt.step()
+            results.append(p.data)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])

@@ -191,6 +191,11 @@ def test_version_choice_without_autotune_is_a_fixed_function_of_the_inputs(monke
     assert pick(gemm_rows=64, precision="medium") == 3
     assert pick(gemm_rows=8, precision="medium") == 1             # too few rows for a tile
     assert pick(gemm_rows=64, precision="high", dtype=np.float64) == 2
+    # {version: block-tile rows}: the largest tile the GEMM rows fill, else the smallest
+    table = {"forward": (1, 2, 3, 4)}
+    pick2 = lambda rows: _gpu_launch.select_version(table, "forward", None, gemm_rows=rows,  # noqa: E731
+                                                    precision="high", tensor_core={3: 64, 4: 128})
+    assert [pick2(r) for r in (8, 16, 64, 127, 128, 512)] == [1, 3, 3, 3, 4, 4]
     with pytest.raises(ValueError, match="forward: kernel version 3 .*float32 or float16.*float64"):
         _gpu_launch.select_version(TABLE, "forward", 3, dtype=np.float64, tensor_core=(3,))
     with pytest.raises(ValueError, match="version 4 does not exist"):
@@ -300,8 +305,8 @@ def test_bench_gpu_times_each_precision_of_the_tensor_core_version(monkeypatch):
     from gpucnn.benchmark import report, runner
     versions, doc = _bench(monkeypatch, "gpu", ("highest", "high", "medium"))
     pairs = [(v["version"], v["precision"]) for v in versions["conv_forward"]]
-    assert pairs == [("1", "highest"), ("2", "highest"),
-                     ("3", "highest"), ("3", "high"), ("3", "medium")]
+    assert pairs == [("1", "highest"), ("2", "highest"), ("3", "highest"), ("3", "high"), ("3", "medium"),
+                     ("4", "highest"), ("4", "high"), ("4", "medium")]
     tolerances = [v["check"]["tolerance"] for v in versions["conv_forward"]]
     assert tolerances == [runner.CHECK_TOLERANCES[p] for _, p in pairs]
     assert "3 medium" in report.text_report(doc)

@@ -43,12 +43,12 @@ def test_sass_report_of_the_tensor_core_kernels():
     rows, problems = kernel_check.check(("sm_80",), [path], sass=True)
     assert problems == []
     by_name = {r["kernel"]: r for r in rows}
-    assert set(by_name) == {"conv2d_forward_tf32_v3", "conv2d_forward_bf16_v3", "conv2d_forward_3xtf32_v3"}
+    assert set(by_name) == {f"conv2d_forward_{p}_v{v}" for p in ("tf32", "bf16", "3xtf32") for v in (3, 4)}
     for name, row in by_name.items():
         assert row["mma"] > 0 and row["loop"] and row["spill_stores"] == 0
-    # per 64x64x16 tile, 4 warps of 2x4 mma tiles: 2 k8-steps of TF32, 1 k16-step of BF16, 3 passes of 3xTF32
-    assert by_name["conv2d_forward_tf32_v3"]["mma"] == 16
-    assert by_name["conv2d_forward_bf16_v3"]["mma"] == 8
+    # per 16-deep tile, 2x4 (v3) or 4x4 (v4) mma tiles a warp: 2 k8-steps of TF32, 1 k16-step of BF16
+    assert by_name["conv2d_forward_tf32_v3"]["mma"] == 16 and by_name["conv2d_forward_tf32_v4"]["mma"] == 32
+    assert by_name["conv2d_forward_bf16_v3"]["mma"] == 8 and by_name["conv2d_forward_bf16_v4"]["mma"] == 16
     assert "HMMA" in " ".join(sass_check.CLASSES["mma"])
     table = sass_check.format_table(rows)
     assert "conv2d_forward_bf16_v3" in table and "math%" in table

@@ -50,25 +50,32 @@ def problem(case, seed=0):
     return x, w
 
 
-def conv_tc(case, precision, x, w):
+def conv_tc(case, precision, x, w, version=3):
     fn = F.conv1d if len(case[3]) == 1 else F.conv2d
-    out = run(fn, x, w, None, case[5], case[6], layout=case[7], version=3, precision=precision)
+    out = run(fn, x, w, None, case[5], case[6], layout=case[7], version=version, precision=precision)
     return out, ref.conv_forward_ref(x, w, None, case[5], case[6])
 
 
 ERRORS = {}
 
 
+CASE_ID = lambda c: "N{}C{}K{}-x{}-k{}-s{}-p{}-{}".format(*c).replace(" ", "")  # noqa: E731
+
+
+# v4 (256 threads, 128x128 tiles) is slow to emulate: two cases (ragged tiles, 1-D).
+EMULATED = [(c, 3) for c in CASES] + [(CASES[1], 4), (CASES[3], 4)]
+
+
 @pytest.mark.parametrize("precision", list(TOL))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}K{}-x{}-k{}-s{}-p{}-{}".format(*c).replace(" ", ""))
-def test_tensor_core_forward_within_the_precision_tolerance(dev, case, precision):
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{CASE_ID(c)}") for c, v in EMULATED])
+def test_tensor_core_forward_within_the_precision_tolerance(dev, case, version, precision):
     x, w = problem(case)
-    out, expected = conv_tc(case, precision, x, w)
+    out, expected = conv_tc(case, precision, x, w, version)
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
     err = rel_l2(out, expected)
     ERRORS.setdefault(precision, []).append(err)
     assert err <= TOL[precision], f"{precision}: relative L2 error {err:.3g}"
-    assert conv_gpu.TC_FORWARD[precision] in dev.launched()
+    assert conv_gpu.TC_FORWARD[version][precision] in dev.launched()
     if precision != "highest":   # the operands really were rounded (not float32 in disguise)
         assert err > 1e-5
 
@@ -101,8 +108,8 @@ def test_default_choice_uses_tensor_cores_only_when_permitted(dev):
 
 PLANTED = "".join(
     f"""
-extern "C" __global__ void __launch_bounds__(TC_THREADS) {name}(TC_PARAMS) {{
-    conv2d_forward_tc<{mode}, {plant}>(TC_ARGS);
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) {name}(TC_PARAMS) {{
+    conv2d_forward_tc<{mode}, {plant}, TileV3>(TC_ARGS);
 }}
 """ for name, mode, plant in [("plant_lane_tf32_v3", "TC_MODE_TF32", "TC_PLANT_LANE"),
                                ("plant_lane_bf16_v3", "TC_MODE_BF16", "TC_PLANT_LANE"),
@@ -133,7 +140,7 @@ def planted(planted_build, tmp_path, monkeypatch):
     ("plant_swizzle_tf32_v3", "high"),          # stores and loads disagree on the swizzle
 ])
 def test_emulator_catches_each_planted_bug(planted, monkeypatch, kernel, precision):
-    monkeypatch.setitem(conv_gpu.TC_FORWARD, precision, kernel)
+    monkeypatch.setitem(conv_gpu.TC_FORWARD[3], precision, kernel)
     case = CASES[1]
     x, w = problem(case)
     out, expected = conv_tc(case, precision, x, w)
@@ -328,15 +335,16 @@ def test_emulator_aborts_on_misused_warp_instructions(warp_program, what, messag
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", list(TOL))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}K{}-x{}-k{}-s{}-p{}-{}".format(*c).replace(" ", ""))
-def test_tensor_core_forward_on_the_gpu(monkeypatch, case, precision):
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{CASE_ID(c)}")
+                                           for v in conv_gpu.TENSOR_CORE for c in CASES])
+def test_tensor_core_forward_on_the_gpu(monkeypatch, case, version, precision):
     from gpucnn import backend
     monkeypatch.setattr(kernel_loader, "POISON_OUTPUTS", True)
     x, w = problem(case)
     fn = F.conv1d if len(case[3]) == 1 else F.conv2d
     out = backend.to_cpu(fn(backend.to_gpu(x), backend.to_gpu(w), None, case[5], case[6],
-                            version=3, precision=precision))
+                            version=version, precision=precision))
     assert rel_l2(out, ref.conv_forward_ref(x, w, None, case[5], case[6])) <= TOL[precision]
     half = fn(backend.to_gpu(x.astype(np.float16)), backend.to_gpu(w.astype(np.float16)), None,
-              case[5], case[6], version=3, precision=precision)
+              case[5], case[6], version=version, precision=precision)
     assert half.dtype == np.float16

@@ -53,9 +53,18 @@ def torch_mirror(torch, module):
         return tn.Sequential(*[torch_mirror(torch, m) for m in module])
     if name in ("Conv1d", "Conv2d", "Conv3d"):
         return getattr(tn, name)(module.in_channels, module.out_channels, module.kernel_size,
-                                 module.stride, module.padding, bias=module.bias is not None)
-    if name in ("MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d"):
+                                 module.stride, module.padding, module.dilation, module.groups,
+                                 bias=module.bias is not None)
+    if name in ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"):
+        return getattr(tn, name)(module.in_channels, module.out_channels, module.kernel_size,
+                                 module.stride, module.padding, module.output_padding, module.groups,
+                                 module.bias is not None, module.dilation)
+    if name in ("MaxPool1d", "MaxPool2d", "MaxPool3d"):
+        return getattr(tn, name)(module.kernel_size, module.stride, module.padding, module.dilation)
+    if name in ("AvgPool1d", "AvgPool2d", "AvgPool3d"):
         return getattr(tn, name)(module.kernel_size, module.stride, module.padding)
+    if name.startswith("Adaptive"):
+        return getattr(tn, name)(module.output_size)
     if name == "Linear":
         return tn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
     if name in ("BatchNorm1d", "BatchNorm2d"):

@@ -88,6 +88,8 @@ def ours_call(op, case, a, version=None, precision=None):
     if precision is not None and OPS[op][0] == "conv":
         kw["precision"] = precision
     s, p, k = case.stride, case.padding, case.kernel
+    if case.family == "conv":
+        kw.update(dilation=case.dil, groups=case.groups)
     if op == "conv_forward":
         return lambda: f(a["x"], a["w"], None, s, p, **kw)
     if op == "conv_backward_data":
@@ -117,12 +119,12 @@ def torch_call(torch, op, case, t):
     nd, s, p, k = case.nd, list(case.stride), list(case.padding), list(case.kernel)
     if op == "conv_forward":
         f = getattr(tf, f"conv{nd}d")
-        return lambda: f(t["x"], t["w"], None, s, p)
+        return lambda: f(t["x"], t["w"], None, s, p, list(case.dil), case.groups)
     if op.startswith("conv_backward"):
         which = 0 if op == "conv_backward_data" else 1
         mask = [which == 0, which == 1, False]
-        return lambda: aten.convolution_backward(t["dy"], t["x"], t["w"], None, s, p, [1] * nd,
-                                                 False, [0] * nd, 1, mask)[which]
+        return lambda: aten.convolution_backward(t["dy"], t["x"], t["w"], None, s, p, list(case.dil),
+                                                 False, [0] * nd, case.groups, mask)[which]
     if op == "max_pool_forward":
         f = getattr(tf, f"max_pool{nd}d")
         return lambda: f(t["x"], k, s, p, return_indices=True)

@@ -16,9 +16,15 @@ Suites
 - convnet:  convnet-benchmarks L1-L5 (soumith/convnet-benchmarks) at N=128,
             stride 1, no padding.
 - nd:       1-D and 3-D convs and pools (sequence and video-like shapes).
+- mobilenet: MobileNet-v1 style depthwise-separable layers at N=64 (3x3
+            depthwise convs, groups = C, stride 1 and 2, and their 1x1
+            pointwise convs), 112x112 down to 7x7.
+- dilated:  dilated (atrous) 3x3 convs at N=16, DeepLab-style (dilation 2,
+            4, 8 with 'same'-size padding, 1-D dilation 2 and 3-D dilation 2).
 - quick:    small N, a few shapes of every kind (2-D, 1-D, 3-D, stride 2,
             padding, overlapping pools); runs on the CPU in seconds (CI).
-- full:     lenet + airbench + resnet50 + convnet + nd (meant for a GPU).
+- full:     lenet + airbench + resnet50 + convnet + nd + mobilenet + dilated
+            (meant for a GPU).
 """
 import math
 from dataclasses import dataclass
@@ -38,6 +44,12 @@ class Case:
     kernel: tuple
     stride: tuple
     padding: tuple
+    dilation: tuple = None   # None = 1 in every dimension
+    groups: int = 1
+
+    @property
+    def dil(self):
+        return self.dilation or (1,) * self.nd
 
     @property
     def nd(self):
@@ -49,17 +61,18 @@ class Case:
 
     @property
     def w_shape(self):
-        return (self.k, self.c) + self.kernel
+        return (self.k, self.c // self.groups) + self.kernel
 
     @property
     def y_shape(self):
-        return (self.n, self.k) + output_shape(self.spatial, self.kernel, self.stride, self.padding)
+        return (self.n, self.k) + output_shape(self.spatial, self.kernel, self.stride, self.padding,
+                                               self.dil)
 
     def conv_flops(self):
-        """2*N*K*C*R*S*Ho*Wo: one multiply and one add per filter tap and
-        output element; the same count holds for each of the three directions."""
+        """2*N*K*(C/groups)*R*S*Ho*Wo: one multiply and one add per filter tap
+        and output element; the same count holds for each of the three directions."""
         out = self.y_shape[2:]
-        return 2 * self.n * self.k * self.c * math.prod(self.kernel) * math.prod(out)
+        return 2 * self.n * self.k * (self.c // self.groups) * math.prod(self.kernel) * math.prod(out)
 
     def describe(self):
         """A one-line geometry, e.g. 'N64 C256@14x14 -> K256 3x3 s1 p1'."""
@@ -68,14 +81,16 @@ class Case:
         st = _short(self.stride)
         pd = _short(self.padding)
         if self.family == "conv":
-            return f"N{self.n} C{self.c}@{sp} -> K{self.k} {ker} s{st} p{pd}"
+            extra = (f" d{_short(self.dil)}" if self.dilation else "") + (f" g{self.groups}" if self.groups > 1 else "")
+            return f"N{self.n} C{self.c}@{sp} -> K{self.k} {ker} s{st} p{pd}{extra}"
         return f"N{self.n} C{self.c}@{sp} pool {ker} s{st} p{pd}"
 
     def as_dict(self):
         return {"family": self.family, "nd": self.nd, "x_shape": list(self.x_shape),
                 "w_shape": list(self.w_shape) if self.family == "conv" else None,
                 "y_shape": list(self.y_shape), "kernel": list(self.kernel),
-                "stride": list(self.stride), "padding": list(self.padding)}
+                "stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dil), "groups": self.groups}
 
 
 def _short(t):
@@ -86,10 +101,12 @@ def _tup(v, nd):
     return (v,) * nd if isinstance(v, int) else tuple(v)
 
 
-def conv(name, n, c, spatial, k, kernel, stride=1, padding=0):
+def conv(name, n, c, spatial, k, kernel, stride=1, padding=0, dilation=1, groups=1):
     spatial = _tup(spatial, 2) if isinstance(spatial, int) else tuple(spatial)
     nd = len(spatial)
-    return Case(name, "conv", n, c, spatial, k, _tup(kernel, nd), _tup(stride, nd), _tup(padding, nd))
+    dilation = None if dilation == 1 else _tup(dilation, nd)
+    return Case(name, "conv", n, c, spatial, k, _tup(kernel, nd), _tup(stride, nd), _tup(padding, nd),
+                dilation, groups)
 
 
 def pool(name, n, c, spatial, kernel, stride=None, padding=0):
@@ -154,6 +171,27 @@ def _nd():
             pool("nd/pool3d_3s2", 8, 64, (8, 28, 28), 3, stride=2, padding=1)]
 
 
+def _mobilenet(n=64):
+    """MobileNet-v1's depthwise (dw) and pointwise (pw) layer pairs, one per size."""
+    cases = []
+    for c, k, size, stride in ((32, 64, 112, 1), (64, 128, 112, 2), (128, 128, 56, 1), (128, 256, 56, 2),
+                               (256, 256, 28, 1), (512, 512, 14, 1), (512, 1024, 14, 2), (1024, 1024, 7, 1)):
+        out = output_shape((size, size), (3, 3), (stride, stride), (1, 1))[0]
+        cases += [conv(f"mobilenet/dw{c}s{stride}@{size}", n, c, size, c, 3, stride=stride, padding=1, groups=c),
+                  conv(f"mobilenet/pw{c}-{k}@{out}", n, c, out, k, 1)]
+    return cases
+
+
+def _dilated(n=16):
+    """Atrous 3x3 convs keeping the size (padding = dilation), as in DeepLab's ASPP."""
+    return [conv("dilated/3x3d2_256@33", n, 256, 33, 256, 3, padding=2, dilation=2),
+            conv("dilated/3x3d4_256@33", n, 256, 33, 256, 3, padding=4, dilation=4),
+            conv("dilated/3x3d8_512@17", n, 512, 17, 256, 3, padding=8, dilation=8),
+            conv("dilated/3x3d2_64@64", n, 64, 64, 64, 3, padding=2, dilation=2),
+            conv("dilated/conv1d_d2", n, 64, (2048,), 64, 3, padding=2, dilation=2),
+            conv("dilated/conv3d_d2", 4, 32, (8, 28, 28), 32, 3, padding=2, dilation=2)]
+
+
 def _quick():
     """Each op a few milliseconds on one CPU core: large enough that the
     kernels, not the per-call overhead, dominate; small enough for CI."""
@@ -166,18 +204,21 @@ def _quick():
             conv("quick/conv1d", 8, 16, (256,), 32, 5, padding=2),
             pool("quick/maxpool1d", 8, 16, (512,), 3, stride=2, padding=1),
             conv("quick/conv3d", 2, 8, (8, 12, 12), 16, 3, padding=1),
-            pool("quick/pool3d", 2, 8, (8, 12, 12), 2)]
+            pool("quick/pool3d", 2, 8, (8, 12, 12), 2),
+            conv("quick/depthwise3x3", 8, 32, 16, 32, 3, padding=1, groups=32),
+            conv("quick/dilated3x3", 8, 16, 16, 16, 3, padding=2, dilation=2)]
 
 
 _BUILDERS = {"quick": _quick, "lenet": _lenet, "airbench": _airbench,
-             "resnet50": _resnet50, "convnet": _convnet, "nd": _nd}
-SUITES = ("quick", "full", "lenet", "airbench", "resnet50", "convnet", "nd")
+             "resnet50": _resnet50, "convnet": _convnet, "nd": _nd, "mobilenet": _mobilenet,
+             "dilated": _dilated}
+SUITES = ("quick", "full", "lenet", "airbench", "resnet50", "convnet", "nd", "mobilenet", "dilated")
 
 
 def get_suite(name):
     """The list of Cases of a suite ('full' = every suite but 'quick')."""
     if name == "full":
-        return [c for key in ("lenet", "airbench", "resnet50", "convnet", "nd")
+        return [c for key in ("lenet", "airbench", "resnet50", "convnet", "nd", "mobilenet", "dilated")
                 for c in _BUILDERS[key]()]
     if name not in _BUILDERS:
         raise ValueError(f"unknown suite {name!r}; choose one of {SUITES}")

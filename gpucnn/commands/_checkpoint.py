@@ -6,7 +6,8 @@ from .errors import CommandError
 def add_checkpoint_arguments(p):
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="a checkpoint written by `gpucnn train --checkpoint FILE`")
-    p.add_argument("--device", choices=backend.DEVICES, default="auto")
+    p.add_argument("--device", choices=backend.DEVICES, default="auto",
+                   help="auto = the GPU when CuPy finds a usable one, else the CPU")
 
 
 def load(args):

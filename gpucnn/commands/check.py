@@ -9,10 +9,11 @@ Exit status 0 only when every check passes, 1 otherwise.
 import json
 from pathlib import Path
 
-from .. import backend, models, protocol, sanity
+from .. import models, protocol, sanity
 from .. import random as gpucnn_random
-from .errors import CommandError
-from .train import add_common_arguments, add_optimizer_arguments, load_data, prepare_outputs
+from .errors import CommandError, positive_int, ranged
+from .train import (add_common_arguments, add_optimizer_arguments, load_data, prepare_outputs, resolve_device,
+                    split_data)
 
 
 def add_parser(subparsers):
@@ -20,22 +21,15 @@ def add_parser(subparsers):
                               "gradients, preprocessing)", description=__doc__.splitlines()[0])
     add_common_arguments(p)
     add_optimizer_arguments(p)
-    p.add_argument("--tiny", type=int, default=64, metavar="N",
-                   help="training images for the overfit and weight-decay checks (default 64)")
-    p.add_argument("--overfit-steps", type=int, default=200, metavar="STEPS",
-                   help="full-batch steps allowed to reach 99%% accuracy on the tiny subset (default 200)")
-    p.add_argument("--init-tolerance", type=float, default=sanity.INIT_TOLERANCE, metavar="FRACTION",
-                   help="allowed relative distance of the initial loss from ln(classes) (default 0.1)")
-    p.add_argument("--json", metavar="FILE.json", help="write the results as JSON")
+    p.add_argument("--tiny", type=positive_int, default=64, metavar="N",
+                   help="training images for the overfit and weight-decay checks")
+    p.add_argument("--overfit-steps", type=positive_int, default=200, metavar="STEPS",
+                   help="full-batch steps allowed to reach 99%% accuracy on the tiny subset")
+    p.add_argument("--init-tolerance", type=ranged(float, 0, 1, low_open=True, high_open=True),
+                   default=sanity.INIT_TOLERANCE, metavar="FRACTION",
+                   help="allowed relative distance of the initial loss from ln(classes), in (0, 1)")
+    p.add_argument("--json", metavar="FILE.json", help="write the results as JSON (default: not written)")
     p.set_defaults(func=run)
-
-
-def resolve_lr(args):
-    """The learning rate to use: --lr, else the optimizer's default; a CommandError if not > 0."""
-    lr = protocol.DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-    if not lr > 0:
-        raise CommandError(f"--lr must be > 0, got {args.lr}")
-    return lr
 
 
 def model_builder(args, ds):
@@ -49,16 +43,11 @@ def model_builder(args, ds):
 
 
 def run(args):
-    lr = resolve_lr(args)
-    for name, value in (("--tiny", args.tiny), ("--overfit-steps", args.overfit_steps)):
-        if value < 1:
-            raise CommandError(f"{name} must be >= 1, got {value}")
-    if not 0 < args.init_tolerance < 1:
-        raise CommandError(f"--init-tolerance must be in (0, 1), got {args.init_tolerance}")
+    lr = protocol.DEFAULT_LR[args.optimizer] if args.lr is None else args.lr  # argparse: --lr > 0
     prepare_outputs(args.json)
-    device = backend.resolve_device(args.device)
+    device = resolve_device(args.device)
     ds = load_data(args)
-    data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
+    data = split_data(ds, args.val_split, args)
     if args.tiny > len(data.x_train):
         raise CommandError(f"--tiny {args.tiny} exceeds the {len(data.x_train)} training images; "
                            f"give a smaller --tiny or a larger --subset")

@@ -25,9 +25,9 @@ def add_parser(subparsers):
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a test set", description=__doc__.splitlines()[0])
     _checkpoint.add_checkpoint_arguments(p)
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the checkpoint's dataset")
-    p.add_argument("--data-dir", help="directory of the dataset files (the .npz file for --dataset npz)")
-    p.add_argument("--json", metavar="FILE.json", help="write test_accuracy, test_loss, per_class, confusion_matrix")
-    p.add_argument("--plot", metavar="FILE.png", help="the confusion matrix as an image")
+    p.add_argument("--data-dir", help="directory of the dataset files, or the .npz file for --dataset npz (default: the one the checkpoint was trained on)")
+    p.add_argument("--json", metavar="FILE.json", help="write test_accuracy, test_loss, per_class, confusion_matrix as JSON (default: not written)")
+    p.add_argument("--plot", metavar="FILE.png", help="the confusion matrix as a PNG image (default: no plot)")
     p.set_defaults(func=run)
 
 

@@ -13,9 +13,9 @@ def add_parser(subparsers):
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX / safetensors",
                               description=__doc__.splitlines()[0])
     _checkpoint.add_checkpoint_arguments(p)
-    p.add_argument("--onnx", metavar="OUT.onnx", help="write the model as an ONNX graph")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="write the model as an ONNX graph (default: not written)")
     p.add_argument("--opset", type=int, default=onnx.DEFAULT_OPSET, help=f"ONNX opset (default {onnx.DEFAULT_OPSET})")
-    p.add_argument("--safetensors", metavar="OUT.safetensors", help="write the state dict (PyTorch's key names)")
+    p.add_argument("--safetensors", metavar="OUT.safetensors", help="write the state dict with PyTorch's key names (default: not written)")
     p.set_defaults(func=run, device="cpu")
 
 

@@ -8,10 +8,11 @@ optimizer are restored afterwards; see gpucnn/lr_finder.py.
 import json
 from pathlib import Path
 
-from .. import backend, lr_finder, protocol
+from .. import lr_finder
 from ..data import DataLoader, build_augmentation
-from .errors import CommandError
-from .train import add_common_arguments, add_optimizer_arguments, load_data, make_trainer_from_args, prepare_outputs
+from .errors import CommandError, positive_float, ranged
+from .train import (add_common_arguments, add_optimizer_arguments, load_data, make_trainer_from_args,
+                    prepare_outputs, resolve_device, split_data)
 
 
 def add_parser(subparsers):
@@ -19,23 +20,21 @@ def add_parser(subparsers):
                               description=__doc__.splitlines()[0])
     add_common_arguments(p)
     add_optimizer_arguments(p)
-    p.add_argument("--min", type=float, default=1e-7, dest="min_lr", metavar="LR", help="first lr (1e-7)")
-    p.add_argument("--max", type=float, default=10.0, dest="max_lr", metavar="LR", help="last lr (10)")
-    p.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (100)")
-    p.add_argument("--plot", metavar="FILE.png", help="loss against learning rate")
-    p.add_argument("--json", metavar="FILE.json", help='{"suggested_lr", "rule", "lrs", "losses", ...}')
+    p.add_argument("--min", type=positive_float, default=1e-7, dest="min_lr", metavar="LR", help="first learning rate of the sweep")
+    p.add_argument("--max", type=positive_float, default=10.0, dest="max_lr", metavar="LR", help="last learning rate of the sweep")
+    p.add_argument("--steps", type=ranged(int, 2), default=100, help="mini-batches in the sweep, >= 2")
+    p.add_argument("--plot", metavar="FILE.png", help="plot of the loss against the learning rate (default: no plot)")
+    p.add_argument("--json", metavar="FILE.json", help='write {"suggested_lr", "rule", "lrs", "losses", ...} (default: not written)')
     p.set_defaults(func=run)
 
 
 def run(args):
     if not 0 < args.min_lr < args.max_lr:
         raise CommandError(f"need 0 < --min < --max, got --min {args.min_lr:g} --max {args.max_lr:g}")
-    if args.steps < 2:
-        raise CommandError(f"--steps must be >= 2, got {args.steps}")
     prepare_outputs(args.plot, args.json)
-    device = backend.resolve_device(args.device)
+    device = resolve_device(args.device)
     ds = load_data(args)
-    data = protocol.prepare_data(ds, args.val_split, args.subset, args.seed)
+    data = split_data(ds, args.val_split, args)
     trainer = make_trainer_from_args(args, ds, device)
     aug = build_augmentation(args.augment, ds.num_classes, ds.input_shape[-1])
     loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=args.seed)

@@ -28,7 +28,7 @@ def add_parser(subparsers):
                               description=__doc__.splitlines()[0])
     _checkpoint.add_checkpoint_arguments(p)
     p.add_argument("--top", type=int, default=3, metavar="K", help="classes listed per file (default 3)")
-    p.add_argument("--json", metavar="FILE.json", help='write {"predictions": [...]} (and "errors")')
+    p.add_argument("--json", metavar="FILE.json", help='write {"predictions": [...]} (and "errors") as JSON (default: not written)')
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG (gpucnn[images]) or .npy files")
     p.set_defaults(func=run)
 

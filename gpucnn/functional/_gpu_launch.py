@@ -61,14 +61,16 @@ def select_version(table, op, version, *, gemm_rows=None, dtype=np.float32, prec
                    tensor_core=(), shapes=None, run=None):
     """The kernel version of one GPU convolution.
 
-    version given: checked, and a tensor-core version only for float32 (the
-    launchers cast float16 to float32 first; float64 keeps its SIMT kernels).
-    version None: among the versions the dtype permits, a fixed choice
-    (resolve_version over the SIMT versions; for precision "high"/"medium" the
-    newest tensor-core version once the GEMM has AUTO_V1_ROWS rows: an
-    untimed default, no GPU has run it yet), or with gpucnn.backends.autotune
-    the measured winner among them (_autotune.choose: run(v) runs the op
-    with version v; `shapes` keys the cache)."""
+    tensor_core: the tensor-core versions, as a sequence or as {version: rows
+    of its block tile}. version given: checked, and a tensor-core version only
+    for float32 (the launchers cast float16 to float32 first; float64 keeps
+    its SIMT kernels). version None: among the versions the dtype permits, a
+    fixed choice (resolve_version over the SIMT versions; for precision
+    "high"/"medium" and at least AUTO_V1_ROWS GEMM rows, the tensor-core
+    version with the largest block tile that the rows fill, else the smallest
+    one: an untimed default, no GPU has run them yet), or with
+    gpucnn.backends.autotune the measured winner among them
+    (_autotune.choose: run(v) runs the op with version v; `shapes` keys the cache)."""
     float32 = np.dtype(dtype) == np.float32
     if version is not None:
         v = resolve_version(table, op, version)
@@ -78,9 +80,11 @@ def select_version(table, op, version, *, gemm_rows=None, dtype=np.float32, prec
         return v
     simt = {op: tuple(v for v in table[op] if v not in tensor_core)}
     default = resolve_version(simt, op, None, gemm_rows)
-    tc = [v for v in table[op] if v in tensor_core] if float32 else []
+    tc = sorted(v for v in table[op] if v in tensor_core) if float32 else []
     if tc and precision != "highest" and (gemm_rows is None or gemm_rows >= AUTO_V1_ROWS):
-        default = max(tc)
+        rows = tensor_core if isinstance(tensor_core, dict) else {}
+        filled = [v for v in tc if gemm_rows is None or rows.get(v, 0) <= gemm_rows]
+        default = max(filled) if filled else tc[0]
     candidates = list(simt[op]) + tc
     if run is None or shapes is None:
         return default

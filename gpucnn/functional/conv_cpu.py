@@ -43,17 +43,13 @@ plane buffer that stays in L1, so the inner loops are branch-free copies of
 output rows. Everything runs in a fixed order for a fixed thread count, so
 results are deterministic (as is the BLAS for a fixed thread count).
 """
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-
 import numba as nb
 import numpy as np
-import threadpoolctl
 
+from ..cpu_parallel import over_samples
 from ._args import output_shape
 
 _COL_BYTES = 512 << 10   # col buffer per block of samples
-_FLOPS_PER_THREAD = 16e6  # below this much work per thread, a thread costs more than it saves
 
 
 # Inner loops copy between 1-D views indexed from 0 by a range: Numba then
@@ -182,72 +178,6 @@ class _Plan:
                 self.padding, self.dilation, dx5)
 
 
-_executor = None   # (workers, ThreadPoolExecutor), made on first use
-_blas = None       # threadpoolctl controllers of the loaded BLAS libraries, found on first use
-
-
-@contextmanager
-def _one_blas_thread():
-    """The BLAS libraries at one thread inside (process-wide), restored after.
-    Talks to the libraries' controllers directly: threadpoolctl's limit()
-    re-reads every library's state (measured 7.7 us a call)."""
-    global _blas
-    if _blas is None:
-        _blas = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.num_threads for lib in _blas]
-    for lib, n in zip(_blas, before):
-        if n != 1:
-            lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in zip(_blas, before):
-            if n != 1:
-                lib.set_num_threads(n)
-
-
-def over_parts(fn, N, parts):
-    """[fn(n0, n1) for each of `parts` contiguous parts of range(N)], the first
-    part in the calling thread, the others in the pool; parts <= 1 runs
-    fn(0, N) right here."""
-    global _executor
-    if parts <= 1:
-        return [fn(0, N)]
-    if _executor is None or _executor[0] < parts - 1:
-        if _executor is not None:
-            _executor[1].shutdown()
-        _executor = (parts - 1, ThreadPoolExecutor(parts - 1, thread_name_prefix="gpucnn-cpu"))
-    bounds = [(i * N // parts, (i + 1) * N // parts) for i in range(parts)]
-    futures = [_executor[1].submit(fn, *b) for b in bounds[1:]]
-    first = fn(*bounds[0])
-    return [first] + [f.result() for f in futures]
-
-
-_ELEMENTS_PER_THREAD = 1 << 17   # fewer elements a thread: a thread costs more than it saves
-
-
-def over_items(kernel_fn, items, elements, *args):
-    """[kernel_fn(*args, i0, i1) for the parts [i0, i1) of range(items)] (planes
-    of a pool, channels of a batch norm), split across threads when the op
-    touches enough `elements` (memory-bound work: no BLAS inside)."""
-    parts = min(items, nb.get_num_threads(), max(1, elements // _ELEMENTS_PER_THREAD))
-    return over_parts(lambda i0, i1: kernel_fn(*args, i0, i1), items, parts)
-
-
-def _over_samples(fn, N, flops):
-    """over_parts with up to numba.get_num_threads() parts, fewer for small ops
-    (under _FLOPS_PER_THREAD a thread), the BLAS at one thread. Only an op
-    with work for several threads but a single sample keeps the BLAS's own
-    threads (measured: multi-threaded BLAS on small matrices of a loaded
-    machine was 10-100x slower, its threads spinning while descheduled)."""
-    wanted = int(min(nb.get_num_threads(), max(1, flops // _FLOPS_PER_THREAD)))
-    parts = min(N, wanted)
-    if parts == 1 and wanted > 1:
-        return over_parts(fn, N, parts)
-    with _one_blas_thread():
-        return over_parts(fn, N, parts)
-
-
 def as5d(a):
     """(N, C, *spatial) -> a C-contiguous (N, C, D, H, W) view (a copy if needed)."""
     return np.ascontiguousarray(a).reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
@@ -264,7 +194,7 @@ def forward(x, w, stride, padding, dilation=None, groups=1):
         blocks, col = plan.blocks(n0, n1)
         for a, b in blocks:
             np.matmul(w3, plan.grouped(plan.im2col(x5[a:b], col), plan.rows_g), out=y4[a:b])
-    _over_samples(part, N, plan.flops)
+    over_samples(part, N, plan.flops)
     return y
 
 
@@ -281,7 +211,7 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
         dcol = plan.grouped(dcol.reshape(dcol.shape[0], plan.rows, plan.P), plan.rows_g)
         for a, b in blocks:
             plan.col2im(np.matmul(w3t, dy4[a:b], out=dcol[:b - a]), dx5[a:b])
-    _over_samples(part, N, plan.flops)
+    over_samples(part, N, plan.flops)
     return dx
 
 
@@ -299,7 +229,7 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
             cols = plan.grouped(plan.im2col(x5[a:b], col), plan.rows_g)
             dw += np.matmul(dy4[a:b], cols.transpose(0, 1, 3, 2), out=per_sample[:b - a]).sum(0)
         return dw
-    parts = _over_samples(part, N, plan.flops)
+    parts = over_samples(part, N, plan.flops)
     dw = parts[0]
     for p in parts[1:]:                                      # thread order: deterministic
         dw += p

@@ -9,20 +9,23 @@ dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 .cu file is compiled once per dtype with -DSCALAR=float or -DSCALAR=double
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
-formula; 2 = implicit GEMM with shared-memory tiles; 3 (forward only) =
-implicit GEMM on tensor cores (kernels/conv2d_tc.cu: TF32 for precision
-"high", BF16 for "medium", 3xTF32 for "highest"; float32 only, no dilation
-or groups; compiled and emulated, not yet run on a GPU). version=None picks by
+formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (forward
+only) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
+(kernels/conv2d_tc.cu: TF32 for precision "high", BF16 for "medium", 3xTF32
+for "highest"; float32 only, no dilation or groups; compiled and emulated,
+not yet run on a GPU). version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 
 Dilation and groups (issue 16) are kernel arguments of every version: v1
 sums over the group's channels, v2 runs one GEMM per group on grid z (its
 rows the group's K/G filters, or C/G channels for backward-data), so a
-depthwise conv (G = C) has GEMM rows K/G = the channel multiplier and
-version=None sends forward and backward-data to v1, the direct kernel; its
-backward-filter runs conv2d_depthwise_backward_filter_v1 (kernels/
-conv2d_depthwise.cu, one block per filter tap reducing over N*Ho*Wo).
+depthwise conv (G = C) with version=None runs kernels/conv2d_depthwise.cu:
+the forward stages each 16x16 output tile's input in shared memory
+(conv2d_depthwise_forward_v1, when it fits; else v1), the backward-filter
+gives each filter tap a block reducing over N*Ho*Wo
+(conv2d_depthwise_backward_filter_v1); the backward-data has GEMM rows
+C/G = 1 and runs v1, the direct kernel.
 The dilation/groups paths are compiled and emulated, not yet run on a GPU.
 """
 import functools
@@ -38,15 +41,15 @@ FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
 DEPTHWISE_FILE = "conv2d_depthwise.cu"
 TC_FILE = "conv2d_tc.cu"
-VERSIONS = {"forward": (1, 2, 3), "backward_data": (1, 2), "backward_filter": (1, 2)}
-# Versions that run on tensor cores: float32 only (float16 arrives as
-# float32), no dilation or groups; the precision picks the kernel. Compiled
-# and emulated, not yet run on a GPU.
-TENSOR_CORE = (3,)
+VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2), "backward_filter": (1, 2)}
+# Versions that run on tensor cores, with the rows (K) of their block tile:
+# float32 only (float16 arrives as float32), no dilation or groups; the
+# precision picks the kernel. Compiled and emulated, not yet run on a GPU.
+TENSOR_CORE = {3: 64, 4: 128}
 SIMT_VERSIONS = {d: tuple(v for v in vs if v not in TENSOR_CORE) for d, vs in VERSIONS.items()}
-TC_FORWARD = {"highest": "conv2d_forward_3xtf32_v3", "high": "conv2d_forward_tf32_v3",
-              "medium": "conv2d_forward_bf16_v3"}
-TC_TILE, TC_THREADS = 64, 128   # kernels/conv2d_tc.cu: TC_BM = TC_BN, TC_THREADS
+TC_TILES = {3: (64, 64, 128), 4: (128, 128, 256)}   # (BM, BN, threads): kernels/conv2d_tc.cu
+_TC_TAGS = {"highest": "3xtf32", "high": "tf32", "medium": "bf16"}
+TC_FORWARD = {v: {p: f"conv2d_forward_{tag}_v{v}" for p, tag in _TC_TAGS.items()} for v in TENSOR_CORE}
 
 # Every kernel these launchers use, with its file (the tests check the names).
 KERNELS = {
@@ -57,10 +60,18 @@ KERNELS = {
     "conv2d_backward_filter_v1": BACKWARD_FILE,
     "conv2d_backward_filter_v2": BACKWARD_FILE,
     "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
+    "conv2d_depthwise_forward_v1": DEPTHWISE_FILE,
     "conv2d_depthwise_backward_filter_v1": DEPTHWISE_FILE,
-    **{name: TC_FILE for name in TC_FORWARD.values()},
+    **{name: TC_FILE for names in TC_FORWARD.values() for name in names.values()},
 }
-FLOAT32_ONLY = frozenset(TC_FORWARD.values())
+FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names.values())
+DW_TILE, DW_IN = 16, 48   # conv2d_depthwise.cu's output tile and largest staged input tile
+
+
+def depthwise_forward_fits(R, S, stride, dilation):
+    """The staged input tile of conv2d_depthwise_forward_v1 fits its shared buffer."""
+    return all((DW_TILE - 1) * s + d * (k - 1) + 1 <= DW_IN
+               for k, s, d in zip((R, S), stride, dilation))
 
 # backward_filter_v2 splits Kgemm = N*Ho*Wo into chunks until about this many
 # blocks run, keeping at least MIN_SPLIT_STEPS TILE_K steps per chunk. The
@@ -105,14 +116,22 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
     dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     Ho, Wo = dims[7], dims[8]
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
-    if run_if_nonempty(y, x4, w4):
-        if v == 3:
+    depthwise = (version is None and groups > 1 and C == groups
+                 and depthwise_forward_fits(R, S, stride, dilation))
+    if depthwise and run_if_nonempty(y, x4, w4):
+        tiles = -(-Ho // DW_TILE) * -(-Wo // DW_TILE)
+        kernel = kernel_loader.get_typed_kernel(DEPTHWISE_FILE, "conv2d_depthwise_forward_v1", x.dtype)
+        kernel_loader.launch(kernel, (tiles, min(N * K, kernel_loader.MAX_GRID_Y)), (BLOCK,), _SIG,
+                             (x4, w4, y) + dims)
+    elif run_if_nonempty(y, x4, w4):
+        if v in TENSOR_CORE:
             check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
             if max(R, S) >= 1 << 16:
                 raise ValueError(f"{op}: kernel {(R, S)} too large for the tensor-core kernel's tap table")
-            grid = (kernel_loader.grid_1d(N * Ho * Wo, TC_TILE)[0], -(-K // TC_TILE))
-            kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[precision], x.dtype)
-            kernel_loader.launch(kernel, grid, (TC_THREADS,), "pppp" + "i" * 13,   # no dilation/groups
+            bm, bn, threads = TC_TILES[v]
+            grid = (kernel_loader.grid_1d(N * Ho * Wo, bn)[0], -(-K // bm))
+            kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[v][precision], x.dtype)
+            kernel_loader.launch(kernel, grid, (threads,), "pppp" + "i" * 13,   # no dilation/groups
                                  (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims[:13])
             return y if nd == 2 else y.reshape(N, K, Wo)
         if v == 1:

@@ -1,6 +1,6 @@
 """CPU max and average pooling (the fallback path): serial Numba kernels over
 a range of (n, c) planes; large ops split the planes across threads
-(conv_cpu.over_parts), small ones run in the calling thread.
+(cpu_parallel.over_parts), small ones run in the calling thread.
 
 Notation: x (N, C, D, H, W), window (T, R, S), stride, padding P, y (N, C,
 Do, Ho, Wo). 1-D and 2-D inputs run as 3-D with unit leading spatial
@@ -23,7 +23,8 @@ import numba as nb
 import numpy as np
 
 from ._args import adaptive_windows, output_shape
-from .conv_cpu import as5d, lift3, over_items
+from ..cpu_parallel import over_items
+from .conv_cpu import as5d, lift3
 
 
 @nb.njit(inline="always")

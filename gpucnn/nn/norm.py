@@ -17,11 +17,15 @@ Per-channel sums run as a contiguous reduce over (N, C, spatial) -> (N, C)
 -> (C,), and the elementwise steps work in place: several times faster in
 NumPy than reducing over axes (0, 2, 3) with fresh temporaries.
 In eval mode the layer is a fixed affine map and caches nothing (no backward).
-On the GPU the elementwise steps are fused launches (gpucnn.fused_gpu): the
-same formulas, with the per-channel sums still taken by CuPy. On the CPU,
-training runs Numba kernels (norm_cpu: the same formulas in 3 passes forward
-and 2 backward, sums in float64). Inputs of mixed dtypes take the array code
-below on either device, which promotes as NumPy does.
+
+Per-device implementations, chosen once per call from the arrays (one table,
+_IMPLEMENTATIONS, keyed by backend.one_device_and_dtype):
+- "gpu" (all CuPy, one dtype): the elementwise steps are fused launches
+  (gpucnn.fused_gpu), the per-channel sums still taken by CuPy;
+- "cpu" (all NumPy, one dtype): training runs Numba kernels (norm_cpu: the
+  same formulas in 3 passes forward and 2 backward, sums in float64);
+- anything else (mixed dtypes): the array code of _ArrayCode, on either
+  device, which promotes as NumPy does.
 """
 import numpy as np
 
@@ -30,15 +34,96 @@ from . import norm_cpu
 from .module import Module, Parameter
 
 
-def _on_cpu(*arrays):
-    """True when every array is a NumPy array of one dtype (norm_cpu's case)."""
-    return backend.one_device_and_dtype(*arrays) == "cpu"
-
-
 def _channel_sum(a):
     """Sum over every axis but the channel axis 1, as contiguous reductions."""
     n, c = a.shape[:2]
     return a.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+
+
+class _ArrayCode:
+    """NumPy-compatible array code: any device, any dtype mix."""
+
+    def eval_forward(self, bn, x, shape):
+        xp = backend.get_array_module(x)
+        inv_std = (1.0 / xp.sqrt(bn.running_var + bn.eps)).reshape(shape)
+        return (x - bn.running_mean.reshape(shape)) * inv_std * \
+            bn.weight.data.reshape(shape) + bn.bias.data.reshape(shape)
+
+    def train_forward(self, bn, x, shape, m):
+        xp = backend.get_array_module(x)
+        mu = _channel_sum(x) / m
+        centered = x - mu.reshape(shape)
+        var = _channel_sum(centered * centered) / m
+        inv_std = 1.0 / xp.sqrt(var + bn.eps)
+        xhat = centered
+        xhat *= inv_std.reshape(shape)                       # in place: centered is not kept
+        bn._update_running(mu, var * (m / (m - 1)))
+        bn._save(xhat, inv_std)
+        y = xhat * bn.weight.data.reshape(shape)
+        y += bn.bias.data.reshape(shape)
+        return y
+
+    def backward(self, bn, dout, xhat, inv_std, shape, m):
+        dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
+        bn.weight.accumulate(dweight)
+        bn.bias.accumulate(dbias)
+        dx = xhat * (-dweight / m).reshape(shape)
+        dx += dout
+        dx -= (dbias / m).reshape(shape)
+        dx *= (bn.weight.data * inv_std).reshape(shape)
+        return dx
+
+
+class _CpuKernels(_ArrayCode):
+    """Training forward and backward as Numba kernels (norm_cpu); eval as array code."""
+
+    def train_forward(self, bn, x, shape, m):
+        y, xhat, mu, var, inv_std = norm_cpu.forward(x, bn.eps, bn.weight.data, bn.bias.data)
+        bn._update_running(mu, var * (m / (m - 1)))
+        bn._save(xhat, inv_std)
+        return y
+
+    def backward(self, bn, dout, xhat, inv_std, shape, m):
+        dx, dweight, dbias = norm_cpu.backward(dout, xhat, bn.weight.data, inv_std)
+        bn.weight.accumulate(dweight)
+        bn.bias.accumulate(dbias)
+        return dx
+
+
+class _GpuFused(_ArrayCode):
+    """The elementwise steps as fused CuPy launches (gpucnn.fused_gpu)."""
+
+    def eval_forward(self, bn, x, shape):
+        return fused_gpu.batch_norm_eval(x, bn.running_mean.reshape(shape), bn.running_var.reshape(shape),
+                                         bn.eps, bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
+
+    def train_forward(self, bn, x, shape, m):
+        mu = _channel_sum(x) / m
+        sum_sq = _channel_sum(fused_gpu.squared_deviation(x, mu.reshape(shape)))
+        factor = bn._next_factor()
+        inv_std, new_mean, new_var = fused_gpu.batch_norm_stats(
+            sum_sq, m, bn.eps, mu, bn.running_mean, bn.running_var, factor)
+        bn._store_running(new_mean, new_var)
+        xhat, y = fused_gpu.batch_norm_normalize(x, mu.reshape(shape), inv_std.reshape(shape),
+                                                 bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
+        bn._save(xhat, inv_std)
+        return y
+
+    def backward(self, bn, dout, xhat, inv_std, shape, m):
+        dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
+        bn.weight.accumulate(dweight)
+        bn.bias.accumulate(dbias)
+        return fused_gpu.batch_norm_backward(dout, xhat, dweight.reshape(shape), dbias.reshape(shape), m,
+                                             bn.weight.data.reshape(shape), inv_std.reshape(shape))
+
+
+_ARRAY_CODE = _ArrayCode()
+_IMPLEMENTATIONS = {"cpu": _CpuKernels(), "gpu": _GpuFused()}
+
+
+def implementation(*arrays):
+    """The per-device implementation for these arrays (see the module docstring)."""
+    return _IMPLEMENTATIONS.get(backend.one_device_and_dtype(*arrays), _ARRAY_CODE)
 
 
 class _BatchNorm(Module):
@@ -65,50 +150,14 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         shape = self._channel_shape(x)
-        fused = fused_gpu.applies(x, self.weight.data, self.running_mean)
-        if not self.training and fused:
-            return fused_gpu.batch_norm_eval(x, self.running_mean.reshape(shape), self.running_var.reshape(shape),
-                                             self.eps, self.weight.data.reshape(shape), self.bias.data.reshape(shape))
+        impl = implementation(x, self.weight.data, self.running_mean)
         if not self.training:
-            xp = backend.get_array_module(x)
-            inv_std = (1.0 / xp.sqrt(self.running_var + self.eps)).reshape(shape)
-            return (x - self.running_mean.reshape(shape)) * inv_std * \
-                self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+            return impl.eval_forward(self, x, shape)
         m = x.size // x.shape[1]
         if m < 2:
             raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                              f"got input shape {tuple(x.shape)}")
-        if fused:
-            return self._forward_gpu(x, shape, m)
-        if _on_cpu(x, self.weight.data, self.running_mean):
-            y, xhat, mu, var, inv_std = norm_cpu.forward(x, self.eps, self.weight.data, self.bias.data)
-            self._update_running(mu, var * (m / (m - 1)))
-            self._save(xhat, inv_std)
-            return y
-        xp = backend.get_array_module(x)
-        mu = _channel_sum(x) / m
-        centered = x - mu.reshape(shape)
-        var = _channel_sum(centered * centered) / m
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = centered
-        xhat *= inv_std.reshape(shape)                       # in place: centered is not kept
-        self._update_running(mu, var * (m / (m - 1)))
-        self._save(xhat, inv_std)
-        y = xhat * self.weight.data.reshape(shape)
-        y += self.bias.data.reshape(shape)
-        return y
-
-    def _forward_gpu(self, x, shape, m):
-        mu = _channel_sum(x) / m
-        sum_sq = _channel_sum(fused_gpu.squared_deviation(x, mu.reshape(shape)))
-        factor = self._next_factor()
-        inv_std, new_mean, new_var = fused_gpu.batch_norm_stats(
-            sum_sq, m, self.eps, mu, self.running_mean, self.running_var, factor)
-        self._store_running(new_mean, new_var)
-        xhat, y = fused_gpu.batch_norm_normalize(x, mu.reshape(shape), inv_std.reshape(shape),
-                                                 self.weight.data.reshape(shape), self.bias.data.reshape(shape))
-        self._save(xhat, inv_std)
-        return y
+        return impl.train_forward(self, x, shape, m)
 
     def _next_factor(self):
         """Counts the batch; the weight of its statistics in the running ones."""
@@ -134,23 +183,7 @@ class _BatchNorm(Module):
         xhat, inv_std = self._take()
         shape = self._channel_shape(dout)
         m = dout.size // dout.shape[1]
-        fused = fused_gpu.applies(dout, xhat)
-        if not fused and _on_cpu(dout, xhat, self.weight.data):
-            dx, dweight, dbias = norm_cpu.backward(dout, xhat, self.weight.data, inv_std)
-            self.weight.accumulate(dweight)
-            self.bias.accumulate(dbias)
-            return dx
-        dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
-        self.weight.accumulate(dweight)
-        self.bias.accumulate(dbias)
-        if fused:
-            return fused_gpu.batch_norm_backward(dout, xhat, dweight.reshape(shape), dbias.reshape(shape), m,
-                                                 self.weight.data.reshape(shape), inv_std.reshape(shape))
-        dx = xhat * (-dweight / m).reshape(shape)
-        dx += dout
-        dx -= (dbias / m).reshape(shape)
-        dx *= (self.weight.data * inv_std).reshape(shape)
-        return dx
+        return implementation(dout, xhat, self.weight.data).backward(self, dout, xhat, inv_std, shape, m)
 
     def macs(self, in_shape, out_shape):
         return 0  # a per-element scale and shift, not counted as multiply-adds

@@ -6,14 +6,14 @@ together). Backward: two (sum(dout) and sum(dout * xhat) together; dx).
 As NumPy array code the same math took about 7 and 5 passes with
 temporaries (measured on a 2-core VM: a lenet_bn training step spent a quarter
 of its time in batch norm). Each kernel is a serial Numba loop over a range of
-channels; channels are split across threads (conv_cpu.over_items). Sums
+channels; channels are split across threads (cpu_parallel.over_items). Sums
 accumulate in float64 in a fixed order, so results do not depend on the
 thread count.
 """
 import numba as nb
 import numpy as np
 
-from ..functional.conv_cpu import over_items
+from ..cpu_parallel import over_items
 
 
 # reassoc (only): LLVM may split each sum into SIMD lanes, still in one fixed

@@ -31,9 +31,12 @@ Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=Fals
 AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False)
     p <- p (1 - lr wd) (decoupled decay), then Adam's update without the L2 term.
 
-On the GPU, SGD with momentum and Adam/AdamW (without amsgrad) run their
-update as one fused launch per parameter (gpucnn.fused_gpu); the formulas
-are the ones above.
+Per-device implementations, chosen once per parameter from its arrays by one
+table (Optimizer._fused_kernels): SGD with momentum and Adam/AdamW (without
+amsgrad) run their update as one fused pass per parameter, a CuPy launch on
+the GPU (gpucnn.fused_gpu) and a Numba kernel on the CPU (optim_cpu, split
+across threads), both with the same signatures and the formulas above; the
+other optimizers and mixed dtypes run the array code (`_update`).
 
 `params` is a list of Parameters (model.parameters()) or of dicts
 {'params': [...], <hyperparameter overrides>} (parameter groups, as in torch).
@@ -46,6 +49,18 @@ from typing import ClassVar
 
 from .. import backend, fused_gpu
 from ..nn.module import Parameter
+from . import optim_cpu
+
+_FUSED = {"cpu": optim_cpu, "gpu": fused_gpu}   # same functions, same signatures
+
+
+def _fused_kernels(*arrays):
+    """optim_cpu or fused_gpu when every array is on one device in one dtype
+    (and C-contiguous on the CPU: its kernels run over flat views), else None."""
+    device = backend.one_device_and_dtype(*arrays)
+    if device == "cpu" and not all(a.flags.c_contiguous for a in arrays):
+        return None
+    return _FUSED.get(device)
 
 
 class Optimizer:
@@ -105,11 +120,31 @@ class Optimizer:
         if self.step_scalars is not None:
             return self.step_scalars.step()
         for group in self.param_groups:
+            fusable = self._fusable(group)
             for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, p.grad, self._state(p), group)
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                kernels = fusable and _fused_kernels(p.data, p.grad, *self._fused_state(p, state))
+                if kernels:
+                    self._update_fused(kernels, p, p.grad, state, group)
+                else:
+                    self._update(p, p.grad, state, group)
+
+    def _fusable(self, group):
+        """Whether this group's update has a fused kernel (see _update_fused)."""
+        return False
+
+    def _fused_state(self, p, state):
+        """The state arrays the fused kernel updates in place (created if new)."""
+        return ()
+
+    def _update_fused(self, kernels, p, g, state, group):
+        """The update as one pass of `kernels` (optim_cpu or fused_gpu)."""
+        raise NotImplementedError
 
     def _update(self, p, g, state, group):
+        """The update as array code (any device, any dtypes)."""
         raise NotImplementedError
 
     def state_dict(self):
@@ -175,18 +210,24 @@ class SGD(Optimizer):
         if group.get("nesterov") and (group.get("momentum", 0) <= 0 or group.get("dampening", 0) != 0):
             raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
 
+    def _fusable(self, group):
+        return bool(group["momentum"])
+
+    def _update_fused(self, kernels, p, g, state, group):
+        buf = state.get("momentum_buffer")
+        first = buf is None
+        if first:  # the kernel sets it to g; kept only once that call went through
+            buf = backend.get_array_module(p.data).empty_like(p.data)
+        kernels.sgd_momentum_step(p.data, g, buf, lr=group["lr"], weight_decay=group["weight_decay"],
+                                  momentum=group["momentum"], dampening=group["dampening"],
+                                  nesterov=group["nesterov"], first=first)
+        state["momentum_buffer"] = buf
+
+    def _fused_state(self, p, state):
+        return (state["momentum_buffer"],) if "momentum_buffer" in state else ()
+
     def _update(self, p, g, state, group):
         momentum = group["momentum"]
-        if momentum and fused_gpu.applies(p.data, g):  # one fused launch
-            buf = state.get("momentum_buffer")
-            first = buf is None
-            if first:  # the kernel sets it to g; kept only once that launch went through
-                buf = backend.get_array_module(p.data).empty_like(p.data)
-            fused_gpu.sgd_momentum_step(p.data, g, buf, lr=group["lr"],
-                                        weight_decay=group["weight_decay"], momentum=momentum,
-                                        dampening=group["dampening"], nesterov=group["nesterov"], first=first)
-            state["momentum_buffer"] = buf
-            return
         g = _l2(p, g, group["weight_decay"])
         if momentum:
             if "momentum_buffer" not in state:
@@ -283,21 +324,33 @@ class Adam(Optimizer):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
 
-    def _update(self, p, g, state, group):
+    def _fusable(self, group):
+        return not group["amsgrad"]
+
+    def _fused_state(self, p, state):
+        self._init_state(p, state, amsgrad=False)
+        return state["exp_avg"], state["exp_avg_sq"]
+
+    def _init_state(self, p, state, amsgrad):
         if "exp_avg" not in state:
             state["step"] = 0.0
             state["exp_avg"] = _zeros_like(p.data)
             state["exp_avg_sq"] = _zeros_like(p.data)
-            if group["amsgrad"]:
+            if amsgrad:
                 state["max_exp_avg_sq"] = _zeros_like(p.data)
+
+    def _update_fused(self, kernels, p, g, state, group):
+        state["step"] += 1
+        (beta1, beta2), lr = group["betas"], group["lr"]
+        kernels.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1, beta2=beta2,
+                          eps=group["eps"], weight_decay=group["weight_decay"],
+                          decoupled=self.decoupled_weight_decay, t=state["step"])
+
+    def _update(self, p, g, state, group):
+        self._init_state(p, state, group["amsgrad"])
         state["step"] += 1
         t = state["step"]
         (beta1, beta2), lr = group["betas"], group["lr"]
-        if fused_gpu.applies(p.data, g) and not group["amsgrad"]:  # one fused launch
-            fused_gpu.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=lr, beta1=beta1,
-                                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                                decoupled=self.decoupled_weight_decay, t=t)
-            return
         xp = backend.get_array_module(p.data)
         if self.decoupled_weight_decay:
             p.data *= 1 - lr * group["weight_decay"]

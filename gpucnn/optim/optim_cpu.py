@@ -1,0 +1,65 @@
+"""Fused CPU optimizer updates: one Numba pass per parameter, in place.
+
+The same formulas and signatures as the GPU's fused launches
+(gpucnn.fused_gpu.sgd_momentum_step / adam_step), so that the optimizers
+choose between them by device alone. As array code each update is 5-15
+NumPy operations with temporaries, each a pass over the parameter; here it
+is one pass, split into contiguous chunks across threads for large
+parameters (cpu_parallel.over_items). The constants are computed on the
+host and cast to the parameter's dtype, and each element is computed in that
+dtype, as NumPy computes `p -= lr * g` for a float32 p. Elementwise: results
+do not depend on the thread count. Results can differ from the array code in
+the last bits (e.g. NumPy's `g + wd * p` makes no temporary here, and LLVM may
+contract a*b+c into a fused multiply-add).
+"""
+import numba as nb
+import numpy as np
+
+from ..cpu_parallel import over_items
+
+
+@nb.njit(nogil=True, cache=True)
+def _sgd(p, g, b, lr, wd, momentum, one_minus_dampening, first, nesterov, i0, i1):
+    for i in range(i0, i1):
+        gg = g[i] + wd * p[i]
+        bi = gg if first else b[i] * momentum + one_minus_dampening * gg
+        b[i] = bi
+        p[i] = p[i] - lr * (gg + momentum * bi if nesterov else bi)
+
+
+@nb.njit(nogil=True, cache=True)
+def _adam(p, g, m, v, wd, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, sqrt_bc2,
+          eps, i0, i1):
+    for i in range(i0, i1):
+        gg = g[i] + wd * p[i]                  # L2 term (wd = 0 for AdamW)
+        pi = p[i] * decay                      # decoupled decay (1 for Adam)
+        mi = m[i] * beta1 + one_minus_beta1 * gg
+        vi = v[i] * beta2 + one_minus_beta2 * gg * gg
+        m[i], v[i] = mi, vi
+        p[i] = pi - step_size * mi / (np.sqrt(vi) / sqrt_bc2 + eps)
+
+
+def _flat(a):
+    """A 1-D view of a C-contiguous array (the parameters and states are)."""
+    return a.reshape(-1)
+
+
+def _scalars(dtype, *values):
+    return tuple(dtype.type(v) for v in values)
+
+
+def sgd_momentum_step(p, g, b, *, lr, weight_decay, momentum, dampening, nesterov, first):
+    """SGD with momentum; `first` makes b <- g (torch's first step)."""
+    consts = _scalars(p.dtype, lr, weight_decay, momentum, 1 - dampening)
+    g = np.ascontiguousarray(g, p.dtype)
+    over_items(_sgd, p.size, 3 * p.size, _flat(p), _flat(g), _flat(b), *consts, bool(first), bool(nesterov))
+
+
+def adam_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Adam (decoupled=False) or AdamW step t (from 1), without amsgrad."""
+    bias_correction1, bias_correction2 = 1 - beta1 ** t, 1 - beta2 ** t
+    wd, decay = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+    consts = _scalars(p.dtype, wd, decay, beta1, 1 - beta1, beta2, 1 - beta2,
+                      lr / bias_correction1, np.sqrt(bias_correction2), eps)
+    g = np.ascontiguousarray(g, p.dtype)
+    over_items(_adam, p.size, 4 * p.size, _flat(p), _flat(g), _flat(m), _flat(v), *consts)
