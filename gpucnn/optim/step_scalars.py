@@ -11,7 +11,10 @@ kernel argument would stay frozen at the captured step. In capturable mode
 
 fill() computes exactly the Python floats the eager update computes and
 stores them in the parameters' dtype (as NumPy casts a Python scalar), so the
-updates are bitwise those of the eager path on the CPU. On the GPU the vector
+updates are bitwise those of the eager path on the CPU (the same per-device
+kernels, optim_cpu's Numba or fused_gpu's launches, or the same array code,
+chosen as Optimizer.step chooses; the CPU kernels read the 0-d values when
+called, the GPU launches take them as arguments). On the GPU the vector
 is filled by an asynchronous host->device copy on the compute stream, ordered
 before the next launch or replay (no wait for the device); the fused kernels
 take the 0-d views as arguments (compiled and emulated, not yet run on a GPU).
@@ -28,8 +31,8 @@ import math
 
 import numpy as np
 
-from .. import backend, fused_gpu
-from .optimizers import SGD, Adam, _l2, _zeros_like
+from .. import backend
+from .optimizers import SGD, Adam, _fused_kernels, _l2, _zeros_like
 
 _NAMES = {SGD: ("lr",), Adam: ("decay", "step_size", "sqrt_bc2")}
 
@@ -121,12 +124,13 @@ class StepScalars:
 
     def _sgd(self, p, g, state, group, lr):
         momentum, first = group["momentum"], self._first.get(id(p), False)
-        if momentum and fused_gpu.applies(p.data, g):
+        kernels = momentum and _fused_kernels(p.data, g, *((state["momentum_buffer"],) if not first else ()))
+        if kernels:                          # the eager path's fused kernel, as Optimizer.step picks it
             if first:
                 state["momentum_buffer"] = backend.get_array_module(p.data).empty_like(p.data)
             consts = (p.data.dtype.type(v) for v in (group["weight_decay"], momentum, 1 - group["dampening"]))
-            fused_gpu.sgd_momentum_step_with(p.data, g, state["momentum_buffer"], lr, *consts,
-                                             nesterov=group["nesterov"], first=first)
+            kernels.sgd_momentum_step_with(p.data, g, state["momentum_buffer"], lr, *consts,
+                                           nesterov=group["nesterov"], first=first)
             return
         g = _l2(p, g, group["weight_decay"])
         if momentum:
@@ -144,10 +148,11 @@ class StepScalars:
         (beta1, beta2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
         decoupled = self.optimizer.decoupled_weight_decay
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        if fused_gpu.applies(p.data, g):
+        kernels = _fused_kernels(p.data, g, m, v)
+        if kernels:
             consts = [p.data.dtype.type(c) for c in (0.0 if decoupled else wd, beta1, 1 - beta1, beta2, 1 - beta2, eps)]
-            fused_gpu.adam_step_with(p.data, g, m, v, consts[0], views["decay"], *consts[1:5],
-                                     views["step_size"], views["sqrt_bc2"], consts[5])
+            kernels.adam_step_with(p.data, g, m, v, consts[0], views["decay"], *consts[1:5],
+                                   views["step_size"], views["sqrt_bc2"], consts[5])
             return
         xp = backend.get_array_module(p.data)
         if decoupled:
