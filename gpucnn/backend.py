@@ -5,6 +5,7 @@ Everything else asks this module which array module an array belongs to
 (`GPUCNN_DEVICE=auto|cpu|gpu`). CuPy is optional: without it, or with CuPy but
 no usable GPU (the CI case), everything runs on NumPy.
 """
+import contextlib
 import functools
 import os
 
@@ -340,7 +341,7 @@ class _CudaGraph:
     def __init__(self, fn):
         stream = current_stream()
         if stream.ptr == 0:
-            raise RuntimeError("CUDA graph capture needs a non-default stream (use backend.graph_stream())")
+            raise RuntimeError("CUDA graph capture needs a non-default stream (backend.stream_scope)")
         pool, kept = cupy.get_default_memory_pool(), []
 
         def recording_malloc(size):
@@ -370,8 +371,23 @@ def capture_graph(fn, gpu):
     return _CudaGraph(fn) if gpu else _StandInGraph(fn)
 
 
-def graph_stream(gpu):
-    """A context manager making a fresh non-blocking stream current (the GPU
-    graph path runs its eager steps, copies and replays on it); nothing on the CPU."""
-    import contextlib
-    return new_stream() if gpu else contextlib.nullcontext()
+@contextlib.contextmanager
+def stream_scope(stream):
+    """Run the block with `stream` current (None: the CPU, nothing to do),
+    ordered after the outer stream's earlier work and before its later work by
+    events: no host wait. The GPU graph path keeps one stream for its eager
+    steps, copies, capture and replays, across epochs."""
+    if stream is None:
+        yield
+        return
+    outer = current_stream()
+    before = cupy.cuda.Event(disable_timing=True)
+    before.record(outer)
+    stream.wait_event(before)
+    try:
+        with stream:
+            yield
+    finally:
+        after = cupy.cuda.Event(disable_timing=True)
+        after.record(stream)
+        outer.wait_event(after)

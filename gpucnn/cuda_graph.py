@@ -73,6 +73,7 @@ class StepGraph:
     def __init__(self, trainer, sums):
         self.trainer, self.sums = trainer, sums
         self.gpu = trainer.device == "gpu"
+        self.stream = backend.new_stream() if self.gpu else None   # one stream for every epoch
         self.shape = None           # (x shape, x dtype, y shape, y dtype) of the captured step
         self.graph = None
         self.key = None

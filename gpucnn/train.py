@@ -251,10 +251,10 @@ class Trainer:
             self.optimizer.zero_grad()
         if self.monitor is not None:
             self.monitor.begin_epoch()
-        with backend.graph_stream(self.device == "gpu") if graph else contextlib.nullcontext():
+        with backend.stream_scope(graph.stream) if graph else contextlib.nullcontext():
             self._deferred_batches(loader, sums, graph, progress, epoch, start)
-        self._full_batch_step(sums.seen)
-        seen, loss_sum, correct = self._read(sums, epoch)
+            self._full_batch_step(sums.seen)
+            seen, loss_sum, correct = self._read(sums, epoch)
         seconds = time.perf_counter() - start   # after the read: the device has finished the epoch
         if self.monitor is not None:
             self.monitor.end_epoch()

@@ -416,3 +416,43 @@ def test_train_command_cuda_graph_choices(tmp_path, capsys):
     assert "--cuda-graph on: the training step cannot be captured: it needs a GPU" in capsys.readouterr().err
     assert cli.main(base + ["--cuda-graph", "off"]) == 0
     assert cli.main(base + ["--cuda-graph", "auto", "--dropout", "0.5"]) == 0     # auto: eager here
+
+
+def test_stream_scope_orders_by_events_without_waiting(monkeypatch):
+    """The graph stream waits for the outer stream's earlier work and the outer
+    stream for the block's work, by events (no synchronize)."""
+    log = []
+
+    class Event:
+        def __init__(self, **kw):
+            self.name = f"event{len([e for e in log if e[0] == 'record'])}"
+
+        def record(self, stream):
+            log.append(("record", self.name, stream.name))
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event.name))
+
+        def __enter__(self):
+            log.append(("enter", self.name))
+
+        def __exit__(self, *exc):
+            log.append(("exit", self.name))
+
+    class Cuda:
+        pass
+    Cuda.Event = Event
+    fake = type("FakeCupy", (), {"cuda": Cuda})
+    outer, side = Stream("outer"), Stream("graph")
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(backend, "current_stream", lambda: outer)
+    with backend.stream_scope(side):
+        log.append(("work",))
+    assert log == [("record", "event0", "outer"), ("wait", "graph", "event0"), ("enter", "graph"), ("work",),
+                   ("exit", "graph"), ("record", "event1", "graph"), ("wait", "outer", "event1")]
+    with backend.stream_scope(None):                 # the CPU: nothing
+        pass
