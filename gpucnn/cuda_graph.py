@@ -31,7 +31,7 @@ epoch's device-side metrics of one batch shape and replays them:
 eligible() says why a trainer's step cannot be captured (dropout draws new
 random numbers each step, the monitor and skip_nonfinite work on the host per
 step, the fp16 GradScaler reads found_inf on the host, full-batch mode
-accumulates over the epoch, only SGD/Adam/AdamW have device-memory scalars,
+accumulates over the epoch, data-parallel runs all-reduce outside the stream, only SGD/Adam/AdamW have device-memory scalars,
 batch norm with momentum=None needs a per-step factor).
 
 GPU status: compiled and emulated, not yet run on a GPU. On the CPU the
@@ -52,6 +52,8 @@ def eligible(trainer):
         return "full_batch accumulates gradients over the whole epoch"
     if trainer.skip_nonfinite:
         return "skip_nonfinite decides on the host before each step"
+    if trainer.reduce_sums is not None:
+        return "data-parallel training all-reduces gradients outside the device stream (not captured yet)"
     if trainer.monitor is not None:
         return "the monitor records statistics on the host at each step"
     if trainer.scaler.is_enabled():

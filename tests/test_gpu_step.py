@@ -323,6 +323,10 @@ def test_graph_eligibility():
         trainer = _trainer(kwargs.pop("sync", "auto"), cuda_graph=True, **kwargs)
         with pytest.raises(ValueError, match=reason):
             trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    trainer = _trainer("auto", cuda_graph=True)
+    trainer.reduce_sums = lambda *s: s
+    with pytest.raises(ValueError, match="data-parallel"):
+        trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
     with pytest.raises(ValueError, match="RMSprop has no device-memory scalars"):
         model = _cnn()
         Trainer(model, optim.RMSprop(model.parameters()), cuda_graph=True).train_epoch(
