@@ -460,3 +460,52 @@ def test_stream_scope_orders_by_events_without_waiting(monkeypatch):
                    ("exit", "graph"), ("record", "event1", "graph"), ("wait", "outer", "event1")]
     with backend.stream_scope(None):                 # the CPU: nothing
         pass
+
+
+# ---- on a GPU (pytest -m gpu, part of make gpu-check): not yet run -------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_gpu_graph_replays_equal_eager_steps_bitwise(opt):
+    """The real capture path: CuPy stream capture, replays, static buffers,
+    device scalars; the same kernels eagerly give the same bits."""
+    x, y = _data(50)
+    out = []
+    for graph in (False, True):
+        trainer = _trainer("deferred", opt, device="gpu", cuda_graph=graph)
+        trainer.scheduler = optim.StepLR(trainer.optimizer, 1, gamma=0.5)
+        records = trainer.fit(ArrayLoader(x, y, batch_size=12, seed=0), epochs=3)
+        out.append(({k: backend.to_cpu(v) for k, v in trainer.model.state_dict().items()},
+                    [(r["train_loss"], r["train_accuracy"]) for r in records], trainer))
+    (eager, eager_records, _), (graphed, graph_records, trainer) = out
+    assert trainer.step_graph.launches == 11 and not trainer.step_graph.graph.is_stand_in
+    assert graph_records == eager_records
+    for key, value in eager.items():
+        np.testing.assert_array_equal(graphed[key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_survives_memory_pool_reuse():
+    """cupy#9655: after the capture, new arrays take whatever the pool has free
+    and are filled with NaN between replays; the replays stay equal to eager."""
+    import cupy
+    x, y = _data(50)
+    out = []
+    for graph in (False, True):
+        trainer = _trainer("deferred", "sgd", device="gpu", cuda_graph=graph)
+        for _ in range(2):
+            trainer.train_epoch(ArrayLoader(x, y, batch_size=12, shuffle=False))
+            junk = [cupy.full(n, np.nan, np.float32) for n in (12 * 4 * 64, 12 * 10, 4 * 9, 64 * 10) * 16]
+            del junk
+        out.append({k: backend.to_cpu(v) for k, v in trainer.model.state_dict().items()})
+    for key, value in out[0].items():
+        np.testing.assert_array_equal(out[1][key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+def test_gpu_deferred_epoch_reads_once(monkeypatch):
+    x, y = _data(48)
+    trainer = _trainer("deferred", device="gpu", cuda_graph=True)
+    trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    counter = _ReadCounter(monkeypatch)
+    trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    assert counter.reads == 1

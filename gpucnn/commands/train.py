@@ -242,6 +242,9 @@ def set_cuda_graph(trainer, choice, device):
             raise CommandError(f"--cuda-graph on: the training step cannot be captured: {reason}; "
                                f"use --cuda-graph auto or off")
     trainer.cuda_graph = {"on": True, "off": False, "auto": "auto"}[choice]
+    if choice == "auto" and device == "gpu":
+        reason = cuda_graph.eligible(trainer)
+        print(f"cuda graph: {'off (' + reason + ')' if reason else 'on (captured after the first batch)'}")
 
 
 def run(args):
