@@ -34,13 +34,13 @@ test: setup data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 kernels:  ## nvcc resource report (registers, shared memory, spills) for sm_90
-	$(PY) -m gpucnn.kernel_check --arch sm_90
+	$(PY) -m gpucnn.devtools.kernel_check --arch sm_90
 
 bench: setup
 	$(VENV)/bin/gpucnn bench --suite quick --json $(OUT)/bench.json
 
 gpu-check: setup  ## on a GPU machine: make gpu-check OUT=dir DATA=path
-	$(PY) -m gpucnn.gpu_check --out $(OUT) --data-dir $(DATA)
+	$(PY) -m gpucnn.devtools.gpu_check --out $(OUT) --data-dir $(DATA)
 
 clean:
 	rm -rf build dist *.egg-info $(OUT)

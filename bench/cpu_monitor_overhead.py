@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from gpucnn import monitor, protocol
-from gpucnn.train import ArrayLoader
+from gpucnn import monitor, recipes
+from gpucnn.trainer import array_loader
 
 model = sys.argv[1] if len(sys.argv) > 1 else "lenet_bn"
 size = int(sys.argv[2]) if len(sys.argv) > 2 else 28
@@ -21,9 +21,9 @@ steps, batch = 20, 128
 rng = np.random.default_rng(0)
 x = rng.standard_normal((steps * batch, 1, size, size), dtype=np.float32)
 y = rng.integers(0, 10, steps * batch)
-trainer = protocol.make_trainer(model, (1, size, size), 10, device="cpu")
+trainer = recipes.make_trainer(model, (1, size, size), 10, device="cpu")
 watch = monitor.TrainingMonitor(trainer.model)
-loader = ArrayLoader(x, y, batch, shuffle=False)
+loader = array_loader(x, y, batch, shuffle=False)
 times = {"off": [], "on": []}
 for rep in range(17):
     for mode in ("off", "on"):

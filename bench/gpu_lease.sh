@@ -6,7 +6,7 @@
 #
 # Steps (in the order given; a step written bg+STEP runs in the background,
 # and the script waits for those at the end):
-#   check[:SUITE]   python -m gpucnn.gpu_check (pytest -m gpu, compute-sanitizer
+#   check[:SUITE]   python -m gpucnn.devtools.gpu_check (pytest -m gpu, compute-sanitizer
 #                   memcheck + racecheck, bench --suite SUITE: default full,
 #                   which outlasts a 10-minute call; none for no benchmark)
 #   train:NAME:ARGS gpucnn train --device gpu ARGS (ARGS comma-separated),
@@ -31,7 +31,7 @@ run_step() {
   case $step in
     check*)
       suite=${step#check}; suite=${suite#:}
-      $py -m gpucnn.gpu_check --out "$out/check" --data-dir "$GPUCNN_DATA_DIR" \
+      $py -m gpucnn.devtools.gpu_check --out "$out/check" --data-dir "$GPUCNN_DATA_DIR" \
         --bench-suite "${suite:-full}" --step-timeout "$limit" ;;
     train:*)
       rest=${step#train:}; name=${rest%%:*}; args=${rest#*:}

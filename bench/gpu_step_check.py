@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gpucnn import backend, models, nn, optim  # noqa: E402
 from gpucnn import random as grandom  # noqa: E402
 from gpucnn.benchmark.e2e import torch_mirror  # noqa: E402
-from gpucnn.train import Trainer  # noqa: E402
+from gpucnn.trainer import Trainer  # noqa: E402
 
 LR, MOMENTUM = 0.05, 0.9
 DEVICE = "gpu"

@@ -1,9 +1,9 @@
 """What the small synthetic-data examples share: common arguments, and a
-seeded Adam run through gpucnn.train.Trainer that prints one line per epoch
+seeded Adam run through gpucnn.trainer.Trainer that prints one line per epoch
 and the final test accuracy against chance."""
 import gpucnn
 from gpucnn import optim
-from gpucnn.train import ArrayLoader, Trainer
+from gpucnn.trainer import array_loader, Trainer
 
 
 def add_training_arguments(p, samples, epochs, batch_size, lr, noise, what):
@@ -23,8 +23,8 @@ def train_and_report(build_model, data, classes, args, description, test_batch_s
     model = build_model()
     trainer = Trainer(model, optim.Adam(model.parameters(), lr=args.lr), device=args.device)
     print(f"{args.samples} {description}, classes {classes}, device {trainer.device}")
-    test_loader = ArrayLoader(x_test, y_test, batch_size=test_batch_size, shuffle=False)
-    trainer.fit(ArrayLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed),
+    test_loader = array_loader(x_test, y_test, batch_size=test_batch_size, shuffle=False)
+    trainer.fit(array_loader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed),
                 test_loader, epochs=args.epochs,
                 on_epoch_end=lambda r: print(f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}, "
                                              f"train accuracy {r['train_accuracy']:.3f}, "

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import gpucnn  # noqa: E402
-from gpucnn import models, protocol  # noqa: E402
+from gpucnn import models, recipes  # noqa: E402
 from gpucnn.data import DATASETS, DataLoader, load_dataset  # noqa: E402
 
 SEVEN = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam")
@@ -31,19 +31,19 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     ds = load_dataset(args.dataset, args.data_dir)
-    data = protocol.prepare_data(ds, val_split=0.0, subset=args.subset)
+    data = recipes.prepare_data(ds, val_split=0.0, subset=args.subset)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     final = {}
     for name in SEVEN:
         # seed 0 for all: the same initial weights and batch order
-        trainer = protocol.make_trainer(args.model, ds.input_shape, ds.num_classes, optimizer=name,
+        trainer = recipes.make_trainer(args.model, ds.input_shape, ds.num_classes, optimizer=name,
                                         device=args.device, seed=0)
         loader = DataLoader(data.x_train, data.y_train, 64, seed=0)
         losses = []  # running mean loss, sampled along the epochs
         for _ in range(args.epochs):
             trainer.train_epoch(loader, progress=lambda i, n, loss, acc, ips: losses.append(loss))
         ax.plot([i / len(loader) for i in range(1, len(losses) + 1)], losses,
-                label=f"{name} (lr {protocol.DEFAULT_LR[name]:g})")
+                label=f"{name} (lr {recipes.DEFAULT_LR[name]:g})")
         final[name] = losses[-1]
         print(f"{name:9s} final running loss {losses[-1]:.4f}")
     ax.set_xlabel("epoch")

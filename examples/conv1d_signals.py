@@ -6,7 +6,7 @@
 Each signal is one of the three waveforms with a random frequency (1.5 to 4
 periods over the window), phase and amplitude, plus Gaussian noise; chance is
 1/3. The model is Conv1d -> ReLU -> MaxPool1d twice, then a linear classifier,
-trained with Adam through gpucnn.train.Trainer (GPU when usable with
+trained with Adam through gpucnn.trainer.Trainer (GPU when usable with
 --device auto; the GPU path runs the 2-D kernels with unit height).
 """
 import argparse

@@ -7,7 +7,7 @@ Each volume (size^3 voxels) holds one shape of random size and position,
 with random intensity, plus Gaussian noise; a cube and a sphere of similar
 extent differ only at their corners and edges, so the network has to look at
 3-D structure. Chance is 1/2. The model is Conv3d -> ReLU -> MaxPool3d twice,
-then a linear classifier, trained with Adam through gpucnn.train.Trainer (the
+then a linear classifier, trained with Adam through gpucnn.trainer.Trainer (the
 GPU's 3-D kernels with --device auto/gpu when usable).
 """
 import argparse

@@ -10,9 +10,9 @@ Falls back to scikit-learn's 8x8 digits when Fashion-MNIST is not installed
 import argparse
 
 import gpucnn
-from gpucnn import models, nn, optim, protocol
+from gpucnn import models, nn, optim, recipes
 from gpucnn.data import DATASETS, DataLoader, load_dataset
-from gpucnn.train import Trainer
+from gpucnn.trainer import Trainer
 
 
 def main(argv=None):
@@ -31,7 +31,7 @@ def main(argv=None):
     print(f"{ds.name} from {ds.source}; device {device}")
     for note in ds.notes:
         print("note:", note)
-    data = protocol.prepare_data(ds, val_split=0.1, subset=args.subset, seed=0)  # train-split statistics
+    data = recipes.prepare_data(ds, val_split=0.1, subset=args.subset, seed=0)  # train-split statistics
 
     gpucnn.random.manual_seed(0)
     model = models.build(args.model, ds.input_shape[0], ds.num_classes, ds.input_shape[1])

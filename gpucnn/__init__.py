@@ -3,7 +3,7 @@
     gpucnn.functional   conv/pool ops (NumPy in, NumPy out; CuPy in, CuPy out)
     gpucnn.nn           layers, losses, initializers (layer-wise backprop)
     gpucnn.optim        torch.optim-compatible optimizers and LR schedules
-    gpucnn.train        Trainer / fit
+    gpucnn.trainer      Trainer / fit
     gpucnn.save / load  state dicts in a format that never executes code (.npz or .safetensors)
     gpucnn.load_model   a trained model with its inference metadata (gpucnn.inference)
     gpucnn.onnx.export  a model as an ONNX graph

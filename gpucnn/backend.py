@@ -106,7 +106,8 @@ def resolve_device(device=None):
 
 
 def xp_for(device):
-    """The array module for a resolved device name."""
+    """The array module for a resolved device name (the Trainer's device-side
+    metric sums and the graph's static buffers are made with it)."""
     return cupy if resolve_device(device) == "gpu" else np
 
 

@@ -17,7 +17,7 @@
 the model in eval mode, with a `ModelMetadata` as `model.metadata`. Inputs
 are images scaled to [0, 1] as the datasets scale them (8-bit pixels / 255),
 then `model.metadata.normalize` (per channel (x - mean) / std), exactly as
-protocol.prepare_data did for training.
+recipes.prepare_data did for training.
 """
 from dataclasses import dataclass
 
@@ -80,7 +80,7 @@ class ModelMetadata:
 
 def training_metadata(model_name, dataset, normalize, dropout=None):
     """The metadata dict for a zoo model trained on `dataset` (a gpucnn.data.Dataset)
-    with inputs normalized by `normalize` (protocol.prepare_data's Normalize)."""
+    with inputs normalized by `normalize` (recipes.prepare_data's Normalize)."""
     c, h, _ = dataset.input_shape
     args = {"in_channels": int(c), "num_classes": dataset.num_classes, "image_size": int(h), "dropout": dropout}
     return ModelMetadata(model_name, args, tuple(dataset.input_shape), tuple(dataset.classes), normalize,

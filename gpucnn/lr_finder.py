@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import random as gpucnn_random
+from . import random as grandom
 
 RULE = "lr at the minimum of the smoothed loss / 10"
 
@@ -70,7 +70,7 @@ def lr_find(trainer, loader, min_lr=1e-7, max_lr=10.0, steps=100, beta=0.9, dive
         raise ValueError(f"lr_find: steps must be >= 2, got {steps}")
     model, optimizer = trainer.model, trainer.optimizer
     saved_model, saved_opt = model.state_dict(), copy.deepcopy(optimizer.state_dict())
-    saved_rng, was_training = gpucnn_random.get_state(), model.training
+    saved_rng, was_training = grandom.get_state(), model.training
     lrs, losses, smoothed = [], [], []
     avg, best, diverged = 0.0, math.inf, False
     try:
@@ -102,7 +102,7 @@ def lr_find(trainer, loader, min_lr=1e-7, max_lr=10.0, steps=100, beta=0.9, dive
         optimizer.load_state_dict(saved_opt)
         optimizer.zero_grad()
         model.train(was_training)
-        gpucnn_random.set_state(saved_rng)
+        grandom.set_state(saved_rng)
     finite = [(s, lr) for s, lr in zip(smoothed, lrs) if math.isfinite(s)]
     suggested = min(finite)[1] / 10 if finite else min_lr
     return LRFindResult(lrs, losses, smoothed, suggested, RULE, diverged)

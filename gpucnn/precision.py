@@ -37,7 +37,7 @@ DEFAULT = "highest"
 # error of about u; the bounds are 2u (measured in the emulator, CPU-side:
 # docs/precision.md). float16 inputs/outputs: FLOAT16_TOLERANCE.
 TOLERANCE = {
-    "highest": 1e-5,   # DESIGN.md; 3xTF32 drops lo*lo, ~u_tf32**2 = 2.4e-7
+    "highest": 1e-5,   # docs/precision.md; 3xTF32 drops lo*lo, ~u_tf32**2 = 2.4e-7
     "high": 1e-3,      # TF32: u = 2**-11 = 4.9e-4
     "medium": 8e-3,    # BF16: u = 2**-8 = 3.9e-3
 }

@@ -50,7 +50,7 @@ from . import backend
 from .gradcheck import gradcheck
 from .nn.loss import SoftmaxCrossEntropy
 from .nn.module import no_grad
-from .train import ArrayLoader, NonFiniteLossError, Trainer
+from .trainer import array_loader, NonFiniteLossError, Trainer
 
 INIT_TOLERANCE = 0.10
 OVERFIT_TARGET = 0.99
@@ -100,7 +100,7 @@ def _train_full_batch(model, optimizer, x, y, steps, device, stop_accuracy=None)
     the step's own forward pass (before its update). Stops early at
     stop_accuracy or at a non-finite loss."""
     trainer = Trainer(model, optimizer, device=device)
-    loader = ArrayLoader(x, y, batch_size=len(x), shuffle=False)
+    loader = array_loader(x, y, batch_size=len(x), shuffle=False)
     history = []
     for _ in range(steps):
         try:

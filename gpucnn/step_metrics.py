@@ -74,7 +74,7 @@ class DeviceEpochSums:
         return [self.loss_sum, self.correct, self.first_bad_labels, self.first_nonfinite, self.bad_loss]
 
     def _check(self, values, epoch, raise_nonfinite=True):
-        from .train import NonFiniteLossError
+        from .trainer import NonFiniteLossError
         loss_sum, correct, bad_labels, nonfinite, bad_loss = values
         if bad_labels >= 0:
             raise ValueError(f"{self.what}: batch {int(bad_labels) + 1} of epoch {epoch} has class indices "

@@ -152,7 +152,7 @@ def trainer_nonfinite_on_one_rank():
     """A NaN batch on the last rank only: every rank skips that step (no rank
     waits in a collective the others never enter); metrics are global sums."""
     from gpucnn.commands.train_distributed import Job
-    from gpucnn.train import Trainer
+    from gpucnn.trainer import Trainer
     net = model()
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=0.1), skip_nonfinite=True)
     trainer.model = distributed.DistributedDataParallel(net)

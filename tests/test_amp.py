@@ -7,7 +7,7 @@ import pytest
 from gpucnn import amp, nn, optim
 from gpucnn import random as grandom
 from gpucnn.nn.module import Parameter
-from gpucnn.train import ArrayLoader, Trainer
+from gpucnn.trainer import array_loader, Trainer
 
 
 def _opt(values=(1.0, 2.0)):
@@ -146,8 +146,8 @@ def test_bf16_and_fp16_training_reach_the_fp32_accuracy_on_digits():
         grandom.manual_seed(0)
         model = _cnn()
         trainer = Trainer(model, optim.Adam(model.parameters(), lr=1e-2), precision=precision)
-        trainer.fit(ArrayLoader(x[:1200], y[:1200], 100, seed=0), epochs=8)
-        accuracy[precision] = trainer.evaluate(ArrayLoader(x[1200:], y[1200:], 600, shuffle=False))["accuracy"]
+        trainer.fit(array_loader(x[:1200], y[:1200], 100, seed=0), epochs=8)
+        accuracy[precision] = trainer.evaluate(array_loader(x[1200:], y[1200:], 600, shuffle=False))["accuracy"]
         if precision == "fp16":
             assert trainer.scaler.get_scale() > 1.0
     # measured on the CPU: fp32 0.9330, bf16 0.9464, fp16 0.9347 (597 test images)

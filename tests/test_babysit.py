@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from gpucnn import cli, lr_finder, monitor, nn, optim, protocol, sanity
-from gpucnn import random as gpucnn_random
+from gpucnn import cli, lr_finder, monitor, nn, optim, recipes, sanity
+from gpucnn import random as grandom
 from gpucnn.data import load_dataset
 from gpucnn.nn.module import _forward_hooks, forward_hook
-from gpucnn.train import ArrayLoader, Trainer
+from gpucnn.trainer import array_loader, Trainer
 
 pytest.importorskip("sklearn")
 
@@ -22,7 +22,7 @@ DIGITS = ["--dataset", "digits", "--subset", "400", "--model", "lenet5", "--devi
 @pytest.fixture(scope="module")
 def digits():
     ds = load_dataset("digits")
-    return protocol.prepare_data(ds, 0.0, 400, 0)
+    return recipes.prepare_data(ds, 0.0, 400, 0)
 
 
 class Scale(nn.Module):
@@ -40,7 +40,7 @@ class Scale(nn.Module):
 
 
 def small_net(broken=False, seed=0, dropout=0.0):
-    gpucnn_random.manual_seed(seed)
+    grandom.manual_seed(seed)
     layers = [nn.Conv2d(1, 4, 3, padding=1), Scale(broken), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
               nn.Linear(64, 32), nn.ReLU()]
     if dropout:
@@ -141,7 +141,7 @@ def test_check_user_mistakes(capsys):
 def _adam_trainer(x, y):
     net = small_net(dropout=0.3)
     trainer = Trainer(net, optim.Adam(net.parameters(), lr=1e-3))
-    trainer.train_epoch(ArrayLoader(x, y, 64, seed=0))  # the optimizer now has state
+    trainer.train_epoch(array_loader(x, y, 64, seed=0))  # the optimizer now has state
     return trainer
 
 
@@ -150,8 +150,8 @@ def test_lr_find_sweeps_stops_on_divergence_and_restores_everything(digits):
     trainer = _adam_trainer(x, y)
     model_before = trainer.model.state_dict()
     opt_before = copy.deepcopy(trainer.optimizer.state_dict())
-    rng_before = gpucnn_random.get_state()
-    result = lr_finder.lr_find(trainer, ArrayLoader(x, y, 32, seed=1), 1e-5, 100.0, steps=80)
+    rng_before = grandom.get_state()
+    result = lr_finder.lr_find(trainer, array_loader(x, y, 32, seed=1), 1e-5, 100.0, steps=80)
     lrs = np.array(result.lrs)
     ratio = (100.0 / 1e-5) ** (1 / 79)
     np.testing.assert_allclose(lrs[1:] / lrs[:-1], ratio, rtol=1e-12)
@@ -168,7 +168,7 @@ def test_lr_find_sweeps_stops_on_divergence_and_restores_everything(digits):
     for i, state in opt_before["state"].items():
         for key, value in state.items():
             assert np.array_equal(opt_after["state"][i][key], value)
-    assert gpucnn_random.get_state() == rng_before
+    assert grandom.get_state() == rng_before
     assert all(p.grad is None for p in trainer.model.parameters())
 
 
@@ -196,7 +196,7 @@ def test_monitor_statistics_match_a_direct_computation(digits):
     reference = copy.deepcopy(net)
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
     trainer.monitor = monitor.TrainingMonitor(net)
-    trainer.train_epoch(ArrayLoader(x, y, 48, shuffle=False))  # one step: the last step is the only one
+    trainer.train_epoch(array_loader(x, y, 48, shuffle=False))  # one step: the last step is the only one
     record = trainer.monitor.history[-1]
     assert not _forward_hooks  # the hook lives only during the epoch
 
@@ -223,7 +223,7 @@ def test_monitor_statistics_match_a_direct_computation(digits):
         assert stats["update_ratio"] == pytest.approx(float(ratio), rel=1e-4)
 
     n_before = len(trainer.monitor.history)
-    trainer.evaluate(ArrayLoader(x, y, 48, shuffle=False))  # eval forwards are not recorded
+    trainer.evaluate(array_loader(x, y, 48, shuffle=False))  # eval forwards are not recorded
     assert len(trainer.monitor.history) == n_before and not _forward_hooks
 
 
@@ -233,7 +233,7 @@ def test_monitor_warns_on_dead_relus_and_large_updates(digits):
     net[5].bias.data[:] = -100.0  # the Linear before the second ReLU: every output negative
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=5.0))
     trainer.monitor = monitor.TrainingMonitor(net)
-    trainer.train_epoch(ArrayLoader(x, y, 32, seed=0))
+    trainer.train_epoch(array_loader(x, y, 32, seed=0))
     lines = monitor.warnings(trainer.monitor.history[-1])
     assert any(line.startswith("ReLU 6 outputs zero for 100.0%") for line in lines)
     # nothing flows back through the dead ReLUs: the layers below them do not move
@@ -242,7 +242,7 @@ def test_monitor_warns_on_dead_relus_and_large_updates(digits):
     net = small_net()
     trainer = Trainer(net, optim.SGD(net.parameters(), lr=5.0))
     trainer.monitor = monitor.TrainingMonitor(net)
-    trainer.train_epoch(ArrayLoader(x, y, 32, seed=0))
+    trainer.train_epoch(array_loader(x, y, 32, seed=0))
     lines = monitor.warnings(trainer.monitor.history[-1])
     assert any("update/weight ratio of 0.weight" in line and "lr too large" in line for line in lines)
     healthy = Trainer(small_net(), optim.Adam(small_net().parameters(), lr=1e-3))
@@ -259,7 +259,7 @@ def test_train_monitor_writes_json_plot_and_warnings(tmp_path, capsys):
     m = json.loads(metrics.read_text())
     assert [r["epoch"] for r in m["monitor"]] == [1, 2]
     first = m["monitor"][0]
-    assert set(first["parameters"]) == {name for name, _ in protocol.make_trainer(
+    assert set(first["parameters"]) == {name for name, _ in recipes.make_trainer(
         "lenet5", (1, 8, 8), 10).model.named_parameters()}
     assert {s["type"] for s in first["activations"].values()} >= {"Conv2d", "ReLU", "MaxPool2d", "Linear"}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -288,5 +288,5 @@ def test_monitor_keeps_statistics_as_arrays_until_the_epoch_ends(digits, monkeyp
         assert values and all(isinstance(v, (np.ndarray, np.generic)) for v in values)
         return real_end()
     monkeypatch.setattr(watch, "end_epoch", end_epoch)
-    trainer.train_epoch(ArrayLoader(x, y, 16, shuffle=False))
+    trainer.train_epoch(array_loader(x, y, 16, shuffle=False))
     assert copies and len(watch.history) == 1

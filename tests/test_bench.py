@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gpucnn.benchmark import command, report, runner, schema, suites, timing
+from gpucnn.benchmark import command, ops, report, runner, schema, stats, suites, timing
 
 
 def _bench(argv):
@@ -95,11 +95,11 @@ def test_conv_flops_and_pool_bytes():
     case = suites.conv("t", 2, 3, (9, 8), 4, (3, 2), stride=(2, 1), padding=(1, 0))
     # Ho = (9 + 2 - 3) // 2 + 1 = 5, Wo = (8 - 2) // 1 + 1 = 7
     assert case.y_shape == (2, 4, 5, 7)
-    assert runner.work("conv_forward", case)["flops"] == 2 * 2 * 4 * 3 * 3 * 2 * 5 * 7
+    assert ops.work("conv_forward", case)["flops"] == 2 * 2 * 4 * 3 * 3 * 2 * 5 * 7
     p = suites.pool("p", 2, 3, (6, 6), 2)
     # x 216 elements read; y (2, 3, 3, 3) = 54 written, plus a 54-element argmax
-    assert runner.work("max_pool_forward", p)["bytes"] == 4 * (216 + 54 + 54)
-    assert runner.work("avg_pool_backward", p)["bytes"] == 4 * (54 + 216)
+    assert ops.work("max_pool_forward", p)["bytes"] == 4 * (216 + 54 + 54)
+    assert ops.work("avg_pool_backward", p)["bytes"] == 4 * (54 + 216)
 
 
 def test_suites_are_valid_geometries():
@@ -116,15 +116,15 @@ def test_suites_are_valid_geometries():
 
 def test_compare_flags_wrong_outputs():
     ref = np.arange(12, dtype=np.float32).reshape(3, 4)
-    assert runner.compare(ref.copy(), ref)["ok"]
+    assert stats.compare(ref.copy(), ref)["ok"]
     off = ref.copy()
     off[1, 2] += 1.0
-    assert not runner.compare(off, ref)["ok"]
+    assert not stats.compare(off, ref)["ok"]
     nan = ref.copy()
     nan[0, 0] = np.nan
-    assert not runner.compare(nan, ref)["ok"]
+    assert not stats.compare(nan, ref)["ok"]
     idx = np.arange(4, dtype=np.int32)
-    assert not runner.compare((ref, idx), (ref, idx[::-1].copy()))["ok"]
+    assert not stats.compare((ref, idx), (ref, idx[::-1].copy()))["ok"]
 
 
 def test_rotation_and_summaries():
@@ -138,7 +138,7 @@ def test_rotation_and_summaries():
     assert calls == [0, 1, 0, 1, 0]
     s = timing.summarize([4.0, 1.0, 3.0, 2.0, 5.0], 2, "perf_counter")
     assert (s["median_s"], s["min_s"], s["max_s"], s["q1_s"], s["q3_s"]) == (3.0, 1.0, 5.0, 2.0, 4.0)
-    assert math.isclose(runner.geomean([2.0, 8.0]), 4.0)
+    assert math.isclose(stats.geomean([2.0, 8.0]), 4.0)
 
 
 def test_gpu_branch_bookkeeping_with_a_stand_in_device(monkeypatch):
@@ -164,7 +164,7 @@ def test_gpu_branch_bookkeeping_with_a_stand_in_device(monkeypatch):
         "device": device, "copy_gbps": 100.0, "matmul_gflops": 1000.0})
     cases = [suites.conv("c", 2, 3, 8, 4, 3, padding=1), suites.pool("p", 2, 3, 8, 2)]
     doc = runner.Runner(repeats=1, warmup=0, use_torch=False, log=lambda m: None).run(
-        cases, list(runner.OPS), suite="stand-in")
+        cases, list(ops.OPS), suite="stand-in")
     assert schema.validate(doc) == []
     assert doc["settings"]["device"] == "gpu" and doc["settings"]["l2_bytes"] == 1 << 16
     for entry in doc["results"]:
@@ -186,7 +186,7 @@ def test_gpu_branch_bookkeeping_with_a_stand_in_device(monkeypatch):
 def _reads(entry):
     g = entry["geometry"]
     shapes = {"x": g["x_shape"], "w": g["w_shape"], "dy": g["y_shape"]}
-    return [shapes[k] for k in runner.OPS[entry["op"]][2] if k in shapes]
+    return [shapes[k] for k in ops.OPS[entry["op"]][2] if k in shapes]
 
 
 def test_e2e_torch_mirror_is_the_same_model():

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from gpucnn import cli, models, protocol
-from gpucnn.train import Trainer
+from gpucnn import cli, hparam_search, models, recipes
+from gpucnn.trainer import Trainer
 
 pytest.importorskip("sklearn")
 
@@ -98,12 +98,12 @@ def test_search_grid_kfold_and_ensemble(tmp_path, capsys):
 
 
 def test_search_space_and_kfold():
-    grid = protocol.search_space("grid", {"lr": [1, 2], "optimizer": ["adam", "sgd", "momentum"]})
+    grid = hparam_search.search_space("grid", {"lr": [1, 2], "optimizer": ["adam", "sgd", "momentum"]})
     assert len(grid) == 6 and {(c["lr"], c["optimizer"]) for c in grid} == {
         (lr, o) for lr in (1, 2) for o in ("adam", "sgd", "momentum")}
-    rand = protocol.search_space("random", {"lr": [1e-4, 1e-1], "batch_size": [32, 64]}, n_trials=20, seed=0)
+    rand = hparam_search.search_space("random", {"lr": [1e-4, 1e-1], "batch_size": [32, 64]}, n_trials=20, seed=0)
     assert len(rand) == 20 and all(1e-4 <= c["lr"] <= 1e-1 and c["batch_size"] in (32, 64) for c in rand)
-    folds = protocol.kfold_indices(10, 3)
+    folds = hparam_search.kfold_indices(10, 3)
     vals = np.concatenate([va for _, va in folds])
     assert sorted(vals.tolist()) == list(range(10))
     assert all(len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 10 for tr, va in folds)
@@ -116,7 +116,7 @@ def test_ensemble_is_mean_of_softmax():
 
         def predict_proba(self, x, batch_size=512):
             return self.p
-    got = protocol.ensemble_proba([Fixed([[0.9, 0.1]]), Fixed([[0.3, 0.7]])], np.zeros((1, 1)))
+    got = hparam_search.ensemble_proba([Fixed([[0.9, 0.1]]), Fixed([[0.3, 0.7]])], np.zeros((1, 1)))
     np.testing.assert_allclose(got, [[0.6, 0.4]])
 
 
@@ -124,7 +124,7 @@ def test_bad_arguments():
     with pytest.raises(SystemExit):
         cli.main(["train", "--optimizer", "lbfgs"])
     with pytest.raises(ValueError, match="unknown optimizer"):
-        protocol.make_optimizer("lbfgs", [])
+        recipes.make_optimizer("lbfgs", [])
 
 
 def test_outputs_in_new_folders_are_created_before_training(tmp_path):

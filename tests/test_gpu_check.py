@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpucnn import backend, gpu_check
+from gpucnn import backend
+from gpucnn.devtools import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def test_gpu_check_refuses_without_gpu(tmp_path, capsys):
 def test_gpu_check_command_line_without_gpu(tmp_path):
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so this runs the no-GPU path anywhere
     env = {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "gpucnn.gpu_check", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "gpucnn.devtools.gpu_check", "--out", str(tmp_path),
                            "--data-dir", str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -37,7 +38,7 @@ def test_gpu_check_command_line_without_gpu(tmp_path):
 
 def test_sanitizer_driver_refuses_without_gpu(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "gpucnn.sanitizer_driver"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "gpucnn.devtools.sanitizer_driver"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no usable GPU" in proc.stderr
 

@@ -6,7 +6,7 @@ import pytest
 
 from gpucnn import backend, nn, optim
 from gpucnn import random as grandom
-from gpucnn.train import ArrayLoader, NonFiniteLossError, Trainer
+from gpucnn.trainer import array_loader, NonFiniteLossError, Trainer
 
 
 def _data(n=48, seed=0):
@@ -52,7 +52,7 @@ def test_deferred_mode_reports_the_per_step_metrics_bitwise():
     results = {}
     for sync in ("step", "deferred"):
         trainer = _trainer(sync)
-        records = trainer.fit(ArrayLoader(x, y, batch_size=10, seed=0), ArrayLoader(x, y, 16, shuffle=False),
+        records = trainer.fit(array_loader(x, y, batch_size=10, seed=0), array_loader(x, y, 16, shuffle=False),
                               epochs=2)
         results[sync] = ([(r["train_loss"], r["train_accuracy"], r["val_loss"], r["val_accuracy"])
                           for r in records], trainer.model.state_dict())
@@ -63,12 +63,12 @@ def test_deferred_mode_reports_the_per_step_metrics_bitwise():
 
 def test_deferred_mode_has_no_blocking_read_per_step(monkeypatch):
     x, y = _data()
-    steps = len(ArrayLoader(x, y, batch_size=6))            # 8 batches
+    steps = len(array_loader(x, y, batch_size=6))            # 8 batches
     bar = []
     for sync, per_step_reads in (("step", True), ("deferred", False)):
         trainer = _trainer(sync, progress_every=4)
         counter = _ReadCounter(monkeypatch)
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, seed=0),
+        trainer.train_epoch(array_loader(x, y, batch_size=6, seed=0),
                             progress=lambda *a: bar.append(a) if sync == "deferred" else None)
         if per_step_reads:   # the counter sees the per-step mode's reads: loss and correct count
             assert counter.reads >= 2 * steps
@@ -87,14 +87,14 @@ def test_a_bad_label_is_raised_at_the_next_read_naming_the_batch():
     y[25] = 10                                                 # batch 3 of 6-sample batches (unshuffled)
     trainer = _trainer("deferred", progress_every=100)
     with pytest.raises(ValueError, match=r"batch 5 of epoch 1 has class indices outside \[0, 10\)"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, shuffle=False))
+        trainer.train_epoch(array_loader(x, y, batch_size=6, shuffle=False))
     with pytest.raises(ValueError, match=r"batch 2 .* outside \[0, 10\)"):
-        trainer.evaluate(ArrayLoader(x, y, batch_size=16, shuffle=False))
+        trainer.evaluate(array_loader(x, y, batch_size=16, shuffle=False))
     # with a progress snapshot every 2 steps it surfaces before the epoch ends
     seen = []
     trainer = _trainer("deferred", progress_every=2)
     with pytest.raises(ValueError, match="batch 5 of epoch 1"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, shuffle=False), progress=lambda i, *a: seen.append(i))
+        trainer.train_epoch(array_loader(x, y, batch_size=6, shuffle=False), progress=lambda i, *a: seen.append(i))
     assert len(seen) < 8
 
 
@@ -104,7 +104,7 @@ def test_a_nan_loss_is_raised_at_the_next_read():
     x[13] = np.nan                                             # batch 3
     trainer = _trainer("deferred")
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 3"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=6, shuffle=False))
+        trainer.train_epoch(array_loader(x, y, batch_size=6, shuffle=False))
 
 
 def test_sync_mode_choice():
@@ -124,7 +124,7 @@ def test_deferred_mode_with_reduce_sums_and_full_batch():
         trainer = _trainer(sync, full_batch=True)
         calls = []
         trainer.reduce_sums = lambda *s: calls.append(s) or s  # a one-process "all-reduce"
-        out[sync] = trainer.train_epoch(ArrayLoader(x, y, batch_size=16, shuffle=False))
+        out[sync] = trainer.train_epoch(array_loader(x, y, batch_size=16, shuffle=False))
         if sync == "deferred":   # one collective per epoch: the sums and the NaN flag
             assert len(calls) == 1 and len(calls[0]) == 4 and calls[0][3] == 0
         else:                    # a finiteness vote per step, then the sums
@@ -253,7 +253,7 @@ def _fit(cuda_graph, opt, epochs=3, model=None):
     trainer = _trainer("deferred", opt, cuda_graph=cuda_graph)
     sched = optim.StepLR(trainer.optimizer, 1, gamma=0.5)   # the rate changes every epoch
     trainer.scheduler = sched
-    records = trainer.fit(ArrayLoader(x, y, batch_size=12, seed=0), ArrayLoader(x, y, 25, shuffle=False),
+    records = trainer.fit(array_loader(x, y, batch_size=12, seed=0), array_loader(x, y, 25, shuffle=False),
                           epochs=epochs)
     return trainer, records
 
@@ -279,7 +279,7 @@ def test_graph_is_captured_again_when_its_arrays_change():
     state = trainer.model.state_dict()
     trainer.model.load_state_dict(state)              # new parameter arrays: the old graph would write stale ones
     x, y = _data(50)
-    trainer.fit(ArrayLoader(x, y, batch_size=12, seed=0), epochs=1)
+    trainer.fit(array_loader(x, y, batch_size=12, seed=0), epochs=1)
     assert trainer.step_graph.captures == 2
 
 
@@ -305,32 +305,32 @@ def test_a_step_that_rebinds_an_array_is_refused():
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1), cuda_graph=True)
     x, y = _data(48)
     with pytest.raises(RuntimeError, match="rebinds buffer 1.total"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=12, shuffle=False))
+        trainer.train_epoch(array_loader(x, y, batch_size=12, shuffle=False))
 
 
 def test_graph_eligibility():
     trainer = _trainer("auto", cuda_graph="auto")
     x, y = _data()
-    trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    trainer.train_epoch(array_loader(x, y, batch_size=12))
     assert trainer.step_graph is None and trainer.cuda_graph_reason == "auto captures on the GPU only"
     grandom.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10))
     with pytest.raises(ValueError, match=r"dropout \(1\) draws new random numbers"):
         Trainer(model, optim.SGD(model.parameters(), lr=0.1), cuda_graph=True).train_epoch(
-            ArrayLoader(x, y, batch_size=12))
+            array_loader(x, y, batch_size=12))
     for kwargs, reason in (({"precision": "fp16"}, "GradScaler"), ({"full_batch": True}, "full_batch"),
                            ({"sync": "step"}, "sync='step'")):
         trainer = _trainer(kwargs.pop("sync", "auto"), cuda_graph=True, **kwargs)
         with pytest.raises(ValueError, match=reason):
-            trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+            trainer.train_epoch(array_loader(x, y, batch_size=12))
     trainer = _trainer("auto", cuda_graph=True)
     trainer.reduce_sums = lambda *s: s
     with pytest.raises(ValueError, match="data-parallel"):
-        trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+        trainer.train_epoch(array_loader(x, y, batch_size=12))
     with pytest.raises(ValueError, match="RMSprop has no device-memory scalars"):
         model = _cnn()
         Trainer(model, optim.RMSprop(model.parameters()), cuda_graph=True).train_epoch(
-            ArrayLoader(x, y, batch_size=12))
+            array_loader(x, y, batch_size=12))
 
 
 class _FakeCupy:
@@ -473,7 +473,7 @@ def test_gpu_graph_replays_equal_eager_steps_bitwise(opt):
     for graph in (False, True):
         trainer = _trainer("deferred", opt, device="gpu", cuda_graph=graph)
         trainer.scheduler = optim.StepLR(trainer.optimizer, 1, gamma=0.5)
-        records = trainer.fit(ArrayLoader(x, y, batch_size=12, seed=0), epochs=3)
+        records = trainer.fit(array_loader(x, y, batch_size=12, seed=0), epochs=3)
         out.append(({k: backend.to_cpu(v) for k, v in trainer.model.state_dict().items()},
                     [(r["train_loss"], r["train_accuracy"]) for r in records], trainer))
     (eager, eager_records, _), (graphed, graph_records, trainer) = out
@@ -493,7 +493,7 @@ def test_gpu_graph_survives_memory_pool_reuse():
     for graph in (False, True):
         trainer = _trainer("deferred", "sgd", device="gpu", cuda_graph=graph)
         for _ in range(2):
-            trainer.train_epoch(ArrayLoader(x, y, batch_size=12, shuffle=False))
+            trainer.train_epoch(array_loader(x, y, batch_size=12, shuffle=False))
             junk = [cupy.full(n, np.nan, np.float32) for n in (12 * 4 * 64, 12 * 10, 4 * 9, 64 * 10) * 16]
             del junk
         out.append({k: backend.to_cpu(v) for k, v in trainer.model.state_dict().items()})
@@ -505,7 +505,7 @@ def test_gpu_graph_survives_memory_pool_reuse():
 def test_gpu_deferred_epoch_reads_once(monkeypatch):
     x, y = _data(48)
     trainer = _trainer("deferred", device="gpu", cuda_graph=True)
-    trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    trainer.train_epoch(array_loader(x, y, batch_size=12))
     counter = _ReadCounter(monkeypatch)
-    trainer.train_epoch(ArrayLoader(x, y, batch_size=12))
+    trainer.train_epoch(array_loader(x, y, batch_size=12))
     assert counter.reads == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpucnn import kernel_hashes as kh
+from gpucnn.devtools import kernel_hashes as kh
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from gpucnn import kernel_check, kernel_loader
+from gpucnn import kernel_loader
+from gpucnn.devtools import kernel_check
 from gpucnn.functional import _gpu_launch, adaptive_pool_gpu, conv3d_gpu, conv_gpu, pool3d_gpu, pool_gpu
 
 NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)+_v\d+$")   # <op>_<direction>_v<N>

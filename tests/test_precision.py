@@ -302,13 +302,13 @@ def test_bench_cpu_results_carry_the_precision_they_computed(monkeypatch):
 
 
 def test_bench_gpu_times_each_precision_of_the_tensor_core_version(monkeypatch):
-    from gpucnn.benchmark import report, runner
+    from gpucnn.benchmark import ops, report, runner
     versions, doc = _bench(monkeypatch, "gpu", ("highest", "high", "medium"))
     pairs = [(v["version"], v["precision"]) for v in versions["conv_forward"]]
     assert pairs == [("1", "highest"), ("2", "highest"), ("3", "highest"), ("3", "high"), ("3", "medium"),
                      ("4", "highest"), ("4", "high"), ("4", "medium")]
     tolerances = [v["check"]["tolerance"] for v in versions["conv_forward"]]
-    assert tolerances == [runner.CHECK_TOLERANCES[p] for _, p in pairs]
+    assert tolerances == [ops.CHECK_TOLERANCES[p] for _, p in pairs]
     assert "3 medium" in report.text_report(doc)
     with pytest.raises(ValueError, match="'highest', 'high', 'medium'"):
         runner.Runner(device="cpu", use_torch=False, precisions=("fast",))

@@ -1,8 +1,9 @@
-"""python -m gpucnn.kernel_check --sass: the SASS main-loop instruction mix
-(gpucnn.sass_check), on a synthetic listing and on a real nvcc build."""
+"""python -m gpucnn.devtools.kernel_check --sass: the SASS main-loop instruction mix
+(gpucnn.devtools.sass_check), on a synthetic listing and on a real nvcc build."""
 import pytest
 
-from gpucnn import kernel_check, kernel_loader, sass_check
+from gpucnn import kernel_loader
+from gpucnn.devtools import kernel_check, sass_check
 
 LISTING = """
         code for sm_90

@@ -331,7 +331,7 @@ def test_emulator_aborts_on_misused_warp_instructions(warp_program, what, messag
 
 
 # ---------------------------------------------------------------------------
-# On a real GPU (pytest -m gpu; part of python -m gpucnn.gpu_check)
+# On a real GPU (pytest -m gpu; part of python -m gpucnn.devtools.gpu_check)
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", list(TOL))

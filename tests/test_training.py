@@ -6,7 +6,7 @@ import pytest
 
 from gpucnn import nn, optim
 from gpucnn import random as grandom
-from gpucnn.train import ArrayLoader, Trainer, fit
+from gpucnn.trainer import array_loader, Trainer, fit
 
 
 def _data(n=64, seed=0):
@@ -31,9 +31,9 @@ def test_small_cnn_overfits_64_images():
     x, y = _data()
     model = _cnn()
     trainer = Trainer(model, optim.Adam(model.parameters(), lr=3e-3))
-    records = trainer.fit(ArrayLoader(x, y, batch_size=16), epochs=40)
+    records = trainer.fit(array_loader(x, y, batch_size=16), epochs=40)
     assert records[0]["train_loss"] > 2.0
-    assert trainer.evaluate(ArrayLoader(x, y, batch_size=64, shuffle=False))["accuracy"] == 1.0
+    assert trainer.evaluate(array_loader(x, y, batch_size=64, shuffle=False))["accuracy"] == 1.0
     assert records[-1]["train_loss"] < 0.2 * records[0]["train_loss"]
 
 
@@ -42,7 +42,7 @@ def _run(seed, epochs, dropout=0.3):
     x, y = _data()
     model = _cnn(dropout)
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
-    trainer.fit(ArrayLoader(x, y, batch_size=16), epochs=epochs)
+    trainer.fit(array_loader(x, y, batch_size=16), epochs=epochs)
     return model, trainer
 
 
@@ -64,7 +64,7 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path):
     trainer.save_checkpoint(path, epoch=2, extra={"note": "halfway"})
     probe = x[:8]
     before = trainer.predict_proba(probe)
-    trainer.fit(ArrayLoader(x, y, batch_size=16), epochs=2)
+    trainer.fit(array_loader(x, y, batch_size=16), epochs=2)
     expected = _weights(model)
 
     # a fresh process: other seed, other weights, then the checkpoint
@@ -75,7 +75,7 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path):
     assert info == {"epoch": 2, "extra": {"note": "halfway"}}
     assert len(trainer2.history) == 2
     np.testing.assert_array_equal(trainer2.predict_proba(probe), before)
-    records = trainer2.fit(ArrayLoader(x, y, batch_size=16), epochs=2)
+    records = trainer2.fit(array_loader(x, y, batch_size=16), epochs=2)
     assert [r["epoch"] for r in records] == [3, 4]
     got = _weights(model2)
     for key in expected:
@@ -91,7 +91,7 @@ def test_full_batch_gradient_descent_is_one_step_on_the_whole_set():
     a = make()
     b = make()
     b.load_state_dict(a.state_dict())
-    Trainer(a, optim.SGD(a.parameters(), lr=0.1), full_batch=True).train_epoch(ArrayLoader(x, y, batch_size=16))
+    Trainer(a, optim.SGD(a.parameters(), lr=0.1), full_batch=True).train_epoch(array_loader(x, y, batch_size=16))
     _, d = nn.SoftmaxCrossEntropy()(b(x), y)  # the whole set in one batch
     b.backward(d)
     optim.SGD(b.parameters(), lr=0.1).step()
@@ -107,13 +107,13 @@ def test_early_stopping_restores_the_best_weights(monkeypatch):
     scripted = iter([0.2, 0.5, 0.4, 0.45, 0.9])  # best at epoch 2, then 2 epochs without improvement
     monkeypatch.setattr(trainer, "evaluate", lambda loader: {"loss": 1.0, "accuracy": next(scripted)})
     snapshots = []
-    records = trainer.fit(ArrayLoader(x, y, 16), val_loader=[None], epochs=5, early_stopping_patience=2,
+    records = trainer.fit(array_loader(x, y, 16), val_loader=[None], epochs=5, early_stopping_patience=2,
                           on_epoch_end=lambda r: snapshots.append(_weights(model)))
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     best = snapshots[1]
     assert all(np.array_equal(best[k], v) for k, v in _weights(model).items())
     with pytest.raises(ValueError, match="val_loader"):
-        trainer.fit(ArrayLoader(x, y, 16), early_stopping_patience=1)
+        trainer.fit(array_loader(x, y, 16), early_stopping_patience=1)
 
 
 def test_evaluate_and_predict_cache_nothing_and_keep_the_mode():
@@ -122,7 +122,7 @@ def test_evaluate_and_predict_cache_nothing_and_keep_the_mode():
     model = _cnn(0.5)
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1))
     bn_mean = model[4].running_mean.copy()
-    result = trainer.evaluate(ArrayLoader(x, y, batch_size=8, shuffle=False))
+    result = trainer.evaluate(array_loader(x, y, batch_size=8, shuffle=False))
     assert set(result) == {"loss", "accuracy"}
     assert all(m._cache is None for _, m in model.named_modules())
     assert model.training
@@ -141,9 +141,9 @@ def test_soft_label_accuracy_uses_the_target_argmax():
     soft = np.eye(10, dtype=np.float32)[y] * 0.7 + 0.03
     model = _cnn()
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.0))
-    hard = trainer.evaluate(ArrayLoader(x, y, 16, shuffle=False))
-    assert trainer.evaluate(ArrayLoader(x, soft, 16, shuffle=False))["accuracy"] == hard["accuracy"]
-    record = trainer.train_epoch(ArrayLoader(x, soft, 8))
+    hard = trainer.evaluate(array_loader(x, y, 16, shuffle=False))
+    assert trainer.evaluate(array_loader(x, soft, 16, shuffle=False))["accuracy"] == hard["accuracy"]
+    record = trainer.train_epoch(array_loader(x, soft, 8))
     assert 0.0 <= record["accuracy"] <= 1.0 and np.isfinite(record["loss"])
 
 
@@ -153,7 +153,7 @@ def test_train_epoch_record_and_progress_callback():
     model = _cnn()
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.01))
     calls = []
-    record = trainer.train_epoch(ArrayLoader(x, y, batch_size=16), progress=lambda *a: calls.append(a))
+    record = trainer.train_epoch(array_loader(x, y, batch_size=16), progress=lambda *a: calls.append(a))
     assert set(record) == {"loss", "accuracy", "seconds", "images_per_second"}
     assert [c[:2] for c in calls] == [(0, 3), (1, 3), (2, 3)]
     assert calls[-1][2] == pytest.approx(record["loss"]) and calls[-1][3] == record["accuracy"]
@@ -166,7 +166,7 @@ def test_scheduler_steps_once_per_epoch():
     model = _cnn()
     opt = optim.SGD(model.parameters(), lr=0.1)
     trainer = Trainer(model, opt, scheduler=optim.StepLR(opt, step_size=1, gamma=0.5))
-    trainer.fit(ArrayLoader(x, y, 8), epochs=3, progress=True)
+    trainer.fit(array_loader(x, y, 8), epochs=3, progress=True)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 3)
 
 
@@ -184,7 +184,7 @@ def test_fit_function_mini_batch_and_full_batch():
 
 def test_array_loader_draws_without_replacement():
     x = np.arange(10)[:, None].astype(np.float32)
-    loader = ArrayLoader(x, np.arange(10), batch_size=4, seed=0)
+    loader = array_loader(x, np.arange(10), batch_size=4, seed=0)
     assert len(loader) == 3
     for _ in range(2):
         seen = np.concatenate([yb for _, yb in loader])
@@ -202,7 +202,7 @@ def test_gpu_training_matches_cpu():
         grandom.manual_seed(0)
         model = _cnn()
         trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9), device=device)
-        trainer.fit(ArrayLoader(x, y, 16, shuffle=False), epochs=2)
+        trainer.fit(array_loader(x, y, 16, shuffle=False), epochs=2)
         results.append((trainer.history, trainer.predict_proba(x)))
     (h_cpu, p_cpu), (h_gpu, p_gpu) = results
     np.testing.assert_allclose([r["train_loss"] for r in h_gpu], [r["train_loss"] for r in h_cpu], rtol=1e-3)

@@ -59,10 +59,10 @@ def test_load_model_restores_model_metadata_and_weights(trained):
     state = serialization.load(ckpt)["model"]
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, state[key])
-    # the statistics protocol.prepare_data fitted in training (same split, same seed)
+    # the statistics recipes.prepare_data fitted in training (same split, same seed)
     ds = load_dataset("digits")
-    from gpucnn import protocol
-    norm = protocol.prepare_data(ds, 0.1, 400, 3).normalize
+    from gpucnn import recipes
+    norm = recipes.prepare_data(ds, 0.1, 400, 3).normalize
     np.testing.assert_array_equal(meta.normalize.mean, norm.mean)
     np.testing.assert_array_equal(meta.normalize.std, norm.std)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..commands.errors import CommandError, positive_int
 from . import report
 from .env import cpu_threads, default_threads, import_torch
-from .runner import OPS, Runner
+from .ops import OPS
+from .runner import Runner
 from .schema import validate
 from .suites import SUITES, get_suite
 

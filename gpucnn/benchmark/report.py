@@ -7,7 +7,8 @@ machine's measured matmul or copy ceiling.
 """
 import json
 
-from .runner import OPS, REFERENCES, best_version, geomean
+from .ops import OPS, REFERENCES
+from .stats import best_version, geomean
 
 
 def _ms(seconds):

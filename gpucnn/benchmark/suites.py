@@ -2,7 +2,7 @@
 
 A case is one layer geometry. Conv cases are timed for the forward, the
 backward-data and the backward-filter; pool cases for max and average pooling,
-forward and backward (runner.OPS). Notation: N batch, C input channels,
+forward and backward (ops.OPS). Notation: N batch, C input channels,
 spatial (H, W) (or (L,) / (D, H, W)), K output channels, kernel (R, S),
 stride, padding P.
 

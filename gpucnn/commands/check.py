@@ -9,8 +9,8 @@ Exit status 0 only when every check passes, 1 otherwise.
 import json
 from pathlib import Path
 
-from .. import models, protocol, sanity
-from .. import random as gpucnn_random
+from .. import models, recipes, sanity
+from .. import random as grandom
 from .errors import CommandError, positive_int, ranged
 from .train import (add_common_arguments, add_optimizer_arguments, load_data, prepare_outputs, resolve_device,
                     split_data)
@@ -36,14 +36,14 @@ def model_builder(args, ds):
     """build(regularized) -> a fresh zoo model with the weights of --seed
     (dropout as configured, or none when regularized is False)."""
     def build(regularized=True):
-        gpucnn_random.manual_seed(args.seed)
+        grandom.manual_seed(args.seed)
         return models.build(args.model, ds.input_shape[0], ds.num_classes, ds.input_shape[1],
                             dropout=args.dropout if regularized else 0.0)
     return build
 
 
 def run(args):
-    lr = protocol.DEFAULT_LR[args.optimizer] if args.lr is None else args.lr  # argparse: --lr > 0
+    lr = recipes.DEFAULT_LR[args.optimizer] if args.lr is None else args.lr  # argparse: --lr > 0
     prepare_outputs(args.json)
     device = resolve_device(args.device)
     ds = load_data(args)
@@ -54,7 +54,7 @@ def run(args):
     print(f"model: {args.model}; optimizer {args.optimizer}, lr {lr:g}; device {device}; "
           f"{len(data.x_train)} training images, {ds.num_classes} classes")
     results = sanity.run_checks(
-        model_builder(args, ds), lambda params, wd: protocol.make_optimizer(args.optimizer, params, lr, wd),
+        model_builder(args, ds), lambda params, wd: recipes.make_optimizer(args.optimizer, params, lr, wd),
         data.x_train, data.y_train, ds.num_classes, lr=lr, device=device, subset=args.tiny,
         overfit_steps=args.overfit_steps, init_tolerance=args.init_tolerance,
         log=lambda r: print(r.line(), flush=True))

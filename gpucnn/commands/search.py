@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import protocol
+from .. import hparam_search, recipes
 from .errors import CommandError, nonnegative_float, nonnegative_int, positive_float, positive_int, ranged
 from .train import add_common_arguments, load_data, prepare_outputs, resolve_device, split_data
 
@@ -30,7 +30,7 @@ def add_parser(subparsers):
     p.add_argument("--weight-decay", type=nonnegative_float, nargs="+", default=[1e-6, 1e-3],
                    help="L2 weight decay: grid values, or a [lo hi] range for random mode")
     p.add_argument("--batch-size", type=positive_int, nargs="+", default=[64, 128], help="batch sizes to try")
-    p.add_argument("--optimizer", nargs="+", choices=protocol.OPTIMIZERS, default=["adam", "momentum"],
+    p.add_argument("--optimizer", nargs="+", choices=recipes.OPTIMIZERS, default=["adam", "momentum"],
                    help="optimizers to try")
     p.add_argument("--k-folds", type=ranged(int, 2), default=None, metavar="K",
                    help="K-fold cross-validation on the training set instead of one validation split "
@@ -52,21 +52,21 @@ def run(args):
                            f"pass a smaller --k-folds or a larger --subset")
     space = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
              "optimizer": args.optimizer}
-    configs = protocol.search_space(args.mode, space, args.trials, args.seed)
+    configs = hparam_search.search_space(args.mode, space, args.trials, args.seed)
     print(f"{args.mode} search: {len(configs)} configurations, {args.epochs} epoch(s) each, "
           + (f"{args.k_folds}-fold cross-validation" if args.k_folds else f"{len(data.x_val)} validation images"))
-    results = protocol.run_search(
+    results = hparam_search.run_search(
         configs, data.x_train, data.y_train, k_folds=args.k_folds, x_val=data.x_val, y_val=data.y_val,
         model=args.model, input_shape=ds.input_shape, num_classes=ds.num_classes, epochs=args.epochs,
         device=device, seed=args.seed, augment=args.augment, label_smoothing=args.label_smoothing,
         dropout=args.dropout, patience=args.early_stopping)
-    print(protocol.results_table(results))
+    print(hparam_search.results_table(results))
     out = {"dataset": ds.name, "model": args.model, "device": device, "mode": args.mode,
            "k_folds": args.k_folds, "epochs": args.epochs,
            "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
     if args.ensemble:
         members = [t for r in results[:args.ensemble] for t in r["_trainers"]]
-        proba = protocol.ensemble_proba(members, data.x_test)
+        proba = hparam_search.ensemble_proba(members, data.x_test)
         acc = float(np.mean(proba.argmax(axis=1) == data.y_test))
         singles = [float(np.mean(t.predict_proba(data.x_test).argmax(axis=1) == data.y_test)) for t in members]
         print(f"ensemble of {len(members)} model(s) from the best {args.ensemble} configuration(s): "

@@ -11,9 +11,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import amp, backend, cuda_graph, inference, models, protocol, serialization
+from .. import amp, backend, cuda_graph, inference, models, recipes, serialization
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
-from ..train import NonFiniteLossError
+from ..trainer import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
     positive_int
 from ..monitor import TrainingMonitor, json_safe, plot_monitor
@@ -51,7 +51,7 @@ def add_common_arguments(p):
 def add_optimizer_arguments(p):
     """Batch size and optimizer arguments shared by `train`, `check` and `lr-find`."""
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per mini-batch")
-    p.add_argument("--optimizer", choices=protocol.OPTIMIZERS, default="adam", help="update rule")
+    p.add_argument("--optimizer", choices=recipes.OPTIMIZERS, default="adam", help="update rule")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate > 0 (default: the optimizer's usual value)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="L2 weight decay")
@@ -61,7 +61,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("train", help="train a CNN", description=__doc__.splitlines()[0])
     add_common_arguments(p)
     add_optimizer_arguments(p)
-    p.add_argument("--schedule", choices=protocol.SCHEDULES, default="none", help="learning-rate schedule")
+    p.add_argument("--schedule", choices=recipes.SCHEDULES, default="none", help="learning-rate schedule")
     p.add_argument("--warmup", type=nonnegative_int, default=0, metavar="EPOCHS",
                    help="linear learning-rate warmup epochs")
     p.add_argument("--metrics-out", metavar="FILE.json",
@@ -111,9 +111,9 @@ def load_data(args, log=print):
 
 
 def make_trainer_from_args(args, ds, device, **schedule):
-    """protocol.make_trainer for the model, optimizer and loss options of `args`
+    """recipes.make_trainer for the model, optimizer and loss options of `args`
     (schedule: make_trainer's schedule/epochs/warmup, for commands that have them)."""
-    return protocol.make_trainer(
+    return recipes.make_trainer(
         args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
         device=device, seed=args.seed, **schedule)
@@ -156,9 +156,9 @@ def prepare_outputs(*paths):
 
 
 def split_data(ds, val_split, args):
-    """protocol.prepare_data, with a split that leaves a part empty as a user error."""
+    """recipes.prepare_data, with a split that leaves a part empty as a user error."""
     try:
-        return protocol.prepare_data(ds, val_split, args.subset, args.seed)
+        return recipes.prepare_data(ds, val_split, args.subset, args.seed)
     except ValueError as exc:
         raise CommandError(f"cannot split the training set: {exc}; use a larger --subset or a smaller "
                            f"--val-split") from None
@@ -295,7 +295,7 @@ def run(args):
     def on_epoch_end(rec):
         if sampler is not None:
             sampler.set_epoch(rec["epoch"])
-        print(protocol.epoch_line(rec, args.epochs))
+        print(recipes.epoch_line(rec, args.epochs))
         for line in monitor_warnings(trainer.monitor.history[-1]) if trainer.monitor else ():
             print(f"  warning: {line}")
         if args.checkpoint:

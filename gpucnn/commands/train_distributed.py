@@ -57,7 +57,7 @@ def setup(args, device):
     if missing:
         raise CommandError(f"--distributed needs mpi4py: {missing}")
     from .. import distributed
-    from ..protocol import DEFAULT_LR
+    from ..recipes import DEFAULT_LR
     try:
         job = Job(distributed.init(device=device))
     except RuntimeError as exc:

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from .. import random as gpucnn_random
+from .. import random as grandom
 
 
 class DataLoader:
@@ -54,7 +54,7 @@ class DataLoader:
     def _epoch_rng(self):
         if self.rng is not None:
             return self.rng
-        return np.random.default_rng(int(gpucnn_random.generator().integers(2 ** 63)))
+        return np.random.default_rng(int(grandom.generator().integers(2 ** 63)))
 
     def _batches(self, rng):
         if self.sampler is not None:

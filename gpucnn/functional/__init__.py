@@ -1,8 +1,7 @@
 """NumPy-compatible functional ops: NumPy in, NumPy out; CuPy in, CuPy out.
 
 The contract (names, argument order, argmax encoding, padding semantics,
-errors) is in the team's design notes (../shared/DESIGN.md beside the
-repository); conv.py and pool.py document it and the math.
+errors) is in docs/design.md; conv.py and pool.py document it and the math.
 """
 from ._args import output_size, output_shape, transposed_output_size
 from .conv import (conv1d, conv2d, conv3d,

@@ -1,5 +1,5 @@
-"""Layers, containers, losses and initializers (layer contract: the team's design notes,
-../shared/DESIGN.md beside the repository).
+"""Layers, containers, losses and initializers (the layer contract:
+docs/design.md).
 
 Every layer is array code over NumPy or CuPy (the module comes from
 gpucnn.backend.get_array_module); conv and pooling call gpucnn.functional.

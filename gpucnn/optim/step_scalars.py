@@ -34,6 +34,7 @@ import numpy as np
 from .. import backend
 from .optimizers import SGD, Adam, _fused_kernels, _l2, _zeros_like
 
+
 _NAMES = {SGD: ("lr",), Adam: ("decay", "step_size", "sqrt_bc2")}
 
 

@@ -17,9 +17,9 @@ tests/test_kernel_hashes.py checks the record against the sources and the
 README's "Status of the GPU kernels" table (each row names its sources in
 backticks; its status cell must contain each source's status).
 
-    python -m gpucnn.kernel_hashes              # check; prints what to update
-    python -m gpucnn.kernel_hashes --update     # refresh hashes and statuses, add new sources
-    python -m gpucnn.kernel_hashes --verified-by bench/results/<folder> --gpu "an H200"
+    python -m gpucnn.devtools.kernel_hashes              # check; prints what to update
+    python -m gpucnn.devtools.kernel_hashes --update     # refresh hashes and statuses, add new sources
+    python -m gpucnn.devtools.kernel_hashes --verified-by bench/results/<folder> --gpu "an H200"
         # after a passing GPU check of the current sources: they become "verified on an H200"
 """
 import argparse
@@ -30,7 +30,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository (gpucnn/devtools/../..)
 RECORD = Path("bench/results/verified_kernels.json")
 README = Path("README.md")
 FUSED = Path("gpucnn/fused_gpu.py")
@@ -135,7 +135,7 @@ def check(root=ROOT):
     root = Path(root)
     sources, record = current_sources(root), load_record(root)
     entries = record["sources"]
-    fix = f"run `python -m gpucnn.kernel_hashes --update` and commit {RECORD}"
+    fix = f"run `python -m gpucnn.devtools.kernel_hashes --update` and commit {RECORD}"
     problems = []
     for key in sources:
         if key not in entries:
@@ -200,7 +200,7 @@ def update(root=ROOT, verified_by=None, gpu=None, commit=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gpucnn.kernel_hashes", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m gpucnn.devtools.kernel_hashes", description=__doc__.splitlines()[0])
     p.add_argument("--update", action="store_true", help="refresh hashes and statuses in the record")
     p.add_argument("--verified-by", metavar="FOLDER",
                    help="mark the current sources verified by the GPU results in FOLDER (implies --update)")

@@ -1,11 +1,11 @@
 """Everything that proves the GPU kernels, in one command
-(the team's notes ../shared/GPU.md beside the repository describe it):
+(docs/gpu-verification.md says what counts as verified):
 
-    python -m gpucnn.gpu_check --out DIR --data-dir PATH      (make gpu-check)
+    python -m gpucnn.devtools.gpu_check --out DIR --data-dir PATH      (make gpu-check)
 
 1. records the GPU name, driver, CUDA, CuPy and NumPy versions and the git commit;
 2. runs the GPU tests (pytest -m gpu, outputs NaN-poisoned) -> DIR/pytest_gpu.log;
-3. runs gpucnn.sanitizer_driver (every kernel version on small shapes) under
+3. runs gpucnn.devtools.sanitizer_driver (every kernel version on small shapes) under
    compute-sanitizer memcheck and racecheck -> DIR/memcheck.log, racecheck.log;
 4. runs `python -m gpucnn bench --suite full --precision highest high medium
    --json DIR/bench.json` -> DIR/bench.log (every conv precision, docs/precision.md);
@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, kernel_hashes
-from .benchmark.env import git_info
+from .. import backend
+from . import kernel_hashes
+from ..benchmark.env import git_info
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository (gpucnn/devtools/../..)
 SANITIZER_TOOLS = ("memcheck", "racecheck")
 
 
@@ -40,7 +41,7 @@ def environment():
     env = {"python": platform.python_version(), "numpy": np.__version__,
            "cupy": getattr(backend.cupy, "__version__", None), "git": git_info(),
            "gpu_usable": backend.gpu_available(), "gpu_unusable_reason": backend.gpu_unavailable_reason(),
-           # what this check verifies, by content: `python -m gpucnn.kernel_hashes --verified-by` records it
+           # what this check verifies, by content: `python -m gpucnn.devtools.kernel_hashes --verified-by` records it
            "source_sha256": {k: v[0] for k, v in kernel_hashes.current_sources(ROOT).items()}}
     env.update(backend.device_info())
     return env
@@ -91,7 +92,7 @@ def steps(out, data_dir, bench_suite="full"):
              out / "pytest_gpu.log", env)]
     sanitizer = find_compute_sanitizer()
     for tool in SANITIZER_TOOLS:
-        cmd = ([sanitizer, "--tool", tool, "--error-exitcode", "99", py, "-m", "gpucnn.sanitizer_driver"]
+        cmd = ([sanitizer, "--tool", tool, "--error-exitcode", "99", py, "-m", "gpucnn.devtools.sanitizer_driver"]
                if sanitizer else ["compute-sanitizer"])  # missing: the step fails with "could not start"
         plan.append((f"sanitizer {tool}", cmd, out / f"{tool}.log", env))
     if bench_suite != "none":
@@ -115,7 +116,7 @@ def format_table(env, results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gpucnn.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gpucnn.devtools.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the logs, bench.json and gpu_check.json")
     parser.add_argument("--data-dir", required=True, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--bench-suite", default="full", help="benchmark suite (default: full; none: no benchmark)")

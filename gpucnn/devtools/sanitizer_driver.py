@@ -1,7 +1,7 @@
 """Runs every GPU conv/pool kernel version once on a few small shapes, for
 compute-sanitizer (memcheck, racecheck) and as a quick smoke test:
 
-    compute-sanitizer --tool memcheck python -m gpucnn.sanitizer_driver
+    compute-sanitizer --tool memcheck python -m gpucnn.devtools.sanitizer_driver
 
 Outputs are NaN-poisoned before each launch; each result is compared with the
 float64 reference (gpucnn.testing.reference). The 2-D and 1-D kernels run
@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 
-from . import backend, kernel_loader
-from .precision import TOLERANCE as PRECISION_TOLERANCE
-from .testing import reference as ref
+from .. import backend, kernel_loader
+from ..precision import TOLERANCE as PRECISION_TOLERANCE
+from ..testing import reference as ref
 
 # (N, C, spatial, K, kernel, stride, padding); 1-D, 2-D and 3-D cases
 CONV_CASES = (
@@ -42,7 +42,7 @@ def _rel_err(got, want):
 
 
 def _gpu_module(family, nd):
-    from .functional import _dispatch
+    from ..functional import _dispatch
     name = _dispatch._GPU_MODULES[(family, nd)]
     try:
         return importlib.import_module(f"gpucnn.functional.{name}")
@@ -56,7 +56,7 @@ def _versions(module, op):
 
 def run_all(log=print):
     """Run every case; returns the list of failure descriptions."""
-    from . import functional as F
+    from .. import functional as F
     rng = np.random.default_rng(0)
     failures = []
     tol = {np.float32: 1e-4, np.float64: 1e-10}

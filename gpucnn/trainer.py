@@ -27,7 +27,7 @@ from .nn.loss import SoftmaxCrossEntropy, softmax
 from .nn.module import no_grad
 
 
-def ArrayLoader(x, y, batch_size=64, shuffle=True, seed=None):
+def array_loader(x, y, batch_size=64, shuffle=True, seed=None):
     """The course's plain mini-batch loop: a DataLoader over in-memory arrays
     without prefetch (batches drawn without replacement each epoch)."""
     return DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed, prefetch=0)
@@ -449,7 +449,7 @@ def fit(model, x, y, optimizer, epochs=1, batch_size=64, full_batch=False, x_val
     each epoch from gpucnn.random), or full_batch=True for one gradient step
     per epoch on the whole training set (computed in chunks of batch_size)."""
     trainer = Trainer(model, optimizer, loss_fn, scheduler, device, full_batch)
-    train_loader = ArrayLoader(x, y, batch_size=batch_size, shuffle=not full_batch)
-    val_loader = None if x_val is None else ArrayLoader(x_val, y_val, batch_size=max(batch_size, 512),
+    train_loader = array_loader(x, y, batch_size=batch_size, shuffle=not full_batch)
+    val_loader = None if x_val is None else array_loader(x_val, y_val, batch_size=max(batch_size, 512),
                                                        shuffle=False)
     return trainer.fit(train_loader, val_loader, epochs, early_stopping_patience, progress=progress)

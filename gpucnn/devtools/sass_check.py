@@ -1,5 +1,5 @@
 """Static speed check of the compiled kernels: the SASS instruction mix of
-each kernel's main loop (python -m gpucnn.kernel_check --sass).
+each kernel's main loop (python -m gpucnn.devtools.kernel_check --sass).
 
 cuobjdump --dump-sass on the cubins kernel_check builds with nvcc. The main
 loop of a kernel is the loop (a backward branch and its target) holding the

@@ -1,6 +1,6 @@
 """Compile every kernels/*.cu with nvcc and report each kernel's resources.
 
-    python -m gpucnn.kernel_check --arch sm_90 [--arch sm_80]   (make kernels)
+    python -m gpucnn.devtools.kernel_check --arch sm_90 [--arch sm_80]   (make kernels)
 
 For each architecture and each .cu file (twice, -DSCALAR=float and
 -DSCALAR=double, when the file uses the SCALAR switch of common.cuh) this runs
@@ -13,7 +13,7 @@ fails, prints a warning (nvcc or ptxas), or any kernel spills; a system
 `report()` returns the rows as a list of dicts. Needs nvcc, not a GPU.
 
 --sass adds, per kernel, the SASS instruction mix of its main loop
-(gpucnn.sass_check: cuobjdump --dump-sass on the same cubins).
+(gpucnn.devtools.sass_check: cuobjdump --dump-sass on the same cubins).
 """
 import argparse
 import re
@@ -23,7 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import kernel_loader, sass_check
+from .. import kernel_loader
+from . import sass_check
 
 NVCC_FLAGS = ("-cubin", "--std=c++17", "-lineinfo", "-Xptxas", "-v,-warn-spills,-warn-lmem-usage")
 SCALARS = ("float", "double")
@@ -146,7 +147,7 @@ def format_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gpucnn.kernel_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gpucnn.devtools.kernel_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", help="e.g. sm_90 (repeatable; default sm_90)")
     parser.add_argument("--sass", action="store_true",
                         help="also report each kernel's main-loop SASS instruction mix (cuobjdump)")
