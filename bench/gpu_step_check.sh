@@ -22,7 +22,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 GPUCNN_DATA_DIR=${GPUCNN_DATA_DIR:-$PW
 limit=${STEP_TIMEOUT:-150}
 py=python3
 echo "== gpu_step_check.py ($(date +%T))"
-timeout $((limit * 2)) $py bench/gpu_step_check.py --out "$out" --steps 200 > "$out/gpu_step.log" 2>&1
+timeout $((limit * 2 + 60)) $py bench/gpu_step_check.py --out "$out" --steps 100 > "$out/gpu_step.log" 2>&1
 echo "== exit $?"; tail -6 "$out/gpu_step.log"
 train() {  # name, then gpucnn train arguments
   local name=$1; shift
