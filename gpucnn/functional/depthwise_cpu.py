@@ -17,7 +17,7 @@ then every tap adds w * (a strided row of the buffer) to an output row:
     backward-data    dxpad[n,c, ...]   += w[k,t,r,s] * dy[n,k,od,oh,:]   (the same positions), cropped
 
 Threads split output planes (forward) or input planes (backward-data)
-through conv_cpu.over_items; every element is summed by one thread in a
+through cpu_parallel.over_items; every element is summed by one thread in a
 fixed order, so results are deterministic and independent of the thread
 count.
 """
@@ -25,7 +25,8 @@ import numba as nb
 import numpy as np
 
 from ._args import output_shape
-from .conv_cpu import as5d, lift3, over_items
+from ..cpu_parallel import over_items
+from .conv_cpu import as5d, lift3
 
 
 def applies(w_shape, groups):
