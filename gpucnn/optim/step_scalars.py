@@ -133,17 +133,7 @@ class StepScalars:
             kernels.sgd_momentum_step_with(p.data, g, state["momentum_buffer"], lr, *consts,
                                            nesterov=group["nesterov"], first=first)
             return
-        g = _l2(p, g, group["weight_decay"])
-        if momentum:
-            if first:
-                state["momentum_buffer"] = g.copy()
-            else:
-                b = state["momentum_buffer"]
-                b *= momentum
-                b += (1 - group["dampening"]) * g
-            b = state["momentum_buffer"]
-            g = g + momentum * b if group["nesterov"] else b
-        p.data -= lr * g
+        self.optimizer._update(p, g, state, group, lr=lr)   # the eager array code, lr from the device
 
     def _adam(self, p, g, state, group, views):
         (beta1, beta2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
