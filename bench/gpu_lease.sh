@@ -11,6 +11,8 @@
 #                   which outlasts a 10-minute call; none for no benchmark)
 #   train:NAME:ARGS gpucnn train --device gpu ARGS (ARGS comma-separated),
 #                   log, metrics and plot to OUT_DIR/train_NAME.{log,json,png}
+#   stepcheck       bash bench/gpu_step_check.sh OUT_DIR/step_check (issue 11:
+#                   graphs, host reads, step times vs PyTorch, bf16/fp16 accuracy)
 #   bench:SUITE[:ARGS] gpucnn bench --suite SUITE ARGS, at most BENCH_MAX_SECONDS
 #                   (default 3) per measurement, to OUT_DIR/bench_SUITE.{log,json}
 # Timings are only meaningful from steps that ran alone.
@@ -43,6 +45,8 @@ run_step() {
       timeout "$limit" $py -m gpucnn bench --suite "$suite" --max-seconds "${BENCH_MAX_SECONDS:-3}" \
         --json "$out/bench_$suite.json" ${args//,/ } > "$out/bench_$suite.log" 2>&1
       echo "== $step: exit $?" ;;
+    stepcheck)
+      bash bench/gpu_step_check.sh "$out/step_check"; echo "== $step: exit $?" ;;
     *) echo "unknown step $step" ;;
   esac
 }

@@ -9,8 +9,9 @@
     gpucnn.onnx.export  a model as an ONNX graph
     gpucnn.asarray      NumPy/CuPy arrays from any DLPack array (PyTorch, JAX), zero-copy
     gpucnn.set_float32_conv_precision / float32_conv_precision   (docs/precision.md)
+    gpucnn.amp          mixed precision: autocast policy, GradScaler (docs/gpu-step.md)
 """
-from . import backend, backends, functional, onnx, random
+from . import amp, backend, backends, functional, onnx, random
 from .backend import asarray, get_array_module, gpu_available, to_cpu, to_gpu
 from .inference import load_model
 from .precision import (float32_conv_precision, get_float32_conv_precision,

@@ -5,6 +5,7 @@ Everything else asks this module which array module an array belongs to
 (`GPUCNN_DEVICE=auto|cpu|gpu`). CuPy is optional: without it, or with CuPy but
 no usable GPU (the CI case), everything runs on NumPy.
 """
+import contextlib
 import functools
 import os
 
@@ -102,6 +103,12 @@ def resolve_device(device=None):
     if choice == "gpu":
         require_gpu("device 'gpu'")
     return choice
+
+
+def xp_for(device):
+    """The array module for a resolved device name (the Trainer's device-side
+    metric sums and the graph's static buffers are made with it)."""
+    return cupy if resolve_device(device) == "gpu" else np
 
 
 def synchronize(xp=None):
@@ -279,8 +286,109 @@ class HostSnapshot:
         return [float(v) for v in self._host]
 
 
+def to_gpu_async(a):
+    """to_gpu without waiting for the device: a new array filled by an
+    asynchronous copy on the current stream (cupy.asarray of host memory may
+    wait for the stream's earlier work). CuPy arrays pass through."""
+    if is_gpu_array(a):
+        return a
+    require_gpu("to_gpu_async")
+    a = np.asarray(a)
+    out = cupy.empty(a.shape, a.dtype)
+    copy_to_device_async(out, a)
+    return out
+
+
 def copy_to_device_async(dst, src):
     """dst (a device array) <- src (a host array), queued on the current stream:
     the host does not wait for the device (a pageable source is staged by the
     driver at once, so src may be overwritten when this returns)."""
-    dst.set(src, stream=current_stream())
+    if isinstance(dst, np.ndarray):
+        dst[...] = src
+    elif is_gpu_array(src):
+        dst[...] = src
+    else:
+        dst.set(np.ascontiguousarray(src, dtype=dst.dtype), stream=current_stream())
+
+
+# ---- CUDA graphs (gpucnn.cuda_graph builds the training step on these) ---------------
+class _StandInGraph:
+    """The CPU stand-in of a captured graph: capture records the step (a closure
+    over static buffers) without running it, launch() runs it. It lets the
+    bookkeeping around graphs (static buffers, per-step scalars in memory,
+    replays after warm-up, recapture) run and be tested without a GPU."""
+    is_stand_in = True
+
+    def __init__(self, fn):
+        self._fn = fn
+        self.kept = []
+
+    def launch(self):
+        self._fn()
+
+
+class _CudaGraph:
+    """fn's launches on the current (non-default) stream, captured once with
+    cupy.cuda.Stream.begin_capture/end_capture (not executed at capture) and
+    replayed by launch(). Every block the memory pool hands out during the
+    capture is recorded and kept for the graph's lifetime: the graph keeps
+    writing those addresses on replay, and a block returned to the pool could
+    be handed to another array meanwhile (cupy#9655). A synchronizing call
+    inside fn (a device->host copy, a stream synchronize) makes the capture
+    fail, so a captured step has none. Kernels must be compiled before (run fn
+    once eagerly). Written for CuPy; compiled and emulated, not yet run on a GPU."""
+    is_stand_in = False
+
+    def __init__(self, fn):
+        stream = current_stream()
+        if stream.ptr == 0:
+            raise RuntimeError("CUDA graph capture needs a non-default stream (backend.stream_scope)")
+        pool, kept = cupy.get_default_memory_pool(), []
+
+        def recording_malloc(size):
+            block = pool.malloc(size)
+            kept.append(block)
+            return block
+        previous = cupy.cuda.get_allocator()
+        cupy.cuda.set_allocator(recording_malloc)
+        try:
+            stream.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = stream.end_capture()
+        finally:
+            cupy.cuda.set_allocator(previous)
+        self.graph, self.stream, self.kept = graph, stream, kept
+        graph.upload(stream)
+
+    def launch(self):
+        self.graph.launch(stream=self.stream)
+
+
+def capture_graph(fn, gpu):
+    """A replayable graph of fn's device work: a CUDA graph on the GPU, the
+    closure itself (_StandInGraph) on the CPU."""
+    return _CudaGraph(fn) if gpu else _StandInGraph(fn)
+
+
+@contextlib.contextmanager
+def stream_scope(stream):
+    """Run the block with `stream` current (None: the CPU, nothing to do),
+    ordered after the outer stream's earlier work and before its later work by
+    events: no host wait. The GPU graph path keeps one stream for its eager
+    steps, copies, capture and replays, across epochs."""
+    if stream is None:
+        yield
+        return
+    outer = current_stream()
+    before = cupy.cuda.Event(disable_timing=True)
+    before.record(outer)
+    stream.wait_event(before)
+    try:
+        with stream:
+            yield
+    finally:
+        after = cupy.cuda.Event(disable_timing=True)
+        after.record(stream)
+        outer.wait_event(after)

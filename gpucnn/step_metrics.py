@@ -24,33 +24,50 @@ from . import backend
 class DeviceEpochSums:
     def __init__(self, xp, what="Trainer"):
         self.xp, self.what = xp, what
-        self.seen = 0                                     # host: batch sizes are host numbers
         self.loss_sum = xp.zeros((), xp.float64)
         self.correct = xp.zeros((), xp.int64)
+        self.step = xp.zeros((), xp.int64)                # the batch index, counted on the device
         self.first_bad_labels = xp.full((), -1, xp.int64)
         self.first_nonfinite = xp.full((), -1, xp.int64)
         self.bad_loss = xp.zeros((), xp.float64)
         self.num_classes = None
+        self.reset()
+
+    def reset(self):
+        """Zero the sums in place (a captured graph keeps writing these arrays)."""
+        self.seen = 0                                     # host: batch sizes are host numbers
+        for a, value in ((self.loss_sum, 0), (self.correct, 0), (self.step, 0), (self.first_bad_labels, -1),
+                         (self.first_nonfinite, -1), (self.bad_loss, 0)):
+            a[...] = value
         self._pending = None                              # an in-flight HostSnapshot and its `seen`
         self.last = (0, math.nan, math.nan)               # (seen, mean loss, accuracy) as last read
 
-    def _first(self, slot, index, bad):
-        """slot <- index where slot is still -1 and `bad` holds (device-side)."""
-        slot[...] = self.xp.where((slot < 0) & bad, index, slot)
+    def _first(self, slot, bad):
+        """slot <- this batch's index where slot is still -1 and `bad` holds."""
+        slot[...] = self.xp.where((slot < 0) & bad, self.step, slot)
 
-    def add(self, index, n, loss, correct, labels_ok=None, num_classes=None):
-        """Account batch `index` (0-based) of n samples: loss a 0-d float64 array
+    def add(self, n, loss, correct, labels_ok=None, num_classes=None):
+        """add_device, then count(n): one batch of n samples."""
+        self.add_device(n, loss, correct, labels_ok, num_classes)
+        self.count(n)
+
+    def add_device(self, n, loss, correct, labels_ok=None, num_classes=None):
+        """The device part (what a CUDA graph captures): loss a 0-d float64 array
         (the batch mean), correct a 0-d integer array, labels_ok a 0-d bool or None."""
         xp = self.xp
         finite = xp.isfinite(loss)
-        self._first(self.first_nonfinite, index, ~finite)
-        self.bad_loss[...] = xp.where((self.first_nonfinite == index) & ~finite, loss, self.bad_loss)
+        self._first(self.first_nonfinite, ~finite)
+        self.bad_loss[...] = xp.where((self.first_nonfinite == self.step) & ~finite, loss, self.bad_loss)
         if labels_ok is not None:
             self.num_classes = num_classes
-            self._first(self.first_bad_labels, index, ~labels_ok)
-        self.seen += n
+            self._first(self.first_bad_labels, ~labels_ok)
         self.loss_sum += loss * n
         self.correct += correct
+        self.step += 1
+
+    def count(self, n):
+        """The host part: n more samples seen."""
+        self.seen += n
 
     # ---- reads ----------------------------------------------------------------
     def _fields(self):

@@ -17,7 +17,10 @@ import time
 
 import numpy as np
 
-from . import amp, backend, serialization
+import contextlib
+
+from . import amp, backend, cuda_graph, serialization
+from .optim.step_scalars import capturable
 from .data.loader import DataLoader
 from .step_metrics import DeviceEpochSums
 from .nn.loss import SoftmaxCrossEntropy, softmax
@@ -48,7 +51,7 @@ SYNC_MODES = ("auto", "step", "deferred")
 
 class Trainer:
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False,
-                 skip_nonfinite=False, sync="auto", progress_every=8, precision="fp32"):
+                 skip_nonfinite=False, sync="auto", progress_every=8, precision="fp32", cuda_graph=False):
         """skip_nonfinite: a batch with a NaN/inf loss is skipped (no backward, no
         step) and counted in `nonfinite_steps`; otherwise it raises
         NonFiniteLossError before the step, so the weights stay those of the
@@ -65,7 +68,15 @@ class Trainer:
 
         precision: "fp32", "tf32", "bf16" or "fp16" (gpucnn.amp: float32 master
         weights, low-precision conv/pool/linear, batch norm and the loss in
-        float32; fp16 adds a GradScaler, `self.scaler`)."""
+        float32; fp16 adds a GradScaler, `self.scaler`).
+
+        cuda_graph: True captures a whole training step once per batch shape and
+        replays it (gpucnn.cuda_graph; deferred mode; on the CPU a stand-in
+        replays the recorded step); "auto" does so on the GPU when the step can
+        be captured (else eager, the reason in `cuda_graph_reason`); False never."""
+        if cuda_graph not in (True, False, "auto"):
+            raise ValueError(f"Trainer: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
+        self.cuda_graph, self.cuda_graph_reason, self.step_graph = cuda_graph, "", None
         if sync not in SYNC_MODES:
             raise ValueError(f"Trainer: sync must be one of {SYNC_MODES}, got {sync!r}")
         self.sync, self.progress_every = sync, int(progress_every)
@@ -109,14 +120,18 @@ class Trainer:
 
     # ---- batches --------------------------------------------------------
     def _move(self, a):
-        return backend.to_gpu(a) if self.device == "gpu" else np.asarray(a)
+        return backend.to_gpu_async(a) if self.device == "gpu" else np.asarray(a)
 
-    def _input(self, xb):
-        """A batch on the model's device, cast to the model's float dtype."""
+    def _cast_input(self, xb):
+        """xb cast to the model's float dtype (integer inputs as they are)."""
         params = self.model.parameters()
         if params and np.dtype(xb.dtype).kind == "f":
             xb = xb.astype(params[0].data.dtype, copy=False)
-        return self._move(xb)
+        return xb
+
+    def _input(self, xb):
+        """A batch on the model's device, cast to the model's float dtype."""
+        return self._move(self._cast_input(xb))
 
     def _total(self, *sums):
         return sums if self.reduce_sums is None else self.reduce_sums(*sums)
@@ -136,8 +151,66 @@ class Trainer:
         if self.sync == "deferred" and self.skip_nonfinite:
             raise ValueError("Trainer: skip_nonfinite decides before each step, so it needs sync='step' "
                              "(or 'auto'), not 'deferred'")
-        return self.sync == "deferred" or (self.sync == "auto" and self.device == "gpu"
-                                           and not self.skip_nonfinite)
+        return self.sync == "deferred" or (self.sync == "auto" and not self.skip_nonfinite
+                                           and (self.device == "gpu" or self.cuda_graph is True))
+
+    def _use_graph(self):
+        """Whether this epoch's steps are captured and replayed (see cuda_graph)."""
+        if self.cuda_graph is False:
+            return False
+        reason = cuda_graph.eligible(self)
+        if not reason and self.sync == "step":
+            reason = "sync='step' reads the host at every step"
+        if not reason and self.cuda_graph == "auto" and self.device != "gpu":
+            reason = "auto captures on the GPU only"
+        if reason and self.cuda_graph is True:
+            raise ValueError(f"Trainer: cuda_graph=True, but the step cannot be captured: {reason}")
+        self.cuda_graph_reason = reason
+        return not reason
+
+    def _eager_deferred_step(self, sums, xb, yb):
+        xb, yb = self._input(xb), self._move(yb)
+        logits = self._logits(xb)
+        loss, dlogits, labels_ok = self._device_loss(logits, yb)
+        self._backward_step(dlogits, len(xb))
+        self._account(sums, xb, yb, logits, loss, labels_ok)
+
+    def _backward_step(self, dlogits, n):
+        """Backward of a batch of n samples, then the optimizer step (full-batch
+        mode: the gradient summed over samples, divided by the total at the end)."""
+        if self.full_batch:
+            self.model.backward(self.scaler.scale(dlogits * n))
+            return
+        self.optimizer.zero_grad()
+        self.model.backward(self.scaler.scale(dlogits))
+        if self.monitor is not None:
+            self.monitor.before_step()
+        self._optimizer_step()
+
+    def _full_batch_step(self, seen):
+        """Full-batch mode's one step per epoch, on the gradient averaged over `seen` samples."""
+        if not (self.full_batch and seen):
+            return
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad /= seen
+        if self.monitor is not None:
+            self.monitor.before_step()
+        self._optimizer_step()
+
+    def _graph_for_epoch(self, xp):
+        """(sums, StepGraph) for a captured epoch: the metric arrays persist
+        across epochs (zeroed in place), so one capture serves every epoch."""
+        capturable(self.optimizer)
+        if self.step_graph is None:
+            self.step_graph = cuda_graph.StepGraph(self, DeviceEpochSums(xp))
+        self.step_graph.sums.reset()
+        return self.step_graph.sums, self.step_graph
+
+    def _host_batch(self, xb, yb):
+        """A batch as arrays of the model's float dtype, not moved (for the static buffers)."""
+        xb, yb = (a if backend.is_gpu_array(a) else np.asarray(a) for a in (xb, yb))
+        return self._cast_input(xb), yb
 
     def _device_loss(self, logits, yb):
         """(loss 0-d float64 device array, dlogits, labels_ok or None), no host read
@@ -148,8 +221,9 @@ class Trainer:
         xp = backend.get_array_module(logits)
         return xp.asarray(loss, dtype=xp.float64), dlogits, None
 
-    def _account(self, sums, i, xb, yb, logits, loss, labels_ok):
-        sums.add(i, len(xb), loss, (logits.argmax(axis=1) == _labels(yb)).sum(), labels_ok, logits.shape[-1])
+    def _account(self, sums, xb, yb, logits, loss, labels_ok, device_only=False):
+        add = sums.add_device if device_only else sums.add
+        add(len(xb), loss, (logits.argmax(axis=1) == _labels(yb)).sum(), labels_ok, logits.shape[-1])
 
     def _read(self, sums, epoch):
         """The epoch's one blocking read -> (seen, loss_sum, correct), summed over
@@ -163,40 +237,24 @@ class Trainer:
             raise NonFiniteLossError(epoch, "unknown (deferred mode)", "nan/inf on some rank")
         return seen, loss_sum, correct
 
-    def _train_epoch_deferred(self, loader, progress):
+    def _train_epoch_deferred(self, loader, progress, use_graph=False):
         self.model.train()
         xp = backend.xp_for(self.device)
-        epoch, n_batches = len(self.history) + 1, len(loader)
-        sums = DeviceEpochSums(xp)
+        epoch = len(self.history) + 1
+        graph = None
+        if use_graph:
+            sums, graph = self._graph_for_epoch(xp)
+        else:
+            sums = DeviceEpochSums(xp)
         start = time.perf_counter()
         if self.full_batch:
             self.optimizer.zero_grad()
         if self.monitor is not None:
             self.monitor.begin_epoch()
-        for i, (xb, yb) in enumerate(loader):
-            xb, yb = self._input(xb), self._move(yb)
-            logits = self._logits(xb)
-            loss, dlogits, labels_ok = self._device_loss(logits, yb)
-            if self.full_batch:
-                self.model.backward(self.scaler.scale(dlogits * len(xb)))
-            else:
-                self.optimizer.zero_grad()
-                self.model.backward(self.scaler.scale(dlogits))
-                if self.monitor is not None:
-                    self.monitor.before_step()
-                self._optimizer_step()
-            self._account(sums, i, xb, yb, logits, loss, labels_ok)
-            if progress is not None:
-                seen, mean_loss, accuracy = sums.poll(self.progress_every, i, epoch, self.reduce_sums is None)
-                progress(i, n_batches, mean_loss, accuracy, seen / max(time.perf_counter() - start, 1e-12))
-        if self.full_batch and sums.seen:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad /= sums.seen
-            if self.monitor is not None:
-                self.monitor.before_step()
-            self._optimizer_step()
-        seen, loss_sum, correct = self._read(sums, epoch)
+        with backend.stream_scope(graph.stream) if graph else contextlib.nullcontext():
+            self._deferred_batches(loader, sums, graph, progress, epoch, start)
+            self._full_batch_step(sums.seen)
+            seen, loss_sum, correct = self._read(sums, epoch)
         seconds = time.perf_counter() - start   # after the read: the device has finished the epoch
         if self.monitor is not None:
             self.monitor.end_epoch()
@@ -205,13 +263,26 @@ class Trainer:
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
                 "seconds": seconds, "images_per_second": seen / max(seconds, 1e-12)}
 
+    def _deferred_batches(self, loader, sums, graph, progress, epoch, start):
+        """The epoch's steps: replayed through `graph` when given, else eager."""
+        n_batches = len(loader)
+        eager = lambda xb, yb: self._eager_deferred_step(sums, xb, yb)  # noqa: E731
+        for i, (xb, yb) in enumerate(loader):
+            if graph is not None:
+                graph.run(*self._host_batch(xb, yb), eager)
+            else:
+                eager(xb, yb)
+            if progress is not None:
+                seen, mean_loss, accuracy = sums.poll(self.progress_every, i, epoch, self.reduce_sums is None)
+                progress(i, n_batches, mean_loss, accuracy, seen / max(time.perf_counter() - start, 1e-12))
+
     def _evaluate_deferred(self, loader):
         sums = DeviceEpochSums(backend.xp_for(self.device), "Trainer.evaluate")
         for i, (xb, yb) in enumerate(loader):
             xb, yb = self._input(xb), self._move(yb)
             logits = self._logits(xb)
             loss, _, labels_ok = self._device_loss(logits, yb)
-            self._account(sums, i, xb, yb, logits, loss, labels_ok)
+            self._account(sums, xb, yb, logits, loss, labels_ok)
         seen, loss_sum, correct = self._read(sums, len(self.history))
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
@@ -219,8 +290,9 @@ class Trainer:
     def train_epoch(self, loader, progress=None):
         """One pass over `loader` -> {loss, accuracy, seconds, images_per_second}
         (loss and accuracy averaged over samples, during training)."""
-        if self.deferred():
-            return self._train_epoch_deferred(loader, progress)
+        use_graph = self.cuda_graph is not False and self._use_graph()
+        if use_graph or self.deferred():
+            return self._train_epoch_deferred(loader, progress, use_graph)
         self.model.train()
         n_batches = len(loader)
         seen = correct = 0
@@ -240,27 +312,14 @@ class Trainer:
                     raise NonFiniteLossError(len(self.history) + 1, i + 1, loss)
                 self.nonfinite_steps += 1
                 continue
-            if self.full_batch:
-                self.model.backward(self.scaler.scale(dlogits * n))  # summed over samples; divided below
-            else:
-                self.optimizer.zero_grad()
-                self.model.backward(self.scaler.scale(dlogits))
-                if self.monitor is not None:
-                    self.monitor.before_step()
-                self._optimizer_step()
+            self._backward_step(dlogits, n)
             seen += n
             loss_sum += loss * n
             correct += self._correct(logits, yb)
             if progress is not None:
                 progress(i, n_batches, loss_sum / seen, correct / seen,
                          seen / max(time.perf_counter() - start, 1e-12))
-        if self.full_batch and seen:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad /= seen
-            if self.monitor is not None:
-                self.monitor.before_step()
-            self._optimizer_step()
+        self._full_batch_step(seen)
         seconds = time.perf_counter() - start
         seen, loss_sum, correct = self._total(seen, loss_sum, correct)
         if self.monitor is not None:

@@ -151,9 +151,13 @@ def _params(dtype, seed=0):
     return [Parameter(rng.standard_normal(shape).astype(dtype)) for shape in ((4, 3, 3, 3), (4,), (7, 5))]
 
 
+@pytest.mark.parametrize("path", ["cpu kernels", "array code"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
-def test_capturable_updates_equal_the_eager_ones_bitwise_under_a_schedule(name, dtype):
+def test_capturable_updates_equal_the_eager_ones_bitwise_under_a_schedule(name, dtype, path, monkeypatch):
+    if path == "array code":     # without the CPU's Numba kernels (what mixed dtypes and views take)
+        from gpucnn.optim import optimizers
+        monkeypatch.delitem(optimizers._FUSED, "cpu")
     runs = []
     for capture in (False, True):
         params = _params(dtype)
@@ -219,9 +223,9 @@ def test_capturable_fused_kernels_read_device_scalars_bitwise(monkeypatch):
         def __call__(self, *args):
             seen_scalars.extend(type(a).__name__ for a in args if np.ndim(a) == 0)
             return super().__call__(*args)
+    from gpucnn.optim import optimizers
     monkeypatch.setattr(fused_gpu, "elementwise_kernel", Recording)
-    from gpucnn.optim import step_scalars
-    monkeypatch.setitem(step_scalars._CAPTURABLE, "cpu", fused_gpu)   # the GPU branch, on NumPy
+    monkeypatch.setitem(optimizers._FUSED, "cpu", fused_gpu)        # the GPU's kernels on NumPy arrays
     for name in ("sgd_momentum", "sgd_nesterov_wd", "adam", "adamw"):
         runs = []
         for capture in (False, True):
@@ -241,3 +245,267 @@ def test_capturable_fused_kernels_read_device_scalars_bitwise(monkeypatch):
             assert ("ndarray" in seen_scalars) == capture        # device views only in capturable mode
         for a, b in zip(*runs):
             np.testing.assert_array_equal(a, b)
+
+
+# ---- whole-step graphs, with the CPU stand-in (gpucnn.cuda_graph) ----------------
+def _fit(cuda_graph, opt, epochs=3, model=None):
+    x, y = _data(50)                                  # 50 = 4 batches of 12 + one of 2 (run eagerly)
+    trainer = _trainer("deferred", opt, cuda_graph=cuda_graph)
+    sched = optim.StepLR(trainer.optimizer, 1, gamma=0.5)   # the rate changes every epoch
+    trainer.scheduler = sched
+    records = trainer.fit(array_loader(x, y, batch_size=12, seed=0), array_loader(x, y, 25, shuffle=False),
+                          epochs=epochs)
+    return trainer, records
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_replayed_steps_equal_eager_steps_bitwise(opt):
+    eager, eager_records = _fit(False, opt)
+    graph, graph_records = _fit(True, opt)
+    sg = graph.step_graph
+    # per epoch: 1 warm-up (first epoch only), 3 or 4 replays, 1 eager smaller batch
+    assert (sg.captures, sg.eager_steps, sg.launches) == (1, 1, 3 * 4 - 1)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rs]  # noqa: E731
+    assert strip(graph_records) == strip(eager_records)
+    for key, value in eager.model.state_dict().items():
+        np.testing.assert_array_equal(graph.model.state_dict()[key], value, err_msg=key)
+    for i, entries in eager.optimizer.state_dict()["state"].items():
+        for key, value in entries.items():
+            np.testing.assert_array_equal(graph.optimizer.state_dict()["state"][i][key], value)
+
+
+def test_graph_is_captured_again_when_its_arrays_change():
+    trainer, _ = _fit(True, "sgd", epochs=1)
+    state = trainer.model.state_dict()
+    trainer.model.load_state_dict(state)              # new parameter arrays: the old graph would write stale ones
+    x, y = _data(50)
+    trainer.fit(array_loader(x, y, batch_size=12, seed=0), epochs=1)
+    assert trainer.step_graph.captures == 2
+
+
+class _Rebinds(nn.Module):
+    """A layer whose forward rebinds a buffer (what batch norm did before it
+    updated its running statistics in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("total", np.zeros(1, np.float32))
+
+    def forward(self, x):
+        self.total = self.total + 1
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def test_a_step_that_rebinds_an_array_is_refused():
+    grandom.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), _Rebinds(), nn.Linear(64, 10))
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1), cuda_graph=True)
+    x, y = _data(48)
+    with pytest.raises(RuntimeError, match="rebinds buffer 1.total"):
+        trainer.train_epoch(array_loader(x, y, batch_size=12, shuffle=False))
+
+
+def test_graph_eligibility():
+    trainer = _trainer("auto", cuda_graph="auto")
+    x, y = _data()
+    trainer.train_epoch(array_loader(x, y, batch_size=12))
+    assert trainer.step_graph is None and trainer.cuda_graph_reason == "auto captures on the GPU only"
+    grandom.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=r"dropout \(1\) draws new random numbers"):
+        Trainer(model, optim.SGD(model.parameters(), lr=0.1), cuda_graph=True).train_epoch(
+            array_loader(x, y, batch_size=12))
+    for kwargs, reason in (({"precision": "fp16"}, "GradScaler"), ({"full_batch": True}, "full_batch"),
+                           ({"sync": "step"}, "sync='step'")):
+        trainer = _trainer(kwargs.pop("sync", "auto"), cuda_graph=True, **kwargs)
+        with pytest.raises(ValueError, match=reason):
+            trainer.train_epoch(array_loader(x, y, batch_size=12))
+    trainer = _trainer("auto", cuda_graph=True)
+    trainer.reduce_sums = lambda *s: s
+    with pytest.raises(ValueError, match="data-parallel"):
+        trainer.train_epoch(array_loader(x, y, batch_size=12))
+    with pytest.raises(ValueError, match="RMSprop has no device-memory scalars"):
+        model = _cnn()
+        Trainer(model, optim.RMSprop(model.parameters()), cuda_graph=True).train_epoch(
+            array_loader(x, y, batch_size=12))
+
+
+class _FakeCupy:
+    """Just enough of CuPy for backend._CudaGraph: a memory pool, the allocator
+    hook, a capturing stream and a graph, recording what happens."""
+
+    def __init__(self):
+        fake = self
+        self.events, self.freed = [], []
+
+        class Pool:
+            def malloc(self, size):
+                block = ("block", size, len(fake.events))
+                fake.events.append(("malloc", size))
+                return block
+
+        class Graph:
+            def upload(self, stream):
+                fake.events.append("upload")
+
+            def launch(self, stream=None):
+                fake.events.append(("launch", stream))
+
+        class Stream:
+            ptr = 7
+
+            def begin_capture(self):
+                fake.events.append("begin")
+
+            def end_capture(self):
+                fake.events.append("end")
+                return Graph()
+
+        self.pool, self.stream = Pool(), Stream()
+        self.allocator = "default allocator"
+
+        class Cuda:
+            @staticmethod
+            def get_allocator():
+                return fake.allocator
+
+            @staticmethod
+            def set_allocator(fn):
+                fake.allocator = fn
+
+        self.cuda = Cuda
+
+    def get_default_memory_pool(self):
+        return self.pool
+
+
+def test_cuda_graph_keeps_every_block_of_the_capture_alive(monkeypatch):
+    """cupy#9655: blocks allocated while capturing are held by the graph (never
+    returned to the pool while it may replay), the allocator is restored, and
+    the capture ends even when the step raises."""
+    fake = _FakeCupy()
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(backend, "current_stream", lambda: fake.stream)
+
+    def step():   # what CuPy does when the step creates arrays: ask the current allocator
+        assert fake.events[-1] == "begin"
+        fake.allocator(256)
+        fake.allocator(1024)
+    graph = backend.capture_graph(step, gpu=True)
+    assert [b[1] for b in graph.kept] == [256, 1024]
+    assert fake.allocator == "default allocator"
+    assert fake.events == ["begin", ("malloc", 256), ("malloc", 1024), "end", "upload"]
+    graph.launch()
+    assert fake.events[-1] == ("launch", fake.stream)
+
+    def failing():
+        fake.allocator(8)
+        raise ValueError("bad step")
+    with pytest.raises(ValueError, match="bad step"):
+        backend.capture_graph(failing, gpu=True)
+    assert fake.events[-1] == "end" and fake.allocator == "default allocator"
+    fake.stream.ptr = 0
+    with pytest.raises(RuntimeError, match="non-default stream"):
+        backend.capture_graph(step, gpu=True)
+
+
+def test_train_command_cuda_graph_choices(tmp_path, capsys):
+    from gpucnn import cli
+    base = ["train", "--dataset", "digits", "--subset", "200", "--model", "lenet_bn", "--device", "cpu",
+            "--epochs", "1", "--no-progress"]
+    assert cli.main(base + ["--cuda-graph", "on"]) == 2
+    assert "--cuda-graph on: the training step cannot be captured: it needs a GPU" in capsys.readouterr().err
+    assert cli.main(base + ["--cuda-graph", "off"]) == 0
+    assert cli.main(base + ["--cuda-graph", "auto", "--dropout", "0.5"]) == 0     # auto: eager here
+
+
+def test_stream_scope_orders_by_events_without_waiting(monkeypatch):
+    """The graph stream waits for the outer stream's earlier work and the outer
+    stream for the block's work, by events (no synchronize)."""
+    log = []
+
+    class Event:
+        def __init__(self, **kw):
+            self.name = f"event{len([e for e in log if e[0] == 'record'])}"
+
+        def record(self, stream):
+            log.append(("record", self.name, stream.name))
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event.name))
+
+        def __enter__(self):
+            log.append(("enter", self.name))
+
+        def __exit__(self, *exc):
+            log.append(("exit", self.name))
+
+    class Cuda:
+        pass
+    Cuda.Event = Event
+    fake = type("FakeCupy", (), {"cuda": Cuda})
+    outer, side = Stream("outer"), Stream("graph")
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(backend, "current_stream", lambda: outer)
+    with backend.stream_scope(side):
+        log.append(("work",))
+    assert log == [("record", "event0", "outer"), ("wait", "graph", "event0"), ("enter", "graph"), ("work",),
+                   ("exit", "graph"), ("record", "event1", "graph"), ("wait", "outer", "event1")]
+    with backend.stream_scope(None):                 # the CPU: nothing
+        pass
+
+
+# ---- on a GPU (pytest -m gpu, part of make gpu-check): not yet run -------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_gpu_graph_replays_equal_eager_steps_bitwise(opt):
+    """The real capture path: CuPy stream capture, replays, static buffers,
+    device scalars; the same kernels eagerly give the same bits."""
+    x, y = _data(50)
+    out = []
+    for graph in (False, True):
+        trainer = _trainer("deferred", opt, device="gpu", cuda_graph=graph)
+        trainer.scheduler = optim.StepLR(trainer.optimizer, 1, gamma=0.5)
+        records = trainer.fit(array_loader(x, y, batch_size=12, seed=0), epochs=3)
+        out.append(({k: backend.to_cpu(v) for k, v in trainer.model.state_dict().items()},
+                    [(r["train_loss"], r["train_accuracy"]) for r in records], trainer))
+    (eager, eager_records, _), (graphed, graph_records, trainer) = out
+    assert trainer.step_graph.launches == 11 and not trainer.step_graph.graph.is_stand_in
+    assert graph_records == eager_records
+    for key, value in eager.items():
+        np.testing.assert_array_equal(graphed[key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_survives_memory_pool_reuse():
+    """cupy#9655: after the capture, new arrays take whatever the pool has free
+    and are filled with NaN between replays; the replays stay equal to eager."""
+    import cupy
+    x, y = _data(50)
+    out = []
+    for graph in (False, True):
+        trainer = _trainer("deferred", "sgd", device="gpu", cuda_graph=graph)
+        for _ in range(2):
+            trainer.train_epoch(array_loader(x, y, batch_size=12, shuffle=False))
+            junk = [cupy.full(n, np.nan, np.float32) for n in (12 * 4 * 64, 12 * 10, 4 * 9, 64 * 10) * 16]
+            del junk
+        out.append({k: backend.to_cpu(v) for k, v in trainer.model.state_dict().items()})
+    for key, value in out[0].items():
+        np.testing.assert_array_equal(out[1][key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+def test_gpu_deferred_epoch_reads_once(monkeypatch):
+    x, y = _data(48)
+    trainer = _trainer("deferred", device="gpu", cuda_graph=True)
+    trainer.train_epoch(array_loader(x, y, batch_size=12))
+    counter = _ReadCounter(monkeypatch)
+    trainer.train_epoch(array_loader(x, y, batch_size=12))
+    assert counter.reads == 1

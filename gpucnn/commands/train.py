@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import amp, backend, inference, models, recipes, serialization
+from .. import amp, backend, cuda_graph, inference, models, recipes, serialization
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
 from ..trainer import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
@@ -85,6 +85,10 @@ def add_parser(subparsers):
                    help="mixed precision (docs/gpu-step.md): float32 master weights; tf32 convolutions, or "
                         "bf16/fp16 conv/pool/linear with batch norm and the loss in float32; fp16 adds "
                         "dynamic loss scaling (default: fp32)")
+    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+                   help="capture the training step once and replay it (docs/gpu-step.md); auto: on the GPU "
+                        "when the step can be captured (no dropout, --monitor, --skip-nonfinite, fp16), "
+                        "on: required (GPU only), off: never (default: auto)")
     train_distributed.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -230,6 +234,19 @@ def save_or_fail(what, path, write):
                         f"(if any) is intact; free space or choose another path") from None
 
 
+def set_cuda_graph(trainer, choice, device):
+    """--cuda-graph: 'on' must be possible here (a CommandError saying why not)."""
+    if choice == "on":
+        reason = "it needs a GPU (the device is cpu)" if device != "gpu" else cuda_graph.eligible(trainer)
+        if reason:
+            raise CommandError(f"--cuda-graph on: the training step cannot be captured: {reason}; "
+                               f"use --cuda-graph auto or off")
+    trainer.cuda_graph = {"on": True, "off": False, "auto": "auto"}[choice]
+    if choice == "auto" and device == "gpu":
+        reason = cuda_graph.eligible(trainer)
+        print(f"cuda graph: {'off (' + reason + ')' if reason else 'on (captured after the first batch)'}")
+
+
 def run(args):
     if args.early_stopping is not None and not args.val_split:
         raise CommandError("--early-stopping needs a validation split; pass --val-split above 0")
@@ -266,6 +283,7 @@ def run(args):
     # exactly as an uninterrupted one would.
     if args.monitor or args.monitor_plot:
         trainer.monitor = TrainingMonitor(trainer.model)
+    set_cuda_graph(trainer, args.cuda_graph, device)
     sampler = train_distributed.train_sampler(job, len(data.x_train), args.seed, start_epoch)
     train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None, sampler=sampler)
     val_loader = DataLoader(*job.shard(data.x_val, data.y_val), 512, shuffle=False) if data.x_val is not None else None

@@ -58,11 +58,21 @@ def fused_formulas(source_text):
                 continue
             if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
                 formulas[node.targets[0].id] = value
+    functions = [f for f in tree.body if isinstance(f, ast.FunctionDef)]
     out = {}
     for name, value in formulas.items():
-        users = [_code_of(source_text, f) for f in tree.body if isinstance(f, ast.FunctionDef)
-                 and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(f))]
-        out[name] = _sha256(json.dumps([list(value), users]))
+        # the functions using the formula, and those calling them (a launcher that
+        # computes the constants and calls the one that launches: adam_step -> adam_step_with)
+        names, users = {name}, []
+        while True:
+            more = [f for f in functions if f not in users
+                    and any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(f))]
+            if not more:
+                break
+            users += more
+            names |= {f.name for f in more}
+        users.sort(key=lambda f: f.lineno)
+        out[name] = _sha256(json.dumps([list(value), [_code_of(source_text, f) for f in users]]))
     return out
 
 

@@ -27,7 +27,9 @@ per-sample dW to add up).
 With groups the channel axes split into G consecutive blocks and each matmul
 becomes a batch of G: W (G, K/G, CTRS/G) against col viewed as
 (G, CTRS/G, m*P), Y as (G, K/G, m*P) (G = 1 is the plain product).
-Depthwise (G = C) is G products of one filter row each.
+A depthwise forward and backward-data (one input channel per filter) run
+depthwise_cpu's direct loops instead, measured faster than G products of
+one filter row each.
 
 Threads (gpucnn.cpu_parallel, the one thread policy of the CPU path): the
 batch is split into numba.get_num_threads() contiguous parts, one per thread
@@ -298,7 +300,15 @@ def as5d(a):
     return np.ascontiguousarray(a).reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
 
 
+def _depthwise(w_shape, groups):
+    """The direct depthwise module when it applies (imported here: it imports this one)."""
+    from . import depthwise_cpu
+    return depthwise_cpu if depthwise_cpu.applies(w_shape, groups) else None
+
+
 def forward(x, w, stride, padding, dilation=None, groups=1):
+    if groups > 1 and (dw := _depthwise(w.shape, groups)):
+        return dw.forward(x, w, stride, padding, dilation)
     plan = _plan(x.shape, w.shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
@@ -326,18 +336,21 @@ def _flipped_transposed(w, groups):
 
 
 def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
+    if groups > 1 and (dw := _depthwise(w.shape, groups)):
+        return dw.backward_data(dy, w, x_shape, stride, padding, dilation)
     nd = len(x_shape) - 2
     dilation = tuple(dilation or (1,) * nd)
     full = [d * (k - 1) - p for d, k, p in zip(dilation, w.shape[2:], padding)]
-    thin = w.shape[1] < _MIN_FORWARD_CHANNELS and w.shape[0] > groups   # few channels, not depthwise
+    thin = w.shape[1] < _MIN_FORWARD_CHANNELS and w.shape[0] > groups   # few channels, and K/G > 1
     if all(s == 1 for s in stride) and min(full) >= 0 and not thin:
         # Stride 1: dx is the forward conv of dy padded by d(k-1) - p with the
         # flipped, transposed filter. im2col (a copy) replaces col2im (a
         # read-add-write), and the matmul's inner dimension is K*R*S instead
         # of K: measured 1.1-1.5x faster on one core with 32-256 channels
         # (C/G rows of output: with few, e.g. LeNet's 1 or 6, the matmul is
-        # too thin and col2im wins), and 4x faster for depthwise convs (K/G
-        # = 1: col2im's products would have an inner dimension of 1).
+        # too thin and col2im wins), and whenever K/G = 1, where col2im's
+        # products would have an inner dimension of 1 (4x faster for a
+        # depthwise case before depthwise_cpu took those over).
         return forward(dy, _flipped_transposed(w, groups), stride, tuple(full), dilation, groups)
     plan = _plan(x_shape, w.shape, stride, padding, dy.dtype, dilation, groups, False)   # col2im
     N, K = x_shape[0], w.shape[0]

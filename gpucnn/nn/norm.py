@@ -101,8 +101,9 @@ class _GpuFused(_ArrayCode):
         mu = _channel_sum(x) / m
         sum_sq = _channel_sum(fused_gpu.squared_deviation(x, mu.reshape(shape)))
         factor = bn._next_factor()
-        inv_std, bn.running_mean, bn.running_var = fused_gpu.batch_norm_stats(
+        inv_std, new_mean, new_var = fused_gpu.batch_norm_stats(
             sum_sq, m, bn.eps, mu, bn.running_mean, bn.running_var, factor)
+        bn._store_running(new_mean, new_var)
         xhat, y = fused_gpu.batch_norm_normalize(x, mu.reshape(shape), inv_std.reshape(shape),
                                                  bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
         bn._save(xhat, inv_std)
@@ -165,8 +166,18 @@ class _BatchNorm(Module):
 
     def _update_running(self, mu, unbiased_var):
         factor = self._next_factor()
-        self.running_mean = (1 - factor) * self.running_mean + factor * mu
-        self.running_var = (1 - factor) * self.running_var + factor * unbiased_var
+        self._store_running((1 - factor) * self.running_mean + factor * mu,
+                            (1 - factor) * self.running_var + factor * unbiased_var)
+
+    def _store_running(self, mean, var):
+        """In place when the dtype is kept, so a captured CUDA graph (which keeps
+        writing the arrays it saw) and the module hold the same buffers."""
+        for name, new in (("running_mean", mean), ("running_var", var)):
+            old = getattr(self, name)
+            if new.dtype == old.dtype and backend.is_gpu_array(new) == backend.is_gpu_array(old):
+                old[...] = new
+            else:
+                setattr(self, name, new)
 
     def backward(self, dout):
         xhat, inv_std = self._take()

@@ -52,16 +52,32 @@ def _scalars(dtype, *values):
 
 def sgd_momentum_step(p, g, b, *, lr, weight_decay, momentum, dampening, nesterov, first):
     """SGD with momentum; `first` makes b <- g (torch's first step)."""
-    consts = _scalars(p.dtype, lr, weight_decay, momentum, 1 - dampening)
+    consts = _scalars(p.dtype, weight_decay, momentum, 1 - dampening)
+    sgd_momentum_step_with(p, g, b, p.dtype.type(lr), *consts, nesterov=nesterov, first=first)
+
+
+def _value(c):
+    """A constant given as a scalar or as a 0-d array (gpucnn.optim.step_scalars
+    keeps per-step ones in memory; on the CPU the kernel reads it at the call)."""
+    return c[()] if isinstance(c, np.ndarray) else c
+
+
+def sgd_momentum_step_with(p, g, b, lr, wd, momentum, one_minus_dampening, *, nesterov, first):
+    """The SGD-momentum kernel with its constants given (fused_gpu's signature)."""
     g = np.ascontiguousarray(g, p.dtype)
-    over_items(_sgd, p.size, 3 * p.size, _flat(p), _flat(g), _flat(b), *consts, bool(first), bool(nesterov))
+    over_items(_sgd, p.size, 3 * p.size, _flat(p), _flat(g), _flat(b),
+               *(_value(c) for c in (lr, wd, momentum, one_minus_dampening)), bool(first), bool(nesterov))
 
 
 def adam_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     """Adam (decoupled=False) or AdamW step t (from 1), without amsgrad."""
     bias_correction1, bias_correction2 = 1 - beta1 ** t, 1 - beta2 ** t
     wd, decay = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-    consts = _scalars(p.dtype, wd, decay, beta1, 1 - beta1, beta2, 1 - beta2,
-                      lr / bias_correction1, np.sqrt(bias_correction2), eps)
+    adam_step_with(p, g, m, v, *_scalars(p.dtype, wd, decay, beta1, 1 - beta1, beta2, 1 - beta2,
+                                         lr / bias_correction1, np.sqrt(bias_correction2), eps))
+
+
+def adam_step_with(p, g, m, v, *consts):
+    """The Adam kernel with its constants given (fused_gpu's signature and order)."""
     g = np.ascontiguousarray(g, p.dtype)
-    over_items(_adam, p.size, 4 * p.size, _flat(p), _flat(g), _flat(m), _flat(v), *consts)
+    over_items(_adam, p.size, 4 * p.size, _flat(p), _flat(g), _flat(m), _flat(v), *map(_value, consts))

@@ -226,7 +226,8 @@ class SGD(Optimizer):
     def _fused_state(self, p, state):
         return (state["momentum_buffer"],) if "momentum_buffer" in state else ()
 
-    def _update(self, p, g, state, group):
+    def _update(self, p, g, state, group, lr=None):
+        """The array code; `lr` overrides group["lr"] (a device scalar under optim.capturable)."""
         momentum = group["momentum"]
         g = _l2(p, g, group["weight_decay"])
         if momentum:
@@ -238,7 +239,7 @@ class SGD(Optimizer):
                 b += (1 - group["dampening"]) * g
             b = state["momentum_buffer"]
             g = g + momentum * b if group["nesterov"] else b
-        p.data -= group["lr"] * g
+        p.data -= (group["lr"] if lr is None else lr) * g
 
 
 class Adagrad(Optimizer):

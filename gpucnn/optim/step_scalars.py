@@ -11,7 +11,10 @@ kernel argument would stay frozen at the captured step. In capturable mode
 
 fill() computes exactly the Python floats the eager update computes and
 stores them in the parameters' dtype (as NumPy casts a Python scalar), so the
-updates are bitwise those of the eager path on the CPU. On the GPU the vector
+updates are bitwise those of the eager path on the CPU (the same per-device
+kernels, optim_cpu's Numba or fused_gpu's launches, or the same array code,
+chosen as Optimizer.step chooses; the CPU kernels read the 0-d values when
+called, the GPU launches take them as arguments). On the GPU the vector
 is filled by an asynchronous host->device copy on the compute stream, ordered
 before the next launch or replay (no wait for the device); the fused kernels
 take the 0-d views as arguments (compiled and emulated, not yet run on a GPU).
@@ -28,16 +31,9 @@ import math
 
 import numpy as np
 
-from .. import backend, fused_gpu
-from .optimizers import SGD, Adam, _l2, _zeros_like
+from .. import backend
+from .optimizers import SGD, Adam, _fused_kernels, _l2, _zeros_like
 
-# The fused updates that read their scalars from device memory exist on the
-# GPU only (fused_gpu's *_with kernels); the CPU runs the array code below.
-_CAPTURABLE = {"gpu": fused_gpu}
-
-
-def _capturable_kernels(*arrays):
-    return _CAPTURABLE.get(backend.one_device_and_dtype(*arrays))
 
 _NAMES = {SGD: ("lr",), Adam: ("decay", "step_size", "sqrt_bc2")}
 
@@ -129,35 +125,25 @@ class StepScalars:
 
     def _sgd(self, p, g, state, group, lr):
         momentum, first = group["momentum"], self._first.get(id(p), False)
-        kernels = _capturable_kernels(p.data, g)
-        if momentum and kernels is not None:
+        kernels = momentum and _fused_kernels(p.data, g, *((state["momentum_buffer"],) if not first else ()))
+        if kernels:                          # the eager path's fused kernel, as Optimizer.step picks it
             if first:
                 state["momentum_buffer"] = backend.get_array_module(p.data).empty_like(p.data)
             consts = (p.data.dtype.type(v) for v in (group["weight_decay"], momentum, 1 - group["dampening"]))
             kernels.sgd_momentum_step_with(p.data, g, state["momentum_buffer"], lr, *consts,
-                                             nesterov=group["nesterov"], first=first)
+                                           nesterov=group["nesterov"], first=first)
             return
-        g = _l2(p, g, group["weight_decay"])
-        if momentum:
-            if first:
-                state["momentum_buffer"] = g.copy()
-            else:
-                b = state["momentum_buffer"]
-                b *= momentum
-                b += (1 - group["dampening"]) * g
-            b = state["momentum_buffer"]
-            g = g + momentum * b if group["nesterov"] else b
-        p.data -= lr * g
+        self.optimizer._update(p, g, state, group, lr=lr)   # the eager array code, lr from the device
 
     def _adam(self, p, g, state, group, views):
         (beta1, beta2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
         decoupled = self.optimizer.decoupled_weight_decay
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        kernels = _capturable_kernels(p.data, g)
-        if kernels is not None:
+        kernels = _fused_kernels(p.data, g, m, v)
+        if kernels:
             consts = [p.data.dtype.type(c) for c in (0.0 if decoupled else wd, beta1, 1 - beta1, beta2, 1 - beta2, eps)]
             kernels.adam_step_with(p.data, g, m, v, consts[0], views["decay"], *consts[1:5],
-                                     views["step_size"], views["sqrt_bc2"], consts[5])
+                                   views["step_size"], views["sqrt_bc2"], consts[5])
             return
         xp = backend.get_array_module(p.data)
         if decoupled:

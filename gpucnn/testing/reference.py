@@ -175,6 +175,29 @@ def _greater(v, best):
     return (v > best) | (np.isnan(v) & ~np.isnan(best))
 
 
+def _max_with_argmax(x, out, window):
+    """(y, argmax) over output positions `out`: each output o takes the max of x
+    over the input positions window(o) yields, in that order; an element
+    replaces the best only when strictly greater (_greater), so ties and NaNs
+    go to the first; argmax is the flat index into the (n, c) plane/volume."""
+    spatial = x.shape[2:]
+    y = np.empty(x.shape[:2] + out)
+    arg = np.empty(x.shape[:2] + out, np.int32)
+    for o in itertools.product(*map(range, out)):
+        best = idx = None
+        for pos in window(o):
+            v = x[(slice(None), slice(None)) + pos]
+            flat = int(np.ravel_multi_index(pos, spatial))
+            if best is None:
+                best, idx = v.copy(), np.full(v.shape, flat)
+            else:
+                take = _greater(v, best)
+                best[take], idx[take] = v[take], flat
+        y[(slice(None), slice(None)) + o] = best
+        arg[(slice(None), slice(None)) + o] = idx
+    return y, arg
+
+
 def max_pool_ref(x, kernel_size, stride=None, padding=0, dilation=1):
     """-> (y, argmax int32). Window offsets are visited in row-major order and an
     element replaces the current best only when strictly greater (NaN greater
@@ -187,24 +210,13 @@ def max_pool_ref(x, kernel_size, stride=None, padding=0, dilation=1):
     dilation = _tuple(dilation, nd)
     spatial = x.shape[2:]
     out = _out_size(tuple(h + 2 * p for h, p in zip(spatial, padding)), kernel, stride, dilation)
-    y = np.empty(x.shape[:2] + out)
-    arg = np.empty(x.shape[:2] + out, np.int32)
-    for o in itertools.product(*map(range, out)):
-        best = idx = None
+
+    def window(o):  # the in-bounds taps of output o's window
         for off in itertools.product(*map(range, kernel)):
             pos = tuple(i * s + r * d - p for i, s, r, d, p in zip(o, stride, off, dilation, padding))
-            if not all(0 <= q < h for q, h in zip(pos, spatial)):
-                continue
-            v = x[(slice(None), slice(None)) + pos]
-            flat = int(np.ravel_multi_index(pos, spatial))
-            if best is None:
-                best, idx = v.copy(), np.full(v.shape, flat)
-            else:
-                take = _greater(v, best)
-                best[take], idx[take] = v[take], flat
-        y[(slice(None), slice(None)) + o] = best
-        arg[(slice(None), slice(None)) + o] = idx
-    return y, arg
+            if all(0 <= q < h for q, h in zip(pos, spatial)):
+                yield pos
+    return _max_with_argmax(x, out, window)
 
 
 def max_pool_backward_ref(dy, argmax, x_shape):
@@ -289,19 +301,7 @@ def adaptive_max_pool_ref(x, output_size):
     x = np.asarray(x, np.float64)
     spatial = x.shape[2:]
     out = _adaptive_out(output_size, spatial)
-    y = np.empty(x.shape[:2] + out)
-    arg = np.empty(x.shape[:2] + out, np.int32)
-    for o in itertools.product(*map(range, out)):
-        win = _adaptive_window(o, spatial, out)
-        best = idx = None
-        for pos in itertools.product(*[range(w.start, w.stop) for w in win]):
-            v = x[(slice(None), slice(None)) + pos]
-            flat = int(np.ravel_multi_index(pos, spatial))
-            if best is None:
-                best, idx = v.copy(), np.full(v.shape, flat)
-            else:
-                take = _greater(v, best)
-                best[take], idx[take] = v[take], flat
-        y[(slice(None), slice(None)) + o] = best
-        arg[(slice(None), slice(None)) + o] = idx
-    return y, arg
+
+    def window(o):
+        return itertools.product(*[range(w.start, w.stop) for w in _adaptive_window(o, spatial, out)])
+    return _max_with_argmax(x, out, window)

@@ -1,0 +1,163 @@
+"""CPU depthwise convolution (groups = C, one input channel per filter),
+forward and backward-data: direct Numba loops instead of conv_cpu's grouped
+matmuls, whose G products of one filter row each (a 1 x R*S times R*S x P
+product per channel and sample) cost more in per-product overhead and
+im2col/col2im traffic than the multiply-adds themselves. Measured side by
+side (docs/conv-features.md): backward-data 1.2-6x faster, forward mostly
+faster; the backward-filter was not (0.5-1.4x), so it stays on the grouped
+matmuls.
+
+Notation: x (N, C, D, H, W), w (K, 1, T, R, S) with K = C * multiplier,
+filter k reading channel c = k // multiplier; stride, padding, dilation as in
+conv_cpu (1-D and 2-D lifted to 3-D with unit leading axes). Each (n, c)
+plane is copied once into a zero-padded buffer (as conv_cpu's im2col does),
+then every tap adds w * (a strided row of the buffer) to an output row:
+
+    forward          y[n,k,od,oh,:]    += w[k,t,r,s] * xpad[n,c, od*sd + t*dd, oh*sh + r*dh, s*dw :: sw]
+    backward-data    dxpad[n,c, ...]   += w[k,t,r,s] * dy[n,k,od,oh,:]   (the same positions), cropped
+
+Threads split output planes (forward) or input planes (backward-data)
+through cpu_parallel.over_items; every element is summed by one thread in a
+fixed order, so results are deterministic and independent of the thread
+count.
+"""
+import numba as nb
+import numpy as np
+
+from ._args import output_shape
+from ..cpu_parallel import over_items
+from .conv_cpu import as5d, lift3
+
+
+def applies(w_shape, groups):
+    """Depthwise: more than one group and one input channel per filter."""
+    return groups > 1 and w_shape[1] == 1
+
+
+# Inner loops over 1-D views indexed from 0 by a range (as in conv_cpu):
+# Numba drops its negative-index handling and LLVM vectorizes the
+# contiguous (stride 1) case, hence the sw == 1 branches in the helpers
+# below (one view type per branch, both compiled).
+
+@nb.njit(inline="always")
+def _axpy(dst, a, src):
+    for i in range(dst.size):
+        dst[i] += a * src[i]
+
+
+@nb.njit(inline="always")
+def _axpy_from(dst, a, src, w0, sw):
+    """dst[i] += a * src[w0 + i*sw]."""
+    if sw == 1:
+        _axpy(dst, a, src[w0:w0 + dst.size])
+    else:
+        _axpy(dst, a, src[w0:w0 + (dst.size - 1) * sw + 1:sw])
+
+
+@nb.njit(inline="always")
+def _axpy_into(dst, w0, sw, a, src):
+    """dst[w0 + i*sw] += a * src[i]."""
+    if sw == 1:
+        _axpy(dst[w0:w0 + src.size], a, src)
+    else:
+        _axpy(dst[w0:w0 + (src.size - 1) * sw + 1:sw], a, src)
+
+
+@nb.njit(inline="always")
+def _padded_buffer(D, H, W, padding, like):
+    """A zeroed (D, H, W) plane buffer with `padding` on both sides of each axis."""
+    return np.zeros((D + 2 * padding[0], H + 2 * padding[1], W + 2 * padding[2]), like.dtype)
+
+
+@nb.njit(inline="always")
+def _fill_padded(buf, plane, pd, ph, pw):
+    D, H, W = plane.shape
+    for d in range(D):
+        for h in range(H):
+            row, src = buf[pd + d, ph + h], plane[d, h]
+            for i in range(W):
+                row[pw + i] = src[i]
+
+
+@nb.njit(nogil=True, cache=True)
+def _forward(x, w, stride, padding, dilation, y, i0, i1):
+    """Output planes [i0, i1) of y (N*K planes, n-major)."""
+    N, C, D, H, W = x.shape
+    _, K, Do, Ho, Wo = y.shape
+    _, _, T, R, S = w.shape
+    sd, sh, sw = stride
+    pd, ph, pw = padding
+    dd, dh, dw = dilation
+    mult = K // C
+    buf = _padded_buffer(D, H, W, padding, x)   # the border stays 0
+    loaded = -1
+    for item in range(i0, i1):
+        n, k = item // K, item % K
+        c = k // mult
+        if n * C + c != loaded:          # consecutive filters of one channel share the buffer
+            _fill_padded(buf, x[n, c], pd, ph, pw)
+            loaded = n * C + c
+        out = y[n, k]
+        for od in range(Do):
+            for oh in range(Ho):
+                row = out[od, oh]
+                for i in range(Wo):
+                    row[i] = 0
+        for t in range(T):
+            for r in range(R):
+                for s in range(S):
+                    wv = w[k, 0, t, r, s]
+                    for od in range(Do):
+                        for oh in range(Ho):
+                            _axpy_from(out[od, oh], wv, buf[od * sd + t * dd, oh * sh + r * dh], s * dw, sw)
+
+
+@nb.njit(nogil=True, cache=True)
+def _backward_data(dy, w, stride, padding, dilation, dx, i0, i1):
+    """Input planes [i0, i1) of dx (N*C planes, n-major)."""
+    N, C, D, H, W = dx.shape
+    _, K, Do, Ho, Wo = dy.shape
+    _, _, T, R, S = w.shape
+    sd, sh, sw = stride
+    pd, ph, pw = padding
+    dd, dh, dw = dilation
+    mult = K // C
+    buf = _padded_buffer(D, H, W, padding, dx)
+    flat = buf.ravel()
+    for item in range(i0, i1):
+        n, c = item // C, item % C
+        for i in range(flat.size):
+            flat[i] = 0
+        for k in range(c * mult, (c + 1) * mult):
+            g = dy[n, k]
+            for t in range(T):
+                for r in range(R):
+                    for s in range(S):
+                        wv = w[k, 0, t, r, s]
+                        for od in range(Do):
+                            for oh in range(Ho):
+                                _axpy_into(buf[od * sd + t * dd, oh * sh + r * dh], s * dw, sw, wv, g[od, oh])
+        for d in range(D):
+            for h in range(H):
+                out, src = dx[n, c, d, h], buf[pd + d, ph + h]
+                for i in range(W):
+                    out[i] = src[pw + i]
+
+
+def _geometry(stride, padding, dilation):
+    return lift3(stride, 1), lift3(padding, 0), lift3(dilation or (1,) * len(stride), 1)
+
+
+def forward(x, w, stride, padding, dilation=None):
+    N, K = x.shape[0], w.shape[0]
+    y = np.empty((N, K) + output_shape(x.shape[2:], w.shape[2:], stride, padding, dilation), x.dtype)
+    over_items(_forward, N * K, y.size * int(np.prod(w.shape[2:])),
+               as5d(x), as5d(w), *_geometry(stride, padding, dilation), as5d(y))
+    return y
+
+
+def backward_data(dy, w, x_shape, stride, padding, dilation=None):
+    dx = np.empty(x_shape, dy.dtype)
+    over_items(_backward_data, x_shape[0] * x_shape[1], dy.size * int(np.prod(w.shape[2:])),
+               as5d(dy), as5d(w), *_geometry(stride, padding, dilation), as5d(dx))
+    return dx
