@@ -28,6 +28,7 @@ CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
     ((3, 2, 17, 16), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # thin: one sample a block, y written in place
     ((3, 1, 1, 1, 1), 1, (2, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1), 1),   # 3-D with Do = 1 but D = T = 2
     ((2, 3, 2, 5, 6), 4, (2, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1),   # 3-D, D = T: not wide rows
+    ((3, 1, 1, 1, 1), 1, (1, 1, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1),   # 3-D, D = T = 1 but Do = 3
 ]
 
 

@@ -204,7 +204,7 @@ class _Plan:
         self.rows_g, self.P = int(np.prod(w_shape[1:])), int(np.prod(self.out))
         self.rows = self.rows_g * groups
         self.dtype = np.dtype(dtype)
-        _, Ho, Wo = self.out3
+        Do, Ho, Wo = self.out3
         Wp = lift3(x_shape[2:], 1)[2] + 2 * self.padding[2]
         # 1x1, stride 1, no padding: col of one sample is x[n] itself (no im2col)
         self.pointwise = self.kernel == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0)
@@ -212,7 +212,7 @@ class _Plan:
         # one sample a block, the products reading col and writing y in place
         # (the copy out of a block's Y cost more than its wider product saved).
         self.thin = self.rows_g < _THIN_ROWS and self.P >= _MIN_COLUMNS
-        flat = lift3(x_shape[2:], 1)[0] == 1 and self.kernel[0] == 1   # 2-D or 1-D (D = T = 1)
+        flat = lift3(x_shape[2:], 1)[0] == 1 and self.kernel[0] == 1 and Do == 1   # 2-D or 1-D: D = T = Do = 1
         self.wide = wide and flat and not (self.pointwise or self.thin) and self.stride == (1, 1, 1) \
             and Wp <= _WIDE_LIMIT * Wo
         self.Wp = Wp if self.wide else Wo
