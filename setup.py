@@ -3,6 +3,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+IMAGES = ["pillow>=9"]                                           # gpucnn predict on PNG/JPEG files
+EXPORT = ["onnx>=1.14", "onnxruntime>=1.16", "safetensors>=0.4"]  # ONNX export, .safetensors weights
 
 setup(
     name="gpucnn",
@@ -21,14 +23,15 @@ setup(
         # CuPy wheels are per CUDA major version: `gpu` is CUDA 13, `gpu-cuda12` CUDA 12.
         "gpu": ["cupy-cuda13x>=13", "nvidia-nccl-cu13"],
         "gpu-cuda12": ["cupy-cuda12x>=13"],
-        # gpucnn predict on PNG/JPEG files; gpucnn export / gpucnn.onnx and .safetensors weights
-        "images": ["pillow>=9"],
-        "export": ["onnx>=1.14", "onnxruntime>=1.16", "safetensors>=0.4"],
+        "images": IMAGES,
+        "export": EXPORT,
         # setuptools>=70.1 (bdist_wheel built in) and wheel: tests/test_packaging.py builds a
         # wheel without build isolation; a fresh venv has only Python's bundled setuptools.
         # mpi4py + mpich: tests/test_distributed.py runs mpiexec -n 2 and -n 3 (binary wheels).
+        # images/export/ml-dtypes: the tests of predict, ONNX, safetensors and bf16 rounding run in CI
+        # rather than skip.
         "dev": ["pytest>=7", "scikit-learn>=1.1", "setuptools>=70.1", "wheel", "hypothesis>=6",
-                "mpi4py>=4.1", "mpich"],
+                "mpi4py>=4.1", "mpich", "ml-dtypes"] + IMAGES + EXPORT,
         # Data-parallel training (docs/distributed.md): `distributed` is mpi4py for a cluster's own
         # MPI; `mpi` adds the mpich wheel (mpiexec in the venv, no compiler needed).
         "distributed": ["mpi4py>=4.1"],
