@@ -72,6 +72,7 @@ import numba as nb
 import numpy as np
 
 from ..cpu_parallel import over_samples
+from . import winograd_cpu
 from ._args import output_shape
 
 _COL_BYTES = 512 << 10   # col buffer per block of samples ...
@@ -309,6 +310,8 @@ def _depthwise(w_shape, groups):
 def forward(x, w, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w.shape, groups)):
         return dw.forward(x, w, stride, padding, dilation)
+    if winograd_cpu.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
+        return winograd_cpu.forward(x, w, padding)
     plan = _plan(x.shape, w.shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
@@ -369,6 +372,8 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
 
 
 def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
+    if winograd_cpu.applies(x.shape, w_shape, stride, padding, dilation, groups, x.dtype):
+        return winograd_cpu.backward_filter(dy, x, padding)
     plan = _plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)
