@@ -49,7 +49,8 @@ the matmul computes and the copy into y drops; dY gets zeros there). Each
 (c, r, s) row of col is then one contiguous copy of Ho*Wp elements of the
 flat padded plane, instead of Ho copies of Wo: im2col measured 2.2x faster
 for 14x14 images (one core), for Wp/Wo more matmul work, so it is used
-while Wp <= _WIDE_LIMIT * Wo.
+while Wp <= _WIDE_LIMIT * Wo (LeNet's 6->16 5x5 layer on 14x14 images,
+Wp/Wo = 1.4: forward 0.49 -> 0.36 ms for 32 samples, one core).
 
 Pointwise (1x1, stride 1, no padding) convs skip im2col: col of a sample is
 x[n] viewed as (C, P), so with one sample a block (P >= 64) every product
@@ -77,7 +78,7 @@ from ._args import output_shape
 
 _COL_BYTES = 512 << 10   # col buffer per block of samples ...
 _MIN_COLUMNS = 256       # ... but at least this many matmul columns (m*P)
-_WIDE_LIMIT = 1.25        # wide rows while Wp / Wo is at most this
+_WIDE_LIMIT = 1.5         # wide rows while Wp / Wo is at most this
 _THIN_ROWS = 64           # fewer col rows per group: one sample a block on large images
 _MIN_FORWARD_CHANNELS = 16   # backward-data as a forward conv from this many input channels per group
 

@@ -52,6 +52,7 @@ _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is a
 _MIN_OUTPUT = 6          # smaller outputs (4x4 with 256 channels: 2.5x slower): im2col's product
 
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_GG = np.kron(_G, _G)   # (16, 9): G w G^T of every (k, c) as one product, point i*4 + j, tap r*3 + s
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype):
@@ -122,7 +123,7 @@ def _input_transform(x, ph, pw, th, tw, V):
         for a in range(th):
             e0, e1, e2, e3 = E[2 * a], E[2 * a + 1], E[2 * a + 2], E[2 * a + 3]
             o0, o1, o2, o3 = O[2 * a], O[2 * a + 1], O[2 * a + 2], O[2 * a + 3]
-            base = a * run
+            v = V[:, c, a * run:(a + 1) * run]   # indexed from 0 by the loop: no negative-index checks
             for b in range(run):
                 # B^T down the rows, for the tile's four columns E[b], O[b], E[b+1], O[b+1]
                 t00 = e0[b] - e2[b]
@@ -142,23 +143,22 @@ def _input_transform(x, ph, pw, th, tw, V):
                 t32 = e1[b + 1] - e3[b + 1]
                 t33 = o1[b + 1] - o3[b + 1]
                 # ... then B across the columns
-                q = base + b
-                V[0, c, q] = t00 - t02
-                V[1, c, q] = t01 + t02
-                V[2, c, q] = t02 - t01
-                V[3, c, q] = t01 - t03
-                V[4, c, q] = t10 - t12
-                V[5, c, q] = t11 + t12
-                V[6, c, q] = t12 - t11
-                V[7, c, q] = t11 - t13
-                V[8, c, q] = t20 - t22
-                V[9, c, q] = t21 + t22
-                V[10, c, q] = t22 - t21
-                V[11, c, q] = t21 - t23
-                V[12, c, q] = t30 - t32
-                V[13, c, q] = t31 + t32
-                V[14, c, q] = t32 - t31
-                V[15, c, q] = t31 - t33
+                v[0, b] = t00 - t02
+                v[1, b] = t01 + t02
+                v[2, b] = t02 - t01
+                v[3, b] = t01 - t03
+                v[4, b] = t10 - t12
+                v[5, b] = t11 + t12
+                v[6, b] = t12 - t11
+                v[7, b] = t11 - t13
+                v[8, b] = t20 - t22
+                v[9, b] = t21 + t22
+                v[10, b] = t22 - t21
+                v[11, b] = t21 - t23
+                v[12, b] = t30 - t32
+                v[13, b] = t31 + t32
+                v[14, b] = t32 - t31
+                v[15, b] = t31 - t33
 
 
 @nb.njit(nogil=True, cache=True)
@@ -170,18 +170,17 @@ def _output_transform(M, th, tw, y):
     bottom = np.empty(2 * run, y.dtype)
     for k in range(K):
         for a in range(th):
-            base = a * run
+            v = M[:, k, a * run:(a + 1) * run]
             for b in range(run):
-                q = base + b
                 # A^T across the columns of each of the four rows
-                r00 = M[0, k, q] + M[1, k, q] + M[2, k, q]
-                r01 = M[1, k, q] - M[2, k, q] - M[3, k, q]
-                r10 = M[4, k, q] + M[5, k, q] + M[6, k, q]
-                r11 = M[5, k, q] - M[6, k, q] - M[7, k, q]
-                r20 = M[8, k, q] + M[9, k, q] + M[10, k, q]
-                r21 = M[9, k, q] - M[10, k, q] - M[11, k, q]
-                r30 = M[12, k, q] + M[13, k, q] + M[14, k, q]
-                r31 = M[13, k, q] - M[14, k, q] - M[15, k, q]
+                r00 = v[0, b] + v[1, b] + v[2, b]
+                r01 = v[1, b] - v[2, b] - v[3, b]
+                r10 = v[4, b] + v[5, b] + v[6, b]
+                r11 = v[5, b] - v[6, b] - v[7, b]
+                r20 = v[8, b] + v[9, b] + v[10, b]
+                r21 = v[9, b] - v[10, b] - v[11, b]
+                r30 = v[12, b] + v[13, b] + v[14, b]
+                r31 = v[13, b] - v[14, b] - v[15, b]
                 # ... then A down the rows
                 top[2 * b] = r00 + r10 + r20
                 top[2 * b + 1] = r01 + r11 + r21
@@ -212,31 +211,30 @@ def _gradient_transform(dy, th, tw, D):
             _split_plane(dy[n, k], 0, n * 2 * (tw + 1), E, O)
         for a in range(th):
             e0, e1, o0, o1 = E[2 * a], E[2 * a + 1], O[2 * a], O[2 * a + 1]
-            base = a * run
+            v = D[:, k, a * run:(a + 1) * run]
             for b in range(run):
                 # A down the rows (e0, e0 + e1, e0 - e1, -e1), per column
                 s0, s1 = e0[b], o0[b]
                 p0, p1 = e0[b] + e1[b], o0[b] + o1[b]
                 d0, d1 = e0[b] - e1[b], o0[b] - o1[b]
                 n0, n1 = -e1[b], -o1[b]
-                q = base + b
                 # ... then A^T across the columns (u, u + v, u - v, -v)
-                D[0, k, q] = s0
-                D[1, k, q] = s0 + s1
-                D[2, k, q] = s0 - s1
-                D[3, k, q] = -s1
-                D[4, k, q] = p0
-                D[5, k, q] = p0 + p1
-                D[6, k, q] = p0 - p1
-                D[7, k, q] = -p1
-                D[8, k, q] = d0
-                D[9, k, q] = d0 + d1
-                D[10, k, q] = d0 - d1
-                D[11, k, q] = -d1
-                D[12, k, q] = n0
-                D[13, k, q] = n0 + n1
-                D[14, k, q] = n0 - n1
-                D[15, k, q] = -n1
+                v[0, b] = s0
+                v[1, b] = s0 + s1
+                v[2, b] = s0 - s1
+                v[3, b] = -s1
+                v[4, b] = p0
+                v[5, b] = p0 + p1
+                v[6, b] = p0 - p1
+                v[7, b] = -p1
+                v[8, b] = d0
+                v[9, b] = d0 + d1
+                v[10, b] = d0 - d1
+                v[11, b] = -d1
+                v[12, b] = n0
+                v[13, b] = n0 + n1
+                v[14, b] = n0 - n1
+                v[15, b] = -n1
 
 
 def _points(rows, cols):
@@ -256,7 +254,7 @@ def forward(x, w, padding):
     K = w.shape[0]
     t = _tiles(N, C, K, H, W, tuple(padding))
     # U = G w G^T per (k, c), as 16 matrices (K, C)
-    U = np.ascontiguousarray((_G @ w @ _G.T).transpose(2, 3, 0, 1)).reshape(16, K, C)
+    U = (_GG @ np.ascontiguousarray(w).reshape(K * C, 9).T).reshape(16, K, C)
     x = np.ascontiguousarray(x)
     y = np.empty((N, K, t.Ho, t.Wo), np.float32)
 
@@ -295,4 +293,4 @@ def backward_filter(dy, x, padding):
     for p in parts[1:]:                                      # thread order: deterministic
         Q += p
     # dw = G^T Q G per (k, c)
-    return np.ascontiguousarray(_G.T @ Q.reshape(4, 4, K, C).transpose(2, 3, 0, 1) @ _G)
+    return np.ascontiguousarray((Q.reshape(16, K * C).T @ _GG).reshape(K, C, 3, 3))
