@@ -79,3 +79,33 @@ def test_cpu_conv_is_deterministic_for_a_thread_count():
             np.testing.assert_allclose(runs[0][2], expected, rtol=1e-4, atol=1e-3)
     finally:
         numba.set_num_threads(before)
+
+
+DEPTHWISE = [  # (x shape, multiplier, kernel, stride, padding, dilation): which kernels serve
+    ((3, 4, 9, 7), 1, (3, 3), (1, 1), (1, 1), (1, 1)),      # wide rows, every direction
+    ((2, 3, 8, 10), 2, (3, 2), (1, 1), (2, 0), (2, 1)),     # wide rows, multiplier 2, dilation
+    ((2, 5, 17), 1, (5,), (1,), (2,), (1,)),                 # wide rows in 1-D
+    ((2, 4, 9, 9), 1, (3, 3), (2, 2), (1, 1), (1, 1)),      # stride 2: per-row kernels, grouped products
+    ((2, 3, 4, 5, 6), 1, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)),   # 3-D: per-row kernels
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE, ids=[str(i) for i in range(len(DEPTHWISE))])
+def test_depthwise_routes_match_the_reference(case):
+    from gpucnn.functional import depthwise_cpu
+    shape, mult, kernel, stride, padding, dilation = case
+    C = shape[1]
+    w_shape = (C * mult, 1) + kernel
+    wide = all(s == 1 for s in stride) and len(shape) <= 4
+    assert depthwise_cpu._wide(shape, w_shape, stride) == wide
+    assert depthwise_cpu.applies_backward_filter(shape, w_shape, stride, C) == wide
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal(shape), rng.standard_normal(w_shape)
+    geo = (stride, padding, dilation, C)
+    y = conv_cpu.forward(x, w, *geo)
+    np.testing.assert_allclose(y, ref.conv_forward_ref(x, w, None, *geo), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(conv_cpu.backward_data(dy, w, x.shape, *geo),
+                               ref.conv_backward_data_ref(dy, w, x.shape, *geo), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(conv_cpu.backward_filter(dy, x, w_shape, *geo),
+                               ref.conv_backward_filter_ref(dy, x, w_shape, *geo), rtol=1e-10, atol=1e-10)
