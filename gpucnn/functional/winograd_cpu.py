@@ -66,18 +66,18 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype):
 
 class _Tiles:
     """One call's tiling: th x tw tiles a plane; blocks of m samples. A block's
-    columns (tiles) are ordered (a, n, b) with tw + 1 columns per (a, n): the
-    tile rows of the block's m samples side by side, so that every inner loop
-    runs over m * (tw + 1) columns (a few tiles per row on small images gave
-    loops too short to pay for their vectorization). The last column of each
-    (a, n) is a gap, computed from the neighbouring sample's first columns and
-    never read back (in backward-filter its D column is zero)."""
+    columns (tiles) are ordered (a, n, b): the tile rows of the block's m
+    samples side by side, so that every inner loop runs over a whole row of
+    the block (a few tiles per row on small images gave loops too short to pay
+    for themselves). The planes lie side by side in the transforms' row
+    buffers with tw + 1 even (and odd) columns each; the position b = tw of
+    each (a, n) there is a gap, skipped."""
 
     def __init__(self, N, C, K, H, W, padding):
         self.ph, self.pw = padding
         self.Ho, self.Wo = H + 2 * self.ph - 2, W + 2 * self.pw - 2
         self.th, self.tw = -(-self.Ho // 2), -(-self.Wo // 2)
-        self.tiles = self.th * (self.tw + 1)   # columns per sample, gaps included
+        self.tiles = self.th * self.tw   # columns per sample
         per_sample = 16 * (C + K) * self.tiles * 4
         self.m = int(max(1, min(N, _BLOCK_BYTES // per_sample)))
 
@@ -110,7 +110,7 @@ def _split_plane(src, r0, c0, E, O):
 
 @nb.njit(nogil=True, cache=True)
 def _input_transform(x, ph, pw, th, tw, V):
-    """V[(i*4 + j), c, (a*m + n)*(tw + 1) + b] = (B^T d B)[i, j] for tile (a, b) of x[n, c]."""
+    """V[(i*4 + j), c, (a*m + n)*tw + b] = (B^T d B)[i, j] for tile (a, b) of x[n, c]."""
     m, C, H, W = x.shape
     run = m * (tw + 1)
     # the padded planes of the m samples side by side, even and odd columns apart;
@@ -123,8 +123,13 @@ def _input_transform(x, ph, pw, th, tw, V):
         for a in range(th):
             e0, e1, e2, e3 = E[2 * a], E[2 * a + 1], E[2 * a + 2], E[2 * a + 3]
             o0, o1, o2, o3 = O[2 * a], O[2 * a + 1], O[2 * a + 2], O[2 * a + 3]
-            v = V[:, c, a * run:(a + 1) * run]   # indexed from 0 by the loop: no negative-index checks
+            v = V[:, c, a * m * tw:(a + 1) * m * tw]   # indexed from 0: no negative-index checks
+            q = j = 0   # j: the tile's column in its plane (no division in the loop)
             for b in range(run):
+                if j == tw:   # the gap between two planes
+                    j = 0
+                    continue
+                j += 1
                 # B^T down the rows, for the tile's four columns E[b], O[b], E[b+1], O[b+1]
                 t00 = e0[b] - e2[b]
                 t01 = o0[b] - o2[b]
@@ -143,49 +148,56 @@ def _input_transform(x, ph, pw, th, tw, V):
                 t32 = e1[b + 1] - e3[b + 1]
                 t33 = o1[b + 1] - o3[b + 1]
                 # ... then B across the columns
-                v[0, b] = t00 - t02
-                v[1, b] = t01 + t02
-                v[2, b] = t02 - t01
-                v[3, b] = t01 - t03
-                v[4, b] = t10 - t12
-                v[5, b] = t11 + t12
-                v[6, b] = t12 - t11
-                v[7, b] = t11 - t13
-                v[8, b] = t20 - t22
-                v[9, b] = t21 + t22
-                v[10, b] = t22 - t21
-                v[11, b] = t21 - t23
-                v[12, b] = t30 - t32
-                v[13, b] = t31 + t32
-                v[14, b] = t32 - t31
-                v[15, b] = t31 - t33
+                v[0, q] = t00 - t02
+                v[1, q] = t01 + t02
+                v[2, q] = t02 - t01
+                v[3, q] = t01 - t03
+                v[4, q] = t10 - t12
+                v[5, q] = t11 + t12
+                v[6, q] = t12 - t11
+                v[7, q] = t11 - t13
+                v[8, q] = t20 - t22
+                v[9, q] = t21 + t22
+                v[10, q] = t22 - t21
+                v[11, q] = t21 - t23
+                v[12, q] = t30 - t32
+                v[13, q] = t31 + t32
+                v[14, q] = t32 - t31
+                v[15, q] = t31 - t33
+                q += 1
 
 
 @nb.njit(nogil=True, cache=True)
 def _output_transform(M, th, tw, y):
-    """y[n, k] tile (a, b) = A^T M[:, k, (a*m + n)*(tw + 1) + b] A (4x4 -> 2x2), cut to (Ho, Wo)."""
+    """y[n, k] tile (a, b) = A^T M[:, k, (a*m + n)*tw + b] A (4x4 -> 2x2), cut to (Ho, Wo)."""
     m, K, Ho, Wo = y.shape
     run = m * (tw + 1)
     top = np.empty(2 * run, y.dtype)
     bottom = np.empty(2 * run, y.dtype)
     for k in range(K):
         for a in range(th):
-            v = M[:, k, a * run:(a + 1) * run]
+            v = M[:, k, a * m * tw:(a + 1) * m * tw]
+            q = j = 0   # j: the tile's column in its plane (no division in the loop)
             for b in range(run):
+                if j == tw:   # the gap between two planes
+                    j = 0
+                    continue
+                j += 1
                 # A^T across the columns of each of the four rows
-                r00 = v[0, b] + v[1, b] + v[2, b]
-                r01 = v[1, b] - v[2, b] - v[3, b]
-                r10 = v[4, b] + v[5, b] + v[6, b]
-                r11 = v[5, b] - v[6, b] - v[7, b]
-                r20 = v[8, b] + v[9, b] + v[10, b]
-                r21 = v[9, b] - v[10, b] - v[11, b]
-                r30 = v[12, b] + v[13, b] + v[14, b]
-                r31 = v[13, b] - v[14, b] - v[15, b]
+                r00 = v[0, q] + v[1, q] + v[2, q]
+                r01 = v[1, q] - v[2, q] - v[3, q]
+                r10 = v[4, q] + v[5, q] + v[6, q]
+                r11 = v[5, q] - v[6, q] - v[7, q]
+                r20 = v[8, q] + v[9, q] + v[10, q]
+                r21 = v[9, q] - v[10, q] - v[11, q]
+                r30 = v[12, q] + v[13, q] + v[14, q]
+                r31 = v[13, q] - v[14, q] - v[15, q]
                 # ... then A down the rows
                 top[2 * b] = r00 + r10 + r20
                 top[2 * b + 1] = r01 + r11 + r21
                 bottom[2 * b] = r10 - r20 - r30
                 bottom[2 * b + 1] = r11 - r21 - r31
+                q += 1
             for n in range(m):
                 o = n * 2 * (tw + 1)
                 out = y[n, k, 2 * a]
@@ -199,8 +211,8 @@ def _output_transform(M, th, tw, y):
 
 @nb.njit(nogil=True, cache=True)
 def _gradient_transform(dy, th, tw, D):
-    """D[(i*4 + j), k, (a*m + n)*(tw + 1) + b] = (A e A^T)[i, j] for the 2x2 patch e
-    of dy[n, k] at tile (a, b) (zeros beyond Ho, Wo and in the gaps);
+    """D[(i*4 + j), k, (a*m + n)*tw + b] = (A e A^T)[i, j] for the 2x2 patch e
+    of dy[n, k] at tile (a, b) (zeros beyond Ho, Wo);
     A = [[1,0],[1,1],[1,-1],[0,-1]]."""
     m, K, Ho, Wo = dy.shape
     run = m * (tw + 1)
@@ -211,30 +223,36 @@ def _gradient_transform(dy, th, tw, D):
             _split_plane(dy[n, k], 0, n * 2 * (tw + 1), E, O)
         for a in range(th):
             e0, e1, o0, o1 = E[2 * a], E[2 * a + 1], O[2 * a], O[2 * a + 1]
-            v = D[:, k, a * run:(a + 1) * run]
+            v = D[:, k, a * m * tw:(a + 1) * m * tw]
+            q = j = 0   # j: the tile's column in its plane (no division in the loop)
             for b in range(run):
+                if j == tw:   # the gap between two planes
+                    j = 0
+                    continue
+                j += 1
                 # A down the rows (e0, e0 + e1, e0 - e1, -e1), per column
                 s0, s1 = e0[b], o0[b]
                 p0, p1 = e0[b] + e1[b], o0[b] + o1[b]
                 d0, d1 = e0[b] - e1[b], o0[b] - o1[b]
                 n0, n1 = -e1[b], -o1[b]
                 # ... then A^T across the columns (u, u + v, u - v, -v)
-                v[0, b] = s0
-                v[1, b] = s0 + s1
-                v[2, b] = s0 - s1
-                v[3, b] = -s1
-                v[4, b] = p0
-                v[5, b] = p0 + p1
-                v[6, b] = p0 - p1
-                v[7, b] = -p1
-                v[8, b] = d0
-                v[9, b] = d0 + d1
-                v[10, b] = d0 - d1
-                v[11, b] = -d1
-                v[12, b] = n0
-                v[13, b] = n0 + n1
-                v[14, b] = n0 - n1
-                v[15, b] = -n1
+                v[0, q] = s0
+                v[1, q] = s0 + s1
+                v[2, q] = s0 - s1
+                v[3, q] = -s1
+                v[4, q] = p0
+                v[5, q] = p0 + p1
+                v[6, q] = p0 - p1
+                v[7, q] = -p1
+                v[8, q] = d0
+                v[9, q] = d0 + d1
+                v[10, q] = d0 - d1
+                v[11, q] = -d1
+                v[12, q] = n0
+                v[13, q] = n0 + n1
+                v[14, q] = n0 - n1
+                v[15, q] = -n1
+                q += 1
 
 
 def _points(rows, cols):
