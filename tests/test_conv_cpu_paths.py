@@ -18,6 +18,7 @@ CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
     ((2, 16, 6, 6), 4, (3, 3), (1, 1), (3, 3), (1, 1), 1),     # padding > d(k-1): col2im route
     ((3, 16, 9, 9), 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),     # stride 2: col2im route
     ((2, 6, 10, 10), 5, (5, 5), (1, 1), (0, 0), (1, 1), 1),    # few channels: col2im route
+    ((3, 6, 14, 14), 16, (5, 5), (1, 1), (0, 0), (1, 1), 1),   # LeNet's 6->16: col2im at wide rows
     ((5, 20, 3, 2), 7, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # tiny images: 5 samples a block
     ((2, 16, 11), 4, (3,), (1,), (2,), (2,), 4),                # 1-D, depthwise-like groups
     ((2, 16, 4, 5, 3), 4, (2, 3, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1),  # 3-D
