@@ -22,6 +22,8 @@ CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
     ((5, 20, 3, 2), 7, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # tiny images: 5 samples a block
     ((2, 16, 11), 4, (3,), (1,), (2,), (2,), 4),                # 1-D, depthwise-like groups
     ((2, 16, 4, 5, 3), 4, (2, 3, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1),  # 3-D
+    ((2, 8, 6, 12, 12), 16, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1),   # 3-D wide rows
+    ((2, 16, 5, 9, 8), 8, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 2, 1), 1),     # 3-D wide rows, dilation
     ((3, 16, 10, 16), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # wide rows, all three directions
     ((2, 8, 40), 4, (5,), (1,), (2,), (1,), 2),                 # wide rows in 1-D, groups
     ((2, 6, 12, 20), 4, (3, 3), (1, 1), (2, 1), (2, 1), 1),    # wide rows, dilation, few channels
@@ -48,7 +50,10 @@ def test_cpu_conv_routes_match_the_reference(case):
     plan = conv_cpu._Plan(shape, (K, shape[1] // groups) + kernel, stride, padding, np.float64, dilation, groups)
     pointwise = set(kernel) == {1} and set(stride) == {1} and set(padding) == {0}
     thin = plan.rows_g < conv_cpu._THIN_ROWS and plan.P >= conv_cpu._MIN_COLUMNS
-    wide = shape[-1] + 2 * padding[-1] <= conv_cpu._WIDE_LIMIT * plan.out[-1] and len(shape) < 5 and \
+    # wide rows: outputs at the padded row width Wp (and, in 3-D, Hp rows a depth slice)
+    Do, Ho, Wo = conv_cpu.lift3(plan.out, 1)
+    Hp, Wp = (n + 2 * p for n, p in zip(conv_cpu.lift3(shape[2:], 1)[1:], conv_cpu.lift3(padding, 0)[1:]))
+    wide = Do * (Ho if Do == 1 else Hp) * Wp <= conv_cpu._WIDE_LIMIT * plan.P and \
         set(stride) == {1} and not pointwise and not thin
     assert plan.m == 1 or not thin
     assert plan.pointwise == pointwise and (plan.m == 1 or not pointwise or plan.P < 64)
