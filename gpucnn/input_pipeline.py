@@ -108,6 +108,9 @@ class DeviceBatches:
                 while failure is None and not exhausted and issued < i + self.depth:
                     try:
                         xb, yb = next(source)
+                        xb, yb = np.asarray(xb), np.asarray(yb)
+                        if len(xb) != len(yb):
+                            raise ValueError(f"{len(xb)} inputs but {len(yb)} labels")
                     except StopIteration:
                         exhausted = True
                         break
@@ -136,10 +139,6 @@ class DeviceBatches:
     def _issue(self, slot, index, xb, yb, copy_stream):
         """Queue batch `index`'s copy into `slot` (steps 2 of the module docstring)."""
         t = self.transfers
-        xb, yb = np.asarray(xb), np.asarray(yb)
-        if len(xb) != len(yb):
-            raise InputPipelineError(f"input pipeline: batch {index + 1}{self._total()} has {len(xb)} inputs "
-                                     f"but {len(yb)} labels", index + 1)
         x_dtype = self.x_dtype if self.x_dtype is not None and xb.dtype.kind == "f" else xb.dtype
         if slot.copying and not slot.copied.done:
             self.host_waits += 1

@@ -189,13 +189,15 @@ class CutMix:
 def crop(x, oy, ox, padding):
     """out[i] = x[i] zero-padded by `padding`, window at rows oy[i].., columns ox[i].. of x's size."""
     xp = backend.get_array_module(x)
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     p = padding
     padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    # windows[i, ch, a, b] is the (h, w) window at (a, b) of image i: a strided view, no copy;
-    # indexing picks one window per image (the advanced indices' axis comes first: (n, c, h, w))
-    windows = xp.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
-    return windows[xp.arange(n), :, oy, ox]
+    # One gather with four broadcast index arrays (a plain contiguous source: CuPy turns it
+    # into one take; a window view of `padded` would be faster on NumPy, but CuPy's
+    # multi-array indexing may copy such an overlapping view whole first).
+    rows = (oy[:, None] + xp.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + xp.arange(w))[:, None, None, :]
+    return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None], rows, cols]
 
 
 def flip_where(x, flip):
