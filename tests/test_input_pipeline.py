@@ -247,6 +247,79 @@ def test_inputs_cast_on_the_host_copy_and_transform_runs_on_the_batch():
     assert seen == [(np.float32, rng)] * 3
 
 
+# ---- backend.CudaTransfers: the CuPy calls, against CuPy's API and a fake CuPy ------------------------
+def test_the_cupy_calls_exist_in_cupys_api():
+    """What CudaTransfers and DeviceDraws call, checked on the installed CuPy's classes
+    (importable without a GPU): a misspelt call would otherwise only fail on a GPU."""
+    import inspect
+    cupy = pytest.importorskip("cupy")
+    for name in ("record", "synchronize", "done"):
+        assert hasattr(cupy.cuda.Event, name), name
+    assert hasattr(cupy.cuda.Stream, "wait_event") and "stream" in (cupy.ndarray.set.__doc__ or "")
+    import cupyx
+    assert callable(cupyx.empty_pinned)
+    generator = cupy.random.Generator
+    for name, params in (("integers", ("size", "dtype")), ("random", ("size", "dtype")),
+                         ("standard_normal", ("size", "dtype")), ("beta", ("size",))):
+        doc = getattr(generator, name).__doc__.splitlines()[0]
+        assert all(p in doc for p in params), doc
+    assert callable(cupy.pad) and callable(cupy.argsort) and inspect.isclass(cupy.ndarray)
+
+
+class _DeviceArray(np.ndarray):
+    """A NumPy array with CuPy's ndarray.set(arr, stream)."""
+    log = None
+
+    def set(self, arr, stream=None):
+        assert stream is not None and arr.dtype == self.dtype and arr.shape == self.shape
+        _DeviceArray.log.append(("set", stream.name))
+        self[...] = arr
+
+
+def test_cuda_transfers_through_a_fake_cupy(monkeypatch):
+    log = []
+    _DeviceArray.log = log
+
+    class Event:
+        def __init__(self, disable_timing=False):
+            assert disable_timing
+            self.done = False
+
+        def record(self, stream=None):
+            log.append(("record", stream.name))
+            self.done = False
+
+        def synchronize(self):
+            log.append(("synchronize",))
+            self.done = True
+
+    class Stream:
+        def __init__(self, non_blocking=False, name="copy"):
+            self.name = name
+
+        def wait_event(self, event):
+            log.append(("wait", self.name))
+
+    compute = Stream(name="compute")
+
+    class Cuda:
+        pass
+    Cuda.Event, Cuda.Stream = Event, Stream
+    Cuda.get_current_stream = staticmethod(lambda: compute)
+    fake = type("FakeCupy", (), {"cuda": Cuda, "empty": staticmethod(
+        lambda shape, dtype: np.full(shape, -1, dtype).view(_DeviceArray))})
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(backend, "pinned_empty", lambda shape, dtype: np.full(shape, -2, dtype))
+    transfers = backend.CudaTransfers()
+    pipeline = DeviceBatches(_loader(n=25), depth=2, transfers=transfers)
+    got = [(np.array(x), np.array(y)) for x, y in pipeline]
+    want = list(_loader(n=25))
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(gx, wx)
+        np.testing.assert_array_equal(gy, wy)
+    assert ("set", "copy") in log and ("wait", "compute") in log and pipeline.host_waits == 1
+
+
 # ---- the Trainer and `gpucnn train` -------------------------------------------------------------
 def _trainer(**kw):
     grandom.manual_seed(3)
