@@ -28,6 +28,8 @@ unchanged) is valid until the next batch is requested, as the step that uses
 it is queued by then. The last, smaller batch uses the first rows of the
 slot. A loader error at batch k is raised when the consumer asks for batch k
 (the batches before it are delivered), as InputPipelineError naming it.
+Batches the loader already gives on the device (CuPy arrays) pass through
+without a copy.
 
 On the CPU (`gpu=False`) backend.StandInTransfers runs the same bookkeeping
 with NumPy buffers and immediate copies. GPU status: written for CuPy
@@ -99,6 +101,7 @@ class DeviceBatches:
         slots = [_Slot(t) for _ in range(self.depth)]
         source = iter(self.loader)
         issued, exhausted, failure = 0, False, None
+        on_device = {}                        # index -> a batch the loader gave on the device already
         try:
             for i in range(2 ** 62):
                 if i > 0:
@@ -108,7 +111,6 @@ class DeviceBatches:
                 while failure is None and not exhausted and issued < i + self.depth:
                     try:
                         xb, yb = next(source)
-                        xb, yb = np.asarray(xb), np.asarray(yb)
                         if len(xb) != len(yb):
                             raise ValueError(f"{len(xb)} inputs but {len(yb)} labels")
                     except StopIteration:
@@ -117,7 +119,11 @@ class DeviceBatches:
                     except Exception as exc:   # raised at its turn, after the batches before it
                         failure = (issued, exc)
                         break
-                    self._issue(slots[issued % self.depth], issued, xb, yb, copy_stream)
+                    if backend.is_gpu_array(xb) or backend.is_gpu_array(yb):
+                        on_device[issued] = (xb, yb)
+                    else:
+                        self._issue(slots[issued % self.depth], issued, np.asarray(xb), np.asarray(yb),
+                                    copy_stream)
                     issued += 1
                 if i == issued:
                     if failure is not None:
@@ -125,6 +131,9 @@ class DeviceBatches:
                         raise InputPipelineError(f"input pipeline: loading batch {k + 1}{self._total()} failed: "
                                                  f"{type(exc).__name__}: {exc}", k + 1) from exc
                     return
+                if i in on_device:
+                    yield self._transformed(i, *on_device.pop(i))
+                    continue
                 slot = slots[i % self.depth]
                 t.current_stream().wait_event(slot.copied)
                 yield self._transformed(i, *slot.batch())

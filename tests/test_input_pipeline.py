@@ -234,6 +234,22 @@ def test_early_stop_waits_for_copies_and_stops_the_loader():
     assert copied and copied <= synced          # no pinned buffer freed under a copy
 
 
+def test_batches_already_on_the_device_pass_through(monkeypatch):
+    class OnDevice(np.ndarray):
+        pass
+    monkeypatch.setattr(backend, "is_gpu_array", lambda a: isinstance(a, OnDevice))
+    batches = [(np.full((2, 1), i, np.float32), np.array([i, i])) for i in range(5)]
+    batches[2] = (batches[2][0].view(OnDevice), batches[2][1])
+    fake = FakeTransfers()
+    got = []
+    for xb, yb in DeviceBatches(batches, transfers=fake):
+        got.append((xb if isinstance(xb, OnDevice) else None, int(yb[0])))
+        fake.log.append(("use", _base(xb)))
+    assert [y for _, y in got] == [0, 1, 2, 3, 4] and got[2][0] is batches[2][0]
+    assert sum(op[0] == "copy" for op in fake.log) == 8          # 4 batches copied, x and y each
+    check_ordering([op for op in fake.log if op != ("use", _base(batches[2][0]))])
+
+
 def test_inputs_cast_on_the_host_copy_and_transform_runs_on_the_batch():
     x = np.random.default_rng(0).random((9, 1, 4, 4))          # float64
     seen = []
@@ -306,7 +322,7 @@ def test_cuda_transfers_through_a_fake_cupy(monkeypatch):
         pass
     Cuda.Event, Cuda.Stream = Event, Stream
     Cuda.get_current_stream = staticmethod(lambda: compute)
-    fake = type("FakeCupy", (), {"cuda": Cuda, "empty": staticmethod(
+    fake = type("FakeCupy", (), {"cuda": Cuda, "ndarray": _DeviceArray, "empty": staticmethod(
         lambda shape, dtype: np.full(shape, -1, dtype).view(_DeviceArray))})
     monkeypatch.setattr(backend, "cupy", fake)
     monkeypatch.setattr(backend, "pinned_empty", lambda shape, dtype: np.full(shape, -2, dtype))
