@@ -122,8 +122,12 @@ class DeviceBatches:
                     if backend.is_gpu_array(xb) or backend.is_gpu_array(yb):
                         on_device[issued] = (xb, yb)
                     else:
-                        self._issue(slots[issued % self.depth], issued, np.asarray(xb), np.asarray(yb),
-                                    copy_stream)
+                        try:
+                            self._issue(slots[issued % self.depth], issued, np.asarray(xb), np.asarray(yb),
+                                        copy_stream)
+                        except Exception as exc:
+                            raise InputPipelineError(f"input pipeline: copying batch {issued + 1}{self._total()} "
+                                                     f"failed: {type(exc).__name__}: {exc}", issued + 1) from exc
                     issued += 1
                 if i == issued:
                     if failure is not None:
@@ -146,7 +150,7 @@ class DeviceBatches:
                     slot.copied.synchronize()
 
     def _issue(self, slot, index, xb, yb, copy_stream):
-        """Queue batch `index`'s copy into `slot` (steps 2 of the module docstring)."""
+        """Queue batch `index`'s copy into `slot` (step 2 of the module docstring)."""
         t = self.transfers
         x_dtype = self.x_dtype if self.x_dtype is not None and xb.dtype.kind == "f" else xb.dtype
         if slot.copying and not slot.copied.done:

@@ -217,6 +217,11 @@ def test_transform_and_shape_errors_name_the_batch():
         for xb, _ in DeviceBatches([(np.zeros((3, 1)), np.zeros(3)), (np.zeros((3, 1)), np.zeros(2))]):
             got.append(xb.copy())
     assert len(got) == 1
+    class FailingCopy(FakeTransfers):
+        def copy_to_device(self, dst, src, stream):
+            raise RuntimeError("cudaErrorIllegalAddress")
+    with pytest.raises(InputPipelineError, match="copying batch 1 of 11 failed: RuntimeError: cudaErrorIllegalAddress"):
+        list(DeviceBatches(_loader(), transfers=FailingCopy()))
     with pytest.raises(ValueError, match="depth must be >= 2"):
         DeviceBatches([], depth=1)
     with pytest.raises(ValueError, match="needs an rng"):
