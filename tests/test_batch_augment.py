@@ -85,8 +85,9 @@ def _reference(name, x, y, rng, size):
 
 
 @pytest.mark.parametrize("name", AUGMENTATIONS)
-@pytest.mark.parametrize("shape, dtype, strided", [((1, 1, 5, 7), np.float32, False), ((7, 3, 8, 8), np.float32, True),
-                                                   ((5, 2, 9, 6), np.float64, False), ((16, 1, 28, 28), np.float32, False)])
+@pytest.mark.parametrize("shape, dtype, strided", [
+    ((1, 1, 5, 7), np.float32, False), ((7, 3, 8, 8), np.float32, True),
+    ((5, 2, 9, 6), np.float64, False), ((16, 1, 28, 28), np.float32, False)])
 def test_numpy_results_equal_the_loop_versions_bitwise(name, shape, dtype, strided):
     aug = build_augmentation([name], 10, shape[-1])
     for seed in range(4):
@@ -144,7 +145,8 @@ def test_injected_draws_give_exact_results():
     np.testing.assert_array_equal(out, np.stack([x[0], x[1, :, :, ::-1]]))
     out, _ = GaussianNoise(std=0.5)(x, y, FixedDraws(normal=[np.full(x.shape, 2.0)]))
     np.testing.assert_array_equal(out, x + 1)
-    # Cutout size 2, centres (row 0, col 3) and (row 2, col 1): boxes rows [-1, 1) -> [0, 1), cols [2, 4); rows [1, 3), cols [0, 2)
+    # Cutout size 2, centres (row 0, col 3) and (row 2, col 1):
+    # boxes rows [-1, 1) -> [0, 1), cols [2, 4); rows [1, 3), cols [0, 2)
     out, _ = Cutout(size=2)(x, y, FixedDraws(integers=[[0, 2], [3, 1]]))
     want = x.copy()
     want[0, :, 0:1, 2:4] = 0
@@ -169,7 +171,7 @@ def test_bad_labels_and_generators_are_named():
 
     class NotNumpy:
         pass
-    with pytest.raises(TypeError, match=r"Cutout\(size=2\): a NumPy batch \(2, 1, 4, 4\) needs a numpy.random.Generator"):
+    with pytest.raises(TypeError, match=r"Cutout\(size=2\): a NumPy batch \(2, 1, 4, 4\) needs a numpy.random"):
         Cutout(2)(x, None, NotNumpy())
 
 
