@@ -136,8 +136,9 @@ def _im2col(x, kernel, stride, padding, dilation, col):
 
 
 @nb.njit(inline="always")
-def _fill_flat(flat, vol, padding, Hp, Wp):
-    """The volume vol (D, H, W) into a flat zero-bordered buffer of (Dp, Hp, Wp) planes."""
+def fill_flat(flat, vol, padding, Hp, Wp):
+    """The volume vol (D, H, W) into a flat zero-bordered buffer of (Dp, Hp, Wp)
+    planes (also depthwise_cpu's wide rows)."""
     D, H, W = vol.shape
     pd, ph, pw = padding
     for d in range(D):
@@ -162,7 +163,7 @@ def _im2col_wide(x, kernel, padding, dilation, Hr, col):
     flat = np.zeros((D + 2 * pd) * Hp * Wp + (R - 1) * dh * Wp + (S - 1) * dw, x.dtype)
     for n in range(N):
         for c in range(C):
-            _fill_flat(flat, x[n, c], padding, Hp, Wp)
+            fill_flat(flat, x[n, c], padding, Hp, Wp)
             for t in range(T):
                 for r in range(R):
                     for s in range(S):
