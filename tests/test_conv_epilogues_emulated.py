@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gpucnn.functional as F
+from gpucnn import backend, nn
 from gpucnn.functional import conv_gpu
 from gpucnn.testing import reference as ref
 
@@ -143,3 +144,25 @@ def test_kernels_without_an_epilogue_run_it_as_array_code(dev):
                 np.array([1.0, -1.0, 0.5], np.float32), version=2)
     np.testing.assert_array_equal(empty, np.broadcast_to(np.array([1, 0, 0.5], np.float32)[:, None, None],
                                                          (2, 3, 2, 2)))
+
+
+def test_fused_conv_relu_layer_on_the_emulated_device(dev):
+    """nn.fuse(Conv2d + ReLU) on the device: the fused kernels run and the
+    results equal the unfused layers' (y, dx, dw bitwise; db within tolerance)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    plain = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU())
+    fused = nn.fuse(nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU()))
+    fused.load_state_dict(plain.state_dict())
+    out = []
+    for model in (plain, fused):
+        model.to_gpu()
+        y = model(backend.to_gpu(x))
+        dy = backend.to_gpu(np.random.default_rng(8).standard_normal(y.shape).astype(np.float32))
+        dx = model.backward(dy)
+        out.append([backend.to_cpu(a) for a in (y, dx, model[0].weight.grad, model[0].bias.grad)])
+    for i in range(3):
+        np.testing.assert_array_equal(out[1][i], out[0][i])
+    np.testing.assert_allclose(out[1][3], out[0][3], rtol=1e-5, atol=1e-5)
+    kinds = {name.rsplit("_v", 1)[0] for name in dev.launched()}   # versions picked by shape
+    assert {"conv2d_forward_bias_relu", "conv2d_backward_filter_bias_relu", "conv2d_backward_data_relu"} <= kinds
