@@ -17,7 +17,7 @@ from gpucnn import backend, nn
 from gpucnn.functional import conv_gpu
 from gpucnn.testing import reference as ref
 
-from test_kernels_emulated import (REL_TOL, assert_close, cxx, dev, emulator_build, run)  # noqa: F401
+from test_kernels_emulated import LAUNCHED, assert_close, cxx, dev, emulator_build, run  # noqa: F401
 
 # (N, C, K, spatial, kernel, stride, padding, dilation, groups, layout)
 CASES = [
@@ -53,16 +53,18 @@ def _geometry(case):
     return dict(stride=case[5], padding=case[6], dilation=case[7], groups=case[8])
 
 
-# every mode on three cases, bias + ReLU on the others (the suite's time budget)
-SWEEP = [pytest.param(case, v, mode, id=f"{_case_id(case)}-v{v}-{mode}")
+# every mode on two cases, bias + ReLU on the others (the suite's time budget)
+# and the float64 kernels, every mode and version, on one case
+SWEEP = [pytest.param(case, v, mode, np.float32, id=f"{_case_id(case)}-v{v}-{mode}")
          for i, case in enumerate(CASES) for v in (1, 2)
-         for mode in (MODES if i in (1, 2, 5) else ["bias_relu"])]
+         for mode in (MODES if i in (1, 5) else ["bias_relu"])]
+SWEEP += [pytest.param(CASES[1], v, mode, np.float64, id=f"{_case_id(CASES[1])}-v{v}-{mode}-f64")
+          for v in (1, 2) for mode in MODES]
 
 
-@pytest.mark.parametrize("case, version, mode", SWEEP)
-def test_fused_epilogues_match_reference_and_unfused_path(dev, case, version, mode):
+@pytest.mark.parametrize("case, version, mode, dtype", SWEEP)
+def test_fused_epilogues_match_reference_and_unfused_path(dev, case, version, mode, dtype):
     with_bias, relu = MODES[mode]
-    dtype = np.float32
     x, w, b = _problem(case, dtype)
     b = b if with_bias else None
     geo, layout = _geometry(case), case[9]
@@ -166,3 +168,14 @@ def test_fused_conv_relu_layer_on_the_emulated_device(dev):
     np.testing.assert_allclose(out[1][3], out[0][3], rtol=1e-5, atol=1e-5)
     kinds = {name.rsplit("_v", 1)[0] for name in dev.launched()}   # versions picked by shape
     assert {"conv2d_forward_bias_relu", "conv2d_backward_filter_bias_relu", "conv2d_backward_data_relu"} <= kinds
+
+
+def test_the_sweep_launched_every_fused_kernel_in_both_dtypes(request):
+    """Last in the file: every fused-epilogue kernel ran at least once per dtype
+    (only meaningful when the whole file ran)."""
+    module = request.node.getparent(pytest.Module)
+    selected = {item.nodeid for item in request.session.items}
+    if any(item.nodeid not in selected for item in module.collect()):
+        pytest.skip("part of this file was deselected")
+    wanted = {(name, dt) for name in conv_gpu.FUSED_KERNELS for dt in ("float32", "float64")}
+    assert wanted - set(LAUNCHED) == set()

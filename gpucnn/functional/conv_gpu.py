@@ -84,8 +84,9 @@ def fused_kernel(direction, version, bias=False, relu=False):
     return f"conv2d_{direction}{'_bias' if bias else ''}{'_relu' if relu else ''}_v{version}"
 
 
-KERNELS.update({fused_kernel(d, v, b, r): FORWARD_FILE if d == "forward" else BACKWARD_FILE
-                for d, b, r in FUSED for v in SIMT_VERSIONS[d]})
+FUSED_KERNELS = {fused_kernel(d, v, b, r): FORWARD_FILE if d == "forward" else BACKWARD_FILE
+                 for d, b, r in FUSED for v in SIMT_VERSIONS[d]}
+KERNELS.update(FUSED_KERNELS)
 FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names.values())
 DW_TILE, DW_IN = 16, 48   # conv2d_depthwise.cu's output tile and largest staged input tile
 
