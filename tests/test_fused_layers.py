@@ -138,11 +138,18 @@ def test_fused_pair_passes_float64_gradcheck(layer):
     channels = first.in_channels if isinstance(first, nn.Conv2d) else first.num_features
     pair = nn.fuse(nn.Sequential(first, nn.ReLU())).double()
     assert first.fused_relu
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, channels, 6, 5))
-    # keep pre-activations away from ReLU's kink (a central difference across it is meaningless)
-    with nn.no_grad():
-        z = pair(x)
-    assert np.min(np.abs(z[z != 0])) > 1e-4
+    for seed in range(100):   # the first seed whose pre-activations keep away from ReLU's kink
+        rng = np.random.default_rng(seed)
+        for p in first.parameters():
+            p.data[...] = rng.standard_normal(p.shape)
+        x = rng.standard_normal((2, channels, 6, 5))
+        first.fused_relu = False
+        with nn.no_grad():
+            z = first(x)
+        first.fused_relu = True
+        if np.min(np.abs(z)) > 1e-3:   # a central difference across the kink is meaningless
+            break
+    else:
+        pytest.fail("no input away from the kink")
     ok, report = gradcheck(pair, x)
     assert ok, report
