@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpucnn.functional as F
-from gpucnn import models, nn
+from gpucnn import backend, models, nn
 from gpucnn.gradcheck import gradcheck
 from gpucnn.testing import reference as ref
 
@@ -153,3 +153,48 @@ def test_fused_pair_passes_float64_gradcheck(layer):
         pytest.fail("no input away from the kink")
     ok, report = gradcheck(pair, x)
     assert ok, report
+
+
+def test_fused_model_exports_to_onnx_with_the_same_outputs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+    import gpucnn.onnx
+    model = nn.fuse(models.build("lenet_bn", 1, 10, 12)).eval()
+    x = np.random.default_rng(3).standard_normal((2, 1, 12, 12)).astype(np.float32)
+    gpucnn.onnx.export(model, x, tmp_path / "m.onnx")
+    assert onnx.load(str(tmp_path / "m.onnx"))   # the fused layers export as Conv/BatchNormalization + Relu
+    session = ReferenceEvaluator(str(tmp_path / "m.onnx"))
+    out = session.run(None, {session.input_names[0]: x})[0]
+    np.testing.assert_allclose(out, model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", [1, 2, None])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_gpu_fused_kernels_match_cpu(case, version):
+    """The fused GPU kernels against the CPU path (y and the gradients)."""
+    x, w, b = _problem(case, np.float32)
+    geo = dict(stride=case[2], padding=case[3], dilation=case[4], groups=case[5])
+    y = F.conv2d_bias_relu(x, w, b, **geo)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    expected = (y,) + F.conv2d_bias_relu_backward(dy, y, x, w, **geo)
+    gx, gw, gb, gdy = map(backend.to_gpu, (x, w, b, dy))
+    gy = F.conv2d_bias_relu(gx, gw, gb, **geo, version=version)
+    got = (gy,) + F.conv2d_bias_relu_backward(gdy, gy, gx, gw, **geo, version=version)
+    for name, a, e in zip(("y", "dx", "dw", "db"), got, expected):
+        np.testing.assert_allclose(backend.to_cpu(a), e, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_model_matches_unfused():
+    rng = np.random.default_rng(0)
+    model = models.build("lenet_bn", 1, 10, 28, dropout=0.0)
+    fused = nn.fuse(copy.deepcopy(model))
+    x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
+    dy = rng.standard_normal((16, 10)).astype(np.float32)
+    results = []
+    for m in (model.to_gpu(), fused.to_gpu()):
+        out, _ = _run(m, backend.to_gpu(x), backend.to_gpu(dy))
+        results.append([backend.to_cpu(a) for a in out])
+    for i, (a, e) in enumerate(zip(*results[::-1])):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5, err_msg=f"result {i}")
