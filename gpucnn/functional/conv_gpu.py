@@ -255,24 +255,21 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, ve
     Deterministic: no atomics, every sum in a fixed order. With relu_y (the
     forward's output after ReLU) dy * (relu_y > 0) stands for dy; with
     bias_grad, returns (dw, db), db the sum of that dy over (n, i, j)."""
-    if relu_y is None and not bias_grad:
-        return _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version, precision)
-    K = w_shape[0]
-    out, fused = _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
-                                  relu_y, bias_grad)
-    if fused:   # the kernel wrote [dw | db] (db only when asked)
-        dw = out[:out.size - K * bias_grad].reshape(tuple(w_shape))
-        return (dw, out[dw.size:]) if bias_grad else dw
-    dy = dy if relu_y is None else dy * (relu_y > 0)     # the depthwise kernel: array code
-    dw = _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version, precision)
-    return (dw, dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))) if bias_grad else dw
+    out = _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
+                                relu_y, bias_grad)
+    db = out[out.size - w_shape[0]:] if bias_grad and out is not None else None
+    if out is None:   # the depthwise kernel has no fused variant: the epilogue as array code
+        dy = dy if relu_y is None else dy * (relu_y > 0)
+        out = _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision)
+        db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim))) if bias_grad else None
+    dw = out[:int(np.prod(w_shape))].reshape(tuple(w_shape))
+    return (dw, db) if bias_grad else dw
 
 
-def _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
-                     relu_y=None, bias_grad=False):
-    """The plain backward_filter (returns dw); asked for a fusion (relu_y or
-    bias_grad), returns (out, whether it ran a fused kernel): out is the
-    fused kernels' [dw | db] buffer, or None for the depthwise kernel."""
+def _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
+                          relu_y=None, bias_grad=False):
+    """The flat buffer [dw | db] (db only with bias_grad) the kernels filled,
+    or None for a fusion the chosen kernel (depthwise) does not have."""
     fusion = relu_y is not None or bias_grad
     op = "conv2d_backward_filter" if x.ndim == 4 else "conv1d_backward_filter"
     nd = x.ndim - 2
@@ -284,20 +281,16 @@ def _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version,
     Ho, Wo = dims[7], dims[8]
     depthwise = version is None and Cg == 1 and groups > 1
     if fusion and depthwise:
-        return None, False
+        return None
     count = K * Cg * R * S + (K if bias_grad else 0)   # [dw | db]
     flat = kernel_loader.alloc_output((count,), x.dtype)
-    dw = flat[:K * Cg * R * S].reshape(K, Cg, R, S)
-
-    def done():
-        return (flat, True) if fusion else dw.reshape(tuple(w_shape))
     if not run_if_nonempty(flat, dy4, x4):
-        return done()
+        return flat
     if depthwise:     # the per-tap reduction kernel
         kernel = kernel_loader.get_typed_kernel(DEPTHWISE_FILE, "conv2d_depthwise_backward_filter_v1", x.dtype)
-        kernel_loader.launch(kernel, (min(dw.size, kernel_loader.MAX_GRID_Y),), (BLOCK,), _SIG,
-                             (dy4, x4, dw) + dims)
-        return done()
+        kernel_loader.launch(kernel, (min(flat.size, kernel_loader.MAX_GRID_Y),), (BLOCK,), _SIG,
+                             (dy4, x4, flat) + dims)
+        return flat
     relu = relu_y is not None
     inputs = (dy4, x4, as_2d(relu_y) if relu else dy4) if fusion else (dy4, x4)
     sig = "p" * (len(inputs) + 1) + _SIG[3:]
@@ -310,7 +303,7 @@ def _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version,
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, name, x.dtype)
         kernel_loader.launch(kernel, kernel_loader.grid_1d(flat.size, BLOCK), (BLOCK,), sig,
                              inputs + (flat,) + dims)
-        return done()
+        return flat
     crs, Kpg = Cg * R * S, K // groups
     check_gemm_size(op, Kpg, crs, Ho * Wo)
     check_groups_grid(op, groups)
@@ -323,4 +316,4 @@ def _backward_filter(dy, x, w_shape, stride, padding, dilation, groups, version,
         reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", x.dtype)
         kernel_loader.launch(reduce, kernel_loader.grid_1d(count, BLOCK), (BLOCK,), "ppli",
                              (out, flat, count, splits))
-    return done()
+    return flat
