@@ -12,6 +12,7 @@ import pytest
 import gpucnn.functional as F
 from gpucnn import backend, models, nn
 from gpucnn.gradcheck import gradcheck
+from gpucnn.nn import norm
 from gpucnn.testing import reference as ref
 
 # (x shape, w shape, stride, padding, dilation, groups)
@@ -114,6 +115,21 @@ def test_fused_model_matches_unfused(name):
         np.testing.assert_array_equal(got_state[k], plain_state[k], err_msg=k)
     nn.unfuse(fused)
     assert not any(r.fused for r in relus)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 4, 3, 2), (3, 4), (2, 4, 7), (0, 4, 2, 2)])
+def test_cpu_batch_norm_eval_pass_is_the_array_code_bitwise(shape, dtype):
+    rng = np.random.default_rng(5)
+    bn = (nn.BatchNorm2d(4) if len(shape) == 4 else nn.BatchNorm1d(4)).astype(dtype).eval()
+    bn.running_mean[:], bn.running_var[:] = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    bn.weight.data[:], bn.bias.data[:] = rng.standard_normal(4), rng.standard_normal(4)
+    x = rng.standard_normal(shape).astype(dtype)
+    expected = norm._ARRAY_CODE.eval_forward(bn, x, bn._channel_shape(x))
+    np.testing.assert_array_equal(bn(x), expected)
+    bn.fused_relu = True
+    np.testing.assert_array_equal(bn(x), expected * (expected > 0))
+    assert bn(x).dtype == dtype
 
 
 def test_fuse_pairs_and_leaves_the_rest():

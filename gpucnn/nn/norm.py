@@ -28,8 +28,8 @@ Per-device implementations, chosen once per call from the arrays (one table,
 _IMPLEMENTATIONS, keyed by backend.one_device_and_dtype):
 - "gpu" (all CuPy, one dtype): the elementwise steps are fused launches
   (gpucnn.fused_gpu), the per-channel sums still taken by CuPy;
-- "cpu" (all NumPy, one dtype): training runs Numba kernels (norm_cpu: the
-  same formulas in 3 passes forward and 2 backward, sums in float64);
+- "cpu" (all NumPy, one dtype): Numba kernels (norm_cpu: the same formulas
+  in 3 passes forward and 2 backward, sums in float64; eval in 1 pass);
 - anything else (mixed dtypes): the array code of _ArrayCode, on either
   device, which promotes as NumPy does.
 """
@@ -92,7 +92,13 @@ class _ArrayCode:
 
 
 class _CpuKernels(_ArrayCode):
-    """Training forward and backward as Numba kernels (norm_cpu); eval as array code."""
+    """Training forward, backward and eval as Numba kernels (norm_cpu)."""
+
+    def eval_forward(self, bn, x, shape, relu=False):
+        if x.size == 0:
+            return super().eval_forward(bn, x, shape, relu)
+        inv_std = 1.0 / np.sqrt(bn.running_var + bn.eps)   # as the array code computes it
+        return norm_cpu.eval_forward(x, bn.running_mean, inv_std, bn.weight.data, bn.bias.data, relu)
 
     def train_forward(self, bn, x, shape, m, relu=False):
         y, xhat, mu, var, inv_std = norm_cpu.forward(x, bn.eps, bn.weight.data, bn.bias.data, relu)

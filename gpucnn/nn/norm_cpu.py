@@ -3,6 +3,7 @@
 Forward: three passes over x per channel (the sum; the sum of squared
 deviations from the mean, the two-pass form for accuracy; xhat and y written
 together). Backward: two (sum(dout) and sum(dout * xhat) together; dx).
+Eval: one pass (eval_forward), the array code's arithmetic element by element.
 relu (a ReLU fused by gpucnn.nn.fuse): the third forward pass also applies
 ReLU to y as stored (t if t > 0 else t * 0, nn.ReLU's value), and the
 backward reads dout * [y > 0] (the same float as ReLU's backward gives) in
@@ -85,6 +86,23 @@ def _backward(dout, xhat, weight, inv_std, y, relu, dx, dweight, dbias, c0, c1):
                 dx_row[i] = (g - b - xh_row[i] * a) * k
 
 
+@nb.njit(nogil=True, cache=True)
+def _eval(x, running_mean, inv_std, weight, bias, relu, y, c0, c1):
+    """y = (x - running_mean) * inv_std * weight + bias per channel, in the
+    array code's order and dtype (bitwise its result), ReLU'd when relu."""
+    N, _, L = x.shape
+    zero = y.dtype.type(0)
+    for c in range(c0, c1):
+        mu, inv, w, b = running_mean[c], inv_std[c], weight[c], bias[c]
+        for n in range(N):
+            row, y_row = x[n, c], y[n, c]
+            for i in range(L):
+                v = (row[i] - mu) * inv * w + b
+                if relu:
+                    v = v if v > zero else v * zero
+                y_row[i] = v
+
+
 def _ncl(a):
     """A C-contiguous (N, C, L) view of (N, C, ...) (a copy if needed)."""
     a = np.ascontiguousarray(a)
@@ -112,3 +130,12 @@ def backward(dout, xhat, weight, inv_std, y=None):
     dweight, dbias = np.empty(C, dout.dtype), np.empty(C, dout.dtype)
     over_items(_backward, C, dout3.size, dout3, xhat3, weight, inv_std, y3, y is not None, dx, dweight, dbias)
     return dx.reshape(dout.shape), dweight, dbias
+
+
+def eval_forward(x, running_mean, inv_std, weight, bias, relu=False):
+    """Eval-mode y (after ReLU when relu) in one pass; inv_std = 1 / sqrt(running_var + eps)
+    computed by the caller as the array code does (x's dtype throughout)."""
+    x3 = _ncl(x)
+    y = np.empty_like(x3)
+    over_items(_eval, x3.shape[1], x3.size, x3, running_mean, inv_std, weight, bias, bool(relu), y)
+    return y.reshape(x.shape)
