@@ -24,7 +24,7 @@ epilogue in its store, the mask in the backward kernels' loads of dy, db in
 the backward-filter kernel); the tensor-core and depthwise kernels run the
 same math as array code around the plain kernel. Compiled and emulated, not
 yet run on a GPU. CPU (conv_fused_cpu): conv_cpu plus one Numba pass each
-way. Arguments (stride, padding incl. "same"/"valid", dilation, groups,
+way (the backward masks dy and sums db once for both convolutions). Arguments (stride, padding incl. "same"/"valid", dilation, groups,
 version, precision, float16) and errors as conv2d's.
 """
 from .. import backend
@@ -60,12 +60,9 @@ def conv2d_bias_relu_backward(dy, y, x, w, stride=1, padding=0, dilation=1, grou
         raise ValueError(f"{op}: the forward's output y has shape {tuple(mask.shape)}, "
                          f"expected dy's {tuple(dy.shape)}")
     _args.conv_backward_data_args(op, 2, dy, w, x.shape, stride, padding, dilation, groups)
-    impl = implementation("conv_fused", xp, 2)
+    _kw(xp, op, a, version, precision, 2, "backward_data")   # checks the version for both directions
     (dy, mask, x, w), half = widen(dy, mask, x, w)
-    x_ext = _pad_end(xp, x, a.extra)
-    out = impl.backward_filter(dy, x_ext, a.w_shape, a.stride, a.padding, relu_y=mask, bias_grad=bool(bias),
-                               **_kw(xp, op, a, version, precision, 2, "backward_filter"))
-    dw, db = out if bias else (out, None)
-    dx = impl.backward_data(dy, w, x_ext.shape, a.stride, a.padding, relu_y=mask,
-                            **_kw(xp, op, a, version, precision, 2, "backward_data"))
+    dx, dw, db = implementation("conv_fused", xp, 2).backward(
+        dy, _pad_end(xp, x, a.extra), w, a.stride, a.padding, relu_y=mask, bias_grad=bool(bias),
+        **_kw(xp, op, a, version, precision, 2, "backward_filter"))
     return tuple(None if r is None else narrow(r, half) for r in (_crop(xp, dx, x.shape), dw, db))

@@ -3,10 +3,10 @@ the convolutions are conv_cpu's; the epilogue is one Numba pass each way.
 
     forward          y = conv_cpu.forward(x, w), then in one pass over y:
                      v = y + b[k];  y = v if v > 0 else v * 0   (relu=False: y = v)
-    backward_filter  in one pass over dy: dz = dy * [y > 0] (the array code's
+    backward         in one pass over dy: dz = dy * [y > 0] (the array code's
                      dy * mask) and db[k] = sum of dz over (n, i, j), in float64,
                      plane by plane in order; then conv_cpu.backward_filter(dz, x)
-    backward_data    dz in one pass, then conv_cpu.backward_data(dz, w)
+                     and conv_cpu.backward_data(dz, w)
 The forward's epilogue is the unfused path's arithmetic (y += b, then ReLU's
 v if v > 0 else v * 0), so y is bitwise the same; db is summed in float64, so
 it can differ from dy.sum() in the last bits. The passes split the (n, k)
@@ -87,13 +87,9 @@ def relu_grad_and_bias(dy, relu_y=None, bias_grad=False):
     return (dz.reshape(dy.shape) if relu else dy), db
 
 
-def backward_data(dy, w, x_shape, stride, padding, relu_y=None, **kw):
-    dz, _ = relu_grad_and_bias(dy, relu_y)
-    return conv_cpu.backward_data(dz, w, x_shape, stride, padding, **kw)
-
-
-def backward_filter(dy, x, w_shape, stride, padding, relu_y=None, bias_grad=False, **kw):
-    """dw, or (dw, db) with bias_grad; dy masked by relu_y > 0 when given."""
+def backward(dy, x, w, stride, padding, relu_y=None, bias_grad=False, **kw):
+    """(dx, dw, db) from dz = dy * (relu_y > 0) (dy without relu_y), masked
+    once for both convolutions; db (with bias_grad, else None) in the same pass."""
     dz, db = relu_grad_and_bias(dy, relu_y, bias_grad)
-    dw = conv_cpu.backward_filter(dz, x, w_shape, stride, padding, **kw)
-    return (dw, db) if bias_grad else dw
+    dw = conv_cpu.backward_filter(dz, x, w.shape, stride, padding, **kw)
+    return conv_cpu.backward_data(dz, w, x.shape, stride, padding, **kw), dw, db

@@ -266,6 +266,15 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, ve
     return (dw, db) if bias_grad else dw
 
 
+def backward(dy, x, w, stride, padding, relu_y=None, bias_grad=False, **kw):
+    """(dx, dw, db) of a fused conv (F.conv2d_bias_relu_backward): both backward
+    kernels with dy masked by relu_y > 0 as they load it; db (with bias_grad,
+    else None) from the backward-filter kernel. kw: dilation, groups, version, precision."""
+    out = backward_filter(dy, x, w.shape, stride, padding, relu_y=relu_y, bias_grad=bias_grad, **kw)
+    dw, db = out if bias_grad else (out, None)
+    return backward_data(dy, w, x.shape, stride, padding, relu_y=relu_y, **kw), dw, db
+
+
 def _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
                           relu_y=None, bias_grad=False):
     """The flat buffer [dw | db] (db only with bias_grad) the kernels filled,
