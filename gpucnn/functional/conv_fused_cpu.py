@@ -35,7 +35,9 @@ def _bias_relu(y, b, bias, relu, p0, p1):
             row[i] = v
 
 
-@nb.njit(nogil=True, cache=True)
+# reassoc (only) for the sums: LLVM may split them into SIMD lanes, in one
+# fixed order per build (as nn/norm_cpu.py's kernels do).
+@nb.njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _relu_grad_sums(dy, y, dz, sums, relu, p0, p1):
     """dz = dy * [y > 0] (when relu; dz is dy otherwise) and sums[p] = the
     float64 sum of plane p of dz, over planes [p0, p1)."""
