@@ -49,7 +49,8 @@ from ..cpu_parallel import over_samples
 _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds both)
 _STAGGER = 4096 // 16 + 64   # bytes between the 16 point matrices beyond whole pages
 _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is as fast
-_MIN_OUTPUT = 6          # smaller outputs (4x4 with 256 channels: 2.5x slower): im2col's product
+_MIN_OUTPUT = 8          # smaller outputs: im2col's product (7x7, 128 channels: backward 1.3-2x slower here;
+                         # 6x6 and 4x4 with 256 channels: 2.5-3x)
 
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 _GG = np.kron(_G, _G)   # (16, 9): G w G^T of every (k, c) as one product, point i*4 + j, tap r*3 + s
