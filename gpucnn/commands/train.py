@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import amp, backend, cuda_graph, inference, models, recipes, serialization
+from .. import amp, backend, cuda_graph, inference, models, nn, recipes, serialization
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
 from ..trainer import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
@@ -89,6 +89,10 @@ def add_parser(subparsers):
                    help="capture the training step once and replay it (docs/gpu-step.md); auto: on the GPU "
                         "when the step can be captured (no dropout, --monitor, --skip-nonfinite, fp16), "
                         "on: required (GPU only), off: never (default: auto)")
+    p.add_argument("--fuse", choices=("auto", "on", "off"), default="auto",
+                   help="fuse each Conv2d or BatchNorm followed by a ReLU (gpucnn.nn.fuse: one pass fewer, "
+                        "the same results; docs/gpu-step.md); auto: on the CPU, off on the GPU until the fused "
+                        "kernels have passed a GPU run (default: auto)")
     p.add_argument("--input-pipeline", choices=("auto", "on", "off"), default="auto",
                    help="pinned host buffers and host->device copies on their own stream, overlapping the "
                         "previous step (docs/gpu-step.md); auto: on the GPU, on: required (GPU only), "
@@ -291,6 +295,8 @@ def run(args):
     trainer.skip_nonfinite = args.skip_nonfinite
     trainer.set_precision(args.precision)
     train_distributed.wrap_trainer(trainer, job, args)
+    if args.fuse == "on" or (args.fuse == "auto" and device == "cpu"):
+        nn.fuse(trainer.model)   # after wrap_trainer: SyncBatchNorm layers are left unfused
     start_epoch = 0
     if args.resume:
         try:
