@@ -142,7 +142,7 @@ class StepGraph:
         logits = t._logits(self.x)
         loss, dlogits, labels_ok = t._device_loss(logits, self.y)
         t.optimizer.zero_grad()
-        t.model.backward(dlogits)
+        t.model.backward_params(dlogits)
         t.optimizer.step_scalars.apply()
         t._account(self.sums, self.x, self.y, logits, loss, labels_ok, device_only=True)
 

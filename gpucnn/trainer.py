@@ -226,10 +226,10 @@ class Trainer:
         """Backward of a batch of n samples, then the optimizer step (full-batch
         mode: the gradient summed over samples, divided by the total at the end)."""
         if self.full_batch:
-            self.model.backward(self.scaler.scale(dlogits * n))
+            self.model.backward_params(self.scaler.scale(dlogits * n))
             return
         self.optimizer.zero_grad()
-        self.model.backward(self.scaler.scale(dlogits))
+        self.model.backward_params(self.scaler.scale(dlogits))
         if self.monitor is not None:
             self.monitor.before_step()
         self._optimizer_step()

@@ -530,3 +530,35 @@ def test_cpu_parallel_matmul_matches_numpy_and_is_deterministic():
                 np.testing.assert_array_equal(got, cpu_parallel.matmul(x, y))
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_backward_params_skips_only_the_first_layers_input_gradient(fused, monkeypatch):
+    """Sequential.backward_params (what the trainer calls): the same parameter
+    gradients as backward, without the first conv's backward-data."""
+    from gpucnn.nn import conv as conv_module
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 9, 9)).astype(np.float32)
+    dlogits = rng.standard_normal((3, 5)).astype(np.float32)
+
+    def model():
+        grandom.manual_seed(4)
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 5))
+        return nn.fuse(m) if fused else m
+    full, params_only = model(), model()
+    full(x)
+    full.backward(dlogits)
+    calls = []
+    ops = dict(conv_module._ConvNd.ops)
+    bwd_data = ops[2][1]
+    ops[2] = (ops[2][0], lambda *a, **k: calls.append(a[2]) or bwd_data(*a, **k), ops[2][2])
+    monkeypatch.setattr(conv_module._ConvNd, "ops", ops)
+    params_only(x)
+    assert params_only.backward_params(dlogits) is None
+    assert calls == [(3, 4, 9, 9)]   # the second conv's input gradient only (the first one: none)
+    for (name, p), (_, q) in zip(full.named_parameters(), params_only.named_parameters()):
+        if fused and name == "0.bias":   # the fused backward sums db in float64, conv_backward_bias does not
+            np.testing.assert_allclose(q.grad, p.grad, rtol=1e-6, atol=1e-6)
+        else:
+            assert np.array_equal(p.grad, q.grad), name

@@ -39,7 +39,7 @@ def gpucnn_step(model, nn, optim, x, y, opt=None):
     def step():
         opt.zero_grad()
         _, dlogits = loss_fn(model(x), y)
-        model.backward(dlogits)
+        model.backward_params(dlogits)   # as the trainer: no gradient of the input
         opt.step()
         backend.synchronize(xp)
     return step

@@ -90,12 +90,19 @@ class _ConvNd(Module):
 
     def backward(self, dout):
         (x,) = self._take()
-        _, backward_data, backward_filter = self.ops[self.nd]
+        self._parameter_grads(dout, x)
+        return self.ops[self.nd][1](dout, self.weight.data, x.shape, *self._geometry())
+
+    def _backward_params(self, dout):
+        """The parameters' gradients only: no backward-data (the model's first layer)."""
+        (x,) = self._take()
+        self._parameter_grads(dout, x)
+
+    def _parameter_grads(self, dout, x):
         w = self.weight.data
-        self.weight.accumulate(backward_filter(dout, x, w.shape, *self._geometry()))
+        self.weight.accumulate(self.ops[self.nd][2](dout, x, w.shape, *self._geometry()))
         if self.bias is not None:
             self.bias.accumulate(F.conv_backward_bias(dout))
-        return backward_data(dout, w, x.shape, *self._geometry())
 
     def macs(self, in_shape, out_shape):
         """Multiply-adds per sample: each output element sums C/groups * prod(kernel) products."""
@@ -137,6 +144,12 @@ class Conv2d(_ConvNd):
         y = F.conv2d_bias_relu(x, self.weight.data, b, *self._geometry())
         self._save(x, y)
         return y
+
+    def _backward_params(self, dout):
+        if len(self._cache or ()) != 2:   # the cache of an unfused forward: (x,)
+            return super()._backward_params(dout)
+        x, y = self._take()
+        self._parameter_grads(dout * (y > 0).astype(dout.dtype), x)   # ReLU's backward, then the conv's
 
     def backward(self, dout):
         if len(self._cache or ()) != 2:   # the cache of an unfused forward: (x,)

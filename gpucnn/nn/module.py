@@ -172,6 +172,21 @@ class Module:
     def backward(self, dout):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    def backward_params(self, dout):
+        """backward where the input's gradient is not needed (the model's first
+        layer): accumulates the parameters' gradients and returns None. Layers
+        that can skip their input gradient (convolutions, Sequential for its
+        first layer) override _backward_params; by default, and whenever this
+        instance's backward was replaced (gpucnn.amp's policies, DDP's hooks,
+        the profiler's timers wrap it), it is backward."""
+        if "backward" in self.__dict__:
+            self.backward(dout)
+        else:
+            self._backward_params(dout)
+
+    def _backward_params(self, dout):
+        self.backward(dout)
+
     def _caching(self):
         """True when forward must keep what backward needs."""
         return self.training and _grad_enabled
@@ -338,6 +353,13 @@ class Sequential(Module):
         for layer in reversed(list(self._modules.values())):
             dout = layer.backward(dout)
         return dout
+
+    def _backward_params(self, dout):
+        layers = list(self._modules.values())
+        for layer in reversed(layers[1:]):
+            dout = layer.backward(dout)
+        if layers:
+            layers[0].backward_params(dout)
 
 
 class Residual(Module):
