@@ -83,6 +83,8 @@ static_assert(TileV3::THREADS == TC_V3_THREADS && TileV4::THREADS == TC_V4_THREA
 #define TC_PLANT_LANE 1      // a1/a2 fragment registers swapped (wrong lane mapping)
 #define TC_PLANT_NO_WAIT 2   // no cp.async.wait_group before the barrier
 #define TC_PLANT_SWIZZLE 3   // the copies store with a different swizzle than the loads read
+#define TC_PLANT_PHASE 4     // backward-data: each phase's first dx position ignores the padding
+#define TC_PLANT_SPLIT 5     // backward-filter: each split-K chunk drops its last tile
 
 __device__ __forceinline__ int tc_slot(int row, int kk) {
     return row * TC_BK + (kk ^ (((row >> 1) & 3) << 2));
@@ -169,131 +171,332 @@ __device__ __forceinline__ void tc_stage_mma(float acc[MI][NJ][4], const float* 
 }
 
 // ---------------------------------------------------------------------------
-// The kernel body (one main loop for every precision).
+// The shared main loop. All three directions are one implicit GEMM of the
+// same shape of operands, so one loader serves them; only the setup before
+// the loop (which column this thread copies, where the A rows start) and the
+// epilogue (where Out[m, col] goes) are per direction:
+//   A[m, kk]   = a[m*lda + seg*a_seg + kk]             0 for m >= M or kk >= seg_len
+//   B[kk, col] = b[off(col) + seg*b_seg + tap.off]     0 unless h0(col) + tap.h in [0, Hb)
+//                                                      and w0(col) + tap.w in [0, Wb)
+// with tap = taps[kk] packed as (tap.off << 32) | (tap.h << 16) | tap.w (tap.h, tap.w
+// 16-bit unsigned). The Kgemm range is a sequence of segments of seg_len kk
+// each (forward and backward-data: one segment, the whole Kgemm; backward-
+// filter: one segment per image n, kk = the output position i*Wo + j within
+// it), walked in tiles of TC_BK that never straddle two segments: a segment
+// whose length is not a multiple of TC_BK ends with a zero-padded tile.
 
+struct TcOperands {
+    const float* a;              // A row 0, segment 0, kk 0
+    idx_t lda, a_seg;            // A row stride, A segment stride
+    int M;                       // A rows (GEMM rows)
+    const float* b;              // B base (x or dy)
+    idx_t b_seg;                 // B segment stride
+    int Hb, Wb;                  // the bounds of h0 + tap.h and w0 + tap.w
+    const long long* taps;       // one packed tap per kk of a segment
+    int seg_len;                 // kk per segment
+};
+
+struct TcColumn {                // the B column this thread copies, decoded before the loop
+    idx_t off;                   // B offset of tap (0, 0, 0) (may be < 0)
+    int h0, w0;
+    bool ok;                     // the column exists
+};
+
+// acc = this block's tile (rows m0.., the columns whose B column this thread
+// copies is `col`) of A * B over ktiles tiles, starting at segment seg0 and
+// kk k0 within it. Every thread of the block calls it (it syncs).
 template <int MODE, int PLANT, typename T>
-__device__ __forceinline__ void conv2d_forward_tc(
-        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-        const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
-        int Ho, int Wo, int sh, int sw, int ph, int pw) {
+__device__ __forceinline__ void tc_gemm(float (&acc)[T::MI][T::NJ][4], const TcOperands& op,
+                                        const TcColumn& col, int m0, int seg0, int k0, int ktiles) {
     __shared__ __align__(16) float As[TC_STAGES][T::BM * TC_BK];
     __shared__ __align__(16) float Bs[TC_STAGES][T::BN * TC_BK];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int wm = (warp / T::WARPS_N) * 16 * T::MI, wn = (warp % T::WARPS_N) * 8 * T::NJ;
-    const int m0 = blockIdx.y * T::BM;
-    const idx_t col0 = (idx_t)blockIdx.x * T::BN;
-    const int kgemm = C * R * S;
-    const idx_t HW = (idx_t)H * W, P = (idx_t)Ho * Wo, ncols = (idx_t)N * P;
 
     // A loader: column a_kk of rows a_row + A_ROWS*e (16 consecutive floats of
-    // a w row per 16 threads); a pointer walks along the rows, 16 floats a tile.
+    // an A row per 16 threads); a pointer walks along the rows, 16 floats a tile.
     const int a_kk = tid & (TC_BK - 1), a_row = tid / TC_BK;
-    const idx_t a_step = (idx_t)T::A_ROWS * kgemm;
-    const float* a_src = w + (idx_t)(m0 + a_row) * kgemm + a_kk;
-    unsigned a_rows_ok = 0;   // bit e: row a_row + A_ROWS*e < K
-    for (int e = 0; e < T::BM / T::A_ROWS; ++e) a_rows_ok |= (unsigned)(m0 + a_row + T::A_ROWS * e < K) << e;
-    // B loader: one column (n, i, j) for the whole loop, decoded here once;
-    // rows kk = b_kk + B_KSTEP*e from the packed tap table, walked 16 entries a tile.
+    const idx_t a_step = (idx_t)T::A_ROWS * op.lda;
+    const float* a_seg_src = op.a + (idx_t)(m0 + a_row) * op.lda + (idx_t)seg0 * op.a_seg + a_kk;
+    const float* a_src = a_seg_src + k0;
+    unsigned a_rows_ok = 0;   // bit e: row a_row + A_ROWS*e < M
+    for (int e = 0; e < T::BM / T::A_ROWS; ++e) a_rows_ok |= (unsigned)(m0 + a_row + T::A_ROWS * e < op.M) << e;
+    // B loader: one column for the whole loop (decoded by the caller); rows
+    // kk = b_kk + B_KSTEP*e from the packed tap table, walked 16 entries a tile.
     const int b_col = tid % T::BN, b_kk = tid / T::BN;
-    const idx_t col = col0 + b_col;
-    const bool col_ok = col < ncols;
-    idx_t x_col = 0;   // x offset of tap (c, r, s) = (0, 0, 0) for this column (may be < 0)
-    int h0 = 0, w0 = 0;
-    if (col_ok) {
-        const idx_t n = col / P;
-        const int pq = (int)(col - n * P);
-        const int i = pq / Wo, j = pq - (pq / Wo) * Wo;
-        h0 = i * sh - ph;
-        w0 = j * sw - pw;
-        x_col = n * C * HW + (idx_t)h0 * W + w0;
-    }
-    const long long* tap = taps + b_kk;
+    idx_t b_off = col.off + (idx_t)seg0 * op.b_seg;
+    const long long* tap = op.taps + b_kk + k0;
+    int kk0 = k0;   // this tile's first kk within its segment
 
-    auto load_tile = [&](int stage, int k_left) {   // k_left = kgemm - this tile's first kk
+    auto load_tile = [&](int stage) {
+        const int k_left = op.seg_len - kk0;
         for (int e = 0; e < T::BM / T::A_ROWS; ++e) {
             const bool ok = ((a_rows_ok >> e) & 1) && a_kk < k_left;
             cp_async4(&As[stage][tc_store_slot<PLANT>(a_row + T::A_ROWS * e, a_kk)],
-                      ok ? a_src + e * a_step : w, ok);
+                      ok ? a_src + e * a_step : op.a, ok);
         }
         for (int e = 0; e < TC_BK / T::B_KSTEP; ++e) {
             const int kl = b_kk + T::B_KSTEP * e;
-            bool ok = col_ok && kl < k_left;
-            const long long t = ok ? tap[T::B_KSTEP * e] : 0;
-            ok = ok && in_range(h0 + (int)((t >> 16) & 0xffff), H) && in_range(w0 + (int)(t & 0xffff), W);
-            cp_async4(&Bs[stage][tc_store_slot<PLANT>(b_col, kl)], ok ? x + (x_col + (t >> 32)) : x, ok);
+            bool ok = col.ok && kl < k_left;
+            const long long tp = ok ? tap[T::B_KSTEP * e] : 0;
+            ok = ok && in_range(col.h0 + (int)((tp >> 16) & 0xffff), op.Hb) &&
+                 in_range(col.w0 + (int)(tp & 0xffff), op.Wb);
+            cp_async4(&Bs[stage][tc_store_slot<PLANT>(b_col, kl)], ok ? op.b + (b_off + (tp >> 32)) : op.b, ok);
         }
-        a_src += TC_BK;
-        tap += TC_BK;
+        kk0 += TC_BK;   // the next tile: on in this segment, or the next segment's start
+        if (kk0 < op.seg_len) {
+            a_src += TC_BK;
+            tap += TC_BK;
+        } else {
+            kk0 = 0;
+            a_seg_src += op.a_seg;
+            a_src = a_seg_src;
+            b_off += op.b_seg;
+            tap = op.taps + b_kk;
+        }
     };
 
-    float acc[T::MI][T::NJ][4];
     for (int i = 0; i < T::MI; ++i)
         for (int j = 0; j < T::NJ; ++j)
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-    const int ktiles = (kgemm + TC_BK - 1) / TC_BK;
     for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < ktiles) load_tile(s, kgemm - s * TC_BK);
+        if (s < ktiles) load_tile(s);
         cp_async_commit();   // possibly empty: the group count stays fixed
     }
     int read_stage = 0, write_stage = TC_STAGES - 1;
     for (int kt = 0; kt < ktiles; ++kt) {
         if (PLANT != TC_PLANT_NO_WAIT) cp_async_wait<TC_STAGES - 2>();
         __syncthreads();
-        if (kt + TC_STAGES - 1 < ktiles) load_tile(write_stage, kgemm - (kt + TC_STAGES - 1) * TC_BK);
+        if (kt + TC_STAGES - 1 < ktiles) load_tile(write_stage);
         cp_async_commit();
         tc_stage_mma<MODE, PLANT, T::MI, T::NJ>(acc, As[read_stage], Bs[read_stage], wm, wn, g, t);
         read_stage = read_stage == TC_STAGES - 1 ? 0 : read_stage + 1;
         write_stage = write_stage == TC_STAGES - 1 ? 0 : write_stage + 1;
     }
     cp_async_wait<0>();   // only empty groups remain in a correct kernel
+}
 
-    // Epilogue: c0..c3 of each mma tile at (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
+// Epilogue: store(m, col, value) for each in-range element (m < M, col <
+// ncols) of the tile; c0..c3 of each mma tile sit at (g, 2t), (g, 2t+1),
+// (g+8, 2t), (g+8, 2t+1).
+template <typename T, typename Store>
+__device__ __forceinline__ void tc_epilogue(const float (&acc)[T::MI][T::NJ][4], int m0, int M,
+                                            idx_t col0, idx_t ncols, Store store) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int wm = (warp / T::WARPS_N) * 16 * T::MI, wn = (warp % T::WARPS_N) * 8 * T::NJ;
+#pragma unroll   // fully: acc stays in registers (a rolled loop would index it in local memory)
     for (int i = 0; i < T::MI; ++i)
+#pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int k = m0 + wm + i * 16 + g + 8 * half;
-            if (k >= K) continue;
+            const int m = m0 + wm + i * 16 + g + 8 * half;
+            if (m >= M) continue;
+#pragma unroll
             for (int j = 0; j < T::NJ; ++j)
+#pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const idx_t c = col0 + wn + j * 8 + 2 * t + e;
-                    if (c >= ncols) continue;
-                    const idx_t n = c / P;
-                    y[(n * K + k) * P + (c - n * P)] = acc[i][j][2 * half + e];
+                    if (c < ncols) store(m, c, acc[i][j][2 * half + e]);
                 }
         }
 }
 
 // ---------------------------------------------------------------------------
-// Kernels. Arguments: x, w, y, taps (one packed tap per kk, see the notes), then
-// N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw.
+// Forward: M = K, col = (n*Ho + i)*Wo + j, kk = (c*R + r)*S + s (one segment);
+// A = w (K x CRS, row-major), B column (n, i, j): off = n*C*H*W + h0*W + w0,
+// (h0, w0) = (i*sh - ph, j*sw - pw), bounds (H, W); taps[kk] = (c*H*W + r*W + s, r, s).
 
+template <int MODE, int PLANT, typename T>
+__device__ __forceinline__ void conv2d_forward_tc(
+        const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
+        const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
+        int Ho, int Wo, int sh, int sw, int ph, int pw) {
+    const int m0 = blockIdx.y * T::BM;
+    const idx_t col0 = (idx_t)blockIdx.x * T::BN;
+    const int kgemm = C * R * S;
+    const idx_t HW = (idx_t)H * W, P = (idx_t)Ho * Wo, ncols = (idx_t)N * P;
+    const TcOperands op{w, kgemm, 0, K, x, 0, H, W, taps, kgemm};
+    TcColumn col{0, 0, 0, false};
+    const idx_t c = col0 + threadIdx.x % T::BN;
+    if (c < ncols) {
+        const idx_t n = c / P;
+        const int pq = (int)(c - n * P);
+        const int i = pq / Wo, j = pq - (pq / Wo) * Wo;
+        col = TcColumn{n * C * HW + (idx_t)(i * sh - ph) * W + (j * sw - pw), i * sh - ph, j * sw - pw, true};
+    }
+    float acc[T::MI][T::NJ][4];
+    tc_gemm<MODE, PLANT, T>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
+    tc_epilogue<T>(acc, m0, K, col0, ncols, [&](int k, idx_t cc, float v) {
+        const idx_t n = cc / P;
+        y[(n * K + k) * P + (cc - n * P)] = v;
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Backward data, one output phase (ph_h, ph_w) per launch (see the notes):
+// M = C, col = (n*Hp + u)*Wp + v for dx position (h, w) = (h1 + u*sh, w1 + v*sw),
+// kk = (k*Rp + tr)*Sp + ts for tap (r, s) = (ph_h + tr*sh, ph_w + ts*sw);
+// A = the phase's block of wt (C x K*R*S, columns koff ..), B column: dy[n] at
+// (hq - (Rp-1), wq - (Sp-1)), hq = (h + ph - ph_h)/sh, bounds (Ho, Wo);
+// taps[koff + kk] = (k*Ho*Wo + (Rp-1-tr)*Wo + (Sp-1-ts), Rp-1-tr, Sp-1-ts).
+
+struct TcPhase {   // one axis of the phase decomposition of backward-data
+    int taps;      // Rp: the taps r = ph_h + tr*sh < R
+    int first;     // h1: the first dx position h >= 0 with h + pad = ph_h (mod stride)
+    int count;     // Hp: positions h1, h1 + stride, ... < H
+    int q0;        // (h1 + pad - ph_h) / stride: the dy row of tap 0 at h1
+};
+template <int PLANT>
+__device__ __forceinline__ TcPhase tc_phase(int phase, int R, int stride, int pad, int H) {
+    TcPhase p;
+    p.taps = phase < R ? (R - 1 - phase) / stride + 1 : 0;
+    p.first = ((phase - pad) % stride + stride) % stride;
+    if (PLANT == TC_PLANT_PHASE) p.first = phase;   // the padding ignored
+    p.count = p.first < H ? (H - 1 - p.first) / stride + 1 : 0;
+    p.q0 = (p.first + pad - phase) / stride;
+    return p;
+}
+
+template <int MODE, int PLANT, typename T>
+__device__ __forceinline__ void conv2d_backward_data_tc(
+        const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx,
+        const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
+        int Ho, int Wo, int sh, int sw, int ph, int pw, int phase_h, int phase_w, int koff) {
+    const TcPhase ah = tc_phase<PLANT>(phase_h, R, sh, ph, H), aw = tc_phase<PLANT>(phase_w, S, sw, pw, W);
+    const int m0 = blockIdx.y * T::BM;
+    const idx_t col0 = (idx_t)blockIdx.x * T::BN;
+    const int kgemm = K * ah.taps * aw.taps;
+    const idx_t P = (idx_t)Ho * Wo, Pp = (idx_t)ah.count * aw.count, ncols = (idx_t)N * Pp;
+    const TcOperands op{wt + koff, (idx_t)K * R * S, 0, C, dy, 0, Ho, Wo, taps + koff, kgemm};
+    TcColumn col{0, 0, 0, false};
+    const idx_t c = col0 + threadIdx.x % T::BN;
+    if (c < ncols) {
+        const idx_t n = c / Pp;
+        const int uv = (int)(c - n * Pp);
+        const int u = uv / aw.count, v = uv - (uv / aw.count) * aw.count;
+        const int h0 = ah.q0 + u - (ah.taps - 1), w0 = aw.q0 + v - (aw.taps - 1);
+        col = TcColumn{n * K * P + (idx_t)h0 * Wo + w0, h0, w0, true};
+    }
+    float acc[T::MI][T::NJ][4];
+    tc_gemm<MODE, PLANT, T>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
+    const idx_t HW = (idx_t)H * W;
+    tc_epilogue<T>(acc, m0, C, col0, ncols, [&](int ch, idx_t cc, float v) {
+        const idx_t n = cc / Pp;
+        const int uv = (int)(cc - n * Pp);
+        const int u = uv / aw.count, vv = uv - (uv / aw.count) * aw.count;
+        dx[(n * C + ch) * HW + (idx_t)(ah.first + u * sh) * W + (aw.first + vv * sw)] = v;
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Backward filter, split-K (see the notes): M = K, col = (c*R + r)*S + s,
+// kk = (n, p = i*Wo + j), segments = images; split z = blockIdx.z covers the
+// tiles [z*chunk, (z+1)*chunk) of the N * ceil(Ho*Wo / 16) tiles and writes
+// its partial dw to out + z*K*CRS. A = dy (rows k, lda Ho*Wo, segment K*Ho*Wo),
+// B column (c, r, s): off = c*H*W + (r - ph)*W + (s - pw), (h0, w0) = (r - ph,
+// s - pw), bounds (H, W), segment C*H*W; taps[p] = (i*sh*W + j*sw, i*sh, j*sw).
+
+template <int MODE, int PLANT, typename T>
+__device__ __forceinline__ void conv2d_backward_filter_tc(
+        const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+        const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
+        int Ho, int Wo, int sh, int sw, int ph, int pw, int chunk) {
+    const int m0 = blockIdx.y * T::BM;
+    const idx_t col0 = (idx_t)blockIdx.x * T::BN;
+    const int crs = C * R * S, P = Ho * Wo;
+    const int tiles_per_image = (P + TC_BK - 1) / TC_BK;
+    const idx_t total = (idx_t)N * tiles_per_image, t0 = (idx_t)blockIdx.z * chunk;
+    int ktiles = (int)(total - t0 < chunk ? total - t0 : chunk);
+    if (PLANT == TC_PLANT_SPLIT) ktiles -= 1;   // each split drops its last tile
+    const int n0 = (int)(t0 / tiles_per_image), k0 = (int)(t0 - (idx_t)n0 * tiles_per_image) * TC_BK;
+    const idx_t HW = (idx_t)H * W;
+    const TcOperands op{dy, P, (idx_t)K * P, K, x, C * HW, H, W, taps, P};
+    TcColumn col{0, 0, 0, false};
+    const int cc = (int)(col0 + threadIdx.x % T::BN);
+    if (cc < crs) {
+        const int ch = cc / (R * S), rs = cc - (cc / (R * S)) * (R * S);
+        const int r = rs / S, s = rs - (rs / S) * S;
+        col = TcColumn{ch * HW + (idx_t)(r - ph) * W + (s - pw), r - ph, s - pw, true};
+    }
+    float acc[T::MI][T::NJ][4];
+    tc_gemm<MODE, PLANT, T>(acc, op, col, m0, n0, k0, ktiles);
+    float* part = out + (idx_t)blockIdx.z * K * crs;
+    tc_epilogue<T>(acc, m0, K, col0, crs, [&](int k, idx_t c, float v) { part[(idx_t)k * crs + c] = v; });
+}
+
+// ---------------------------------------------------------------------------
+// Kernels, one per (direction, precision, tile). Arguments: the three arrays
+// and the tap table, then N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, then
+// backward-data: phase_h, phase_w, koff; backward-filter: chunk (tiles per split).
+
+#define TC_GEOM int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, int sh, int sw, int ph, int pw
+#define TC_GEOM_ARGS N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
 #define TC_PARAMS const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, \
-    const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, \
-    int sh, int sw, int ph, int pw
-#define TC_ARGS x, w, y, taps, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
+    const long long* __restrict__ taps, TC_GEOM
+#define TC_ARGS x, w, y, taps, TC_GEOM_ARGS
+#define TC_BD_PARAMS const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx, \
+    const long long* __restrict__ taps, TC_GEOM, int phase_h, int phase_w, int koff
+#define TC_BD_ARGS dy, wt, dx, taps, TC_GEOM_ARGS, phase_h, phase_w, koff
+#define TC_BF_PARAMS const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out, \
+    const long long* __restrict__ taps, TC_GEOM, int chunk
+#define TC_BF_ARGS dy, x, out, taps, TC_GEOM_ARGS, chunk
+
 
 extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_tf32_v3(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV3>(TC_ARGS);
 }
-
 extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_bf16_v3(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV3>(TC_ARGS);
 }
-
 extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_3xtf32_v3(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV3>(TC_ARGS);
 }
-
 extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_forward_tf32_v4(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV4>(TC_ARGS);
 }
-
 extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_forward_bf16_v4(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV4>(TC_ARGS);
 }
-
 extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_forward_3xtf32_v4(TC_PARAMS) {
     conv2d_forward_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV4>(TC_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_backward_data_tf32_v3(TC_BD_PARAMS) {
+    conv2d_backward_data_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV3>(TC_BD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_backward_data_bf16_v3(TC_BD_PARAMS) {
+    conv2d_backward_data_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV3>(TC_BD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_backward_data_3xtf32_v3(TC_BD_PARAMS) {
+    conv2d_backward_data_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV3>(TC_BD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_backward_data_tf32_v4(TC_BD_PARAMS) {
+    conv2d_backward_data_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV4>(TC_BD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_backward_data_bf16_v4(TC_BD_PARAMS) {
+    conv2d_backward_data_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV4>(TC_BD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_backward_data_3xtf32_v4(TC_BD_PARAMS) {
+    conv2d_backward_data_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV4>(TC_BD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_backward_filter_tf32_v3(TC_BF_PARAMS) {
+    conv2d_backward_filter_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV3>(TC_BF_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_backward_filter_bf16_v3(TC_BF_PARAMS) {
+    conv2d_backward_filter_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV3>(TC_BF_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_backward_filter_3xtf32_v3(TC_BF_PARAMS) {
+    conv2d_backward_filter_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV3>(TC_BF_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_backward_filter_tf32_v4(TC_BF_PARAMS) {
+    conv2d_backward_filter_tc<TC_MODE_TF32, TC_PLANT_NONE, TileV4>(TC_BF_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_backward_filter_bf16_v4(TC_BF_PARAMS) {
+    conv2d_backward_filter_tc<TC_MODE_BF16, TC_PLANT_NONE, TileV4>(TC_BF_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(TC_V4_THREADS) conv2d_backward_filter_3xtf32_v4(TC_BF_PARAMS) {
+    conv2d_backward_filter_tc<TC_MODE_3XTF32, TC_PLANT_NONE, TileV4>(TC_BF_ARGS);
 }

@@ -41,7 +41,7 @@ FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
 DEPTHWISE_FILE = "conv2d_depthwise.cu"
 TC_FILE = "conv2d_tc.cu"
-VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2), "backward_filter": (1, 2)}
+VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2, 3, 4), "backward_filter": (1, 2, 3, 4)}
 # Versions that run on tensor cores, with the rows (K) of their block tile:
 # float32 only (float16 arrives as float32), no dilation or groups; the
 # precision picks the kernel. Compiled and emulated, not yet run on a GPU.
@@ -49,7 +49,10 @@ TENSOR_CORE = {3: 64, 4: 128}
 SIMT_VERSIONS = {d: tuple(v for v in vs if v not in TENSOR_CORE) for d, vs in VERSIONS.items()}
 TC_TILES = {3: (64, 64, 128), 4: (128, 128, 256)}   # (BM, BN, threads): kernels/conv2d_tc.cu
 _TC_TAGS = {"highest": "3xtf32", "high": "tf32", "medium": "bf16"}
-TC_FORWARD = {v: {p: f"conv2d_forward_{tag}_v{v}" for p, tag in _TC_TAGS.items()} for v in TENSOR_CORE}
+# TC_KERNELS[direction][version][precision]: the kernel name.
+TC_KERNELS = {d: {v: {p: f"conv2d_{d}_{tag}_v{v}" for p, tag in _TC_TAGS.items()} for v in TENSOR_CORE}
+              for d in VERSIONS}
+TC_FORWARD = TC_KERNELS["forward"]
 
 # Every kernel these launchers use, with its file (the tests check the names).
 KERNELS = {
@@ -62,9 +65,9 @@ KERNELS = {
     "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
     "conv2d_depthwise_forward_v1": DEPTHWISE_FILE,
     "conv2d_depthwise_backward_filter_v1": DEPTHWISE_FILE,
-    **{name: TC_FILE for names in TC_FORWARD.values() for name in names.values()},
+    **{name: TC_FILE for by_v in TC_KERNELS.values() for names in by_v.values() for name in names.values()},
 }
-FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names.values())
+FLOAT32_ONLY = frozenset(name for name, f in KERNELS.items() if f == TC_FILE)
 DW_TILE, DW_IN = 16, 48   # conv2d_depthwise.cu's output tile and largest staged input tile
 
 
@@ -88,13 +91,14 @@ def _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups):
     return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding) + tuple(dilation) + (groups,)
 
 
-def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True):
+def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True, tc_rows=None):
     """select_version for this module's table (autotune keyed by op and shapes);
     the tensor-core versions only for a plain conv (no dilation, no groups)."""
     if not plain and version in TENSOR_CORE:
         raise ValueError(f"{op}: kernel version {version} (tensor cores) takes no dilation or groups")
     return select_version(VERSIONS if plain else SIMT_VERSIONS, direction, version, gemm_rows=gemm_rows,
-                          dtype=dtype, precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run)
+                          dtype=dtype, precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run,
+                          tc_rows=tc_rows)
 
 
 def _plain(dilation, groups):
@@ -126,8 +130,7 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
     elif run_if_nonempty(y, x4, w4):
         if v in TENSOR_CORE:
             check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
-            if max(R, S) >= 1 << 16:
-                raise ValueError(f"{op}: kernel {(R, S)} too large for the tensor-core kernel's tap table")
+            _check_tap_fields(op, "kernel", R, S)
             bm, bn, threads = TC_TILES[v]
             grid = (kernel_loader.grid_1d(N * Ho * Wo, bn)[0], -(-K // bm))
             kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[v][precision], x.dtype)
@@ -161,6 +164,9 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
     dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     dx = kernel_loader.alloc_output((N, C, H, W), dy.dtype)
     if run_if_nonempty(dx, dy4, w4):
+        if v in TENSOR_CORE:
+            _backward_data_tc(op, dy4, w4, dx, dims, v, precision)
+            return dx.reshape(tuple(x_shape))
         if v == 1:
             grid = kernel_loader.grid_1d(dx.size, BLOCK)
         else:
@@ -170,6 +176,93 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, f"conv2d_backward_data_v{v}", dy.dtype)
         kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (dy4, w4, dx) + dims)
     return dx.reshape(tuple(x_shape))
+
+
+def _check_tap_fields(op, what, *values):
+    """The tap tables hold two 16-bit fields (kernels/conv2d_tc.cu)."""
+    if max(values) >= 1 << 16:
+        raise ValueError(f"{op}: {what} {values} too large for the tensor-core kernel's tap table")
+
+
+def _phase_axis(phase, R, stride, pad, H):
+    """(taps, count) of one axis of backward-data's output phase `phase`
+    (kernels/conv2d_tc.cu, tc_phase): the filter taps r = phase + t*stride < R,
+    and the dx positions h with h + pad = phase (mod stride)."""
+    taps = (R - 1 - phase) // stride + 1 if phase < R else 0
+    first = (phase - pad) % stride
+    return taps, ((H - 1 - first) // stride + 1 if first < H else 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_tables(C, K, R, S, Ho, Wo, sh, sw, xp):
+    """Backward-data's tables for the phase decomposition, one column per kk
+    of every phase in turn (phase (a, b): kk = (k*Rp + tr)*Sp + ts, tap (r, s)
+    = (a + tr*sh, b + ts*sw)): the flat w indices of wt (C x K*R*S, row c
+    holds w[k, c, r, s]), the packed taps (k*Ho*Wo + dh*Wo + dw) << 32 | dh
+    << 16 | dw with (dh, dw) = (Rp-1-tr, Sp-1-ts), and ((a, b, koff), ...),
+    koff the phase's first column. xp keys the cache (the tests swap in an emulator)."""
+    cols, taps, phases, koff = [], [], [], 0
+    for a in range(sh):
+        rp = _phase_axis(a, R, sh, 0, 1)[0]
+        for b in range(sw):
+            sp = _phase_axis(b, S, sw, 0, 1)[0]
+            k, tr, ts = (g.ravel() for g in np.meshgrid(np.arange(K), np.arange(rp), np.arange(sp),
+                                                        indexing="ij"))
+            cols.append(k * C * R * S + (a + tr * sh) * S + (b + ts * sw))
+            dh, dw = rp - 1 - tr, sp - 1 - ts
+            taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
+            phases.append((a, b, koff))
+            koff += k.size
+    gather = np.arange(C, dtype=np.int64)[:, None] * (R * S) + np.concatenate(cols)[None, :]
+    return backend.to_gpu(gather), backend.to_gpu(np.concatenate(taps).astype(np.int64)), tuple(phases)
+
+
+def _backward_data_tc(op, dy4, w4, dx, dims, v, precision):
+    """Backward-data on tensor cores: one implicit GEMM per output phase
+    (stride residue class of dx positions) over only the taps that hit it."""
+    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw = dims[:13]
+    check_gemm_size(op, C, K * R * S, H * W, K * Ho * Wo + Ho * Wo)   # taps: 32-bit offsets into dy[n]
+    _check_tap_fields(op, "kernel", R, S)
+    gather, taps, phases = _phase_tables(C, K, R, S, Ho, Wo, sh, sw, backend.cupy)
+    wt = w4.reshape(-1)[gather]   # (C, K*R*S): the rotated filter, phase blocks side by side
+    bm, bn, threads = TC_TILES[v]
+    kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_data"][v][precision], dx.dtype)
+    for a, b, koff in phases:
+        cols = N * _phase_axis(a, R, sh, ph, H)[1] * _phase_axis(b, S, sw, pw, W)[1]
+        if cols:   # a phase with no taps still runs: it writes its zeros
+            kernel_loader.launch(kernel, (kernel_loader.grid_1d(cols, bn)[0], -(-C // bm)), (threads,),
+                                 "pppp" + "i" * 16, (dy4, wt, dx, taps) + tuple(dims[:13]) + (a, b, koff))
+
+
+@functools.lru_cache(maxsize=64)
+def _position_table(Ho, Wo, W, sh, sw, xp):
+    """Backward-filter's table, one int64 per output position p = i*Wo + j:
+    (i*sh*W + j*sw) << 32 | i*sh << 16 | j*sw (kernels/conv2d_tc.cu)."""
+    p = np.arange(Ho * Wo, dtype=np.int64)
+    i, j = p // Wo * sh, p % Wo * sw
+    return backend.to_gpu(((i * W + j) << 32) | (i << 16) | j)
+
+
+def _backward_filter_tc(op, dy4, x4, dw, dims, v, precision):
+    """Backward-filter on tensor cores, deterministic: split-K over the
+    (image, 16 output positions) tiles into a workspace, then the fixed-order
+    reduction conv2d_backward_filter_reduce_v2."""
+    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw = dims[:13]
+    crs = C * R * S
+    check_gemm_size(op, K, crs, Ho * Wo, C * H * W)
+    _check_tap_fields(op, "strided output extent", (Ho - 1) * sh, (Wo - 1) * sw)
+    bm, bn, threads = TC_TILES[v]
+    tiles = N * -(-(Ho * Wo) // TILE_K)   # TILE_K = TC_BK: the kernel's k-tile
+    splits, chunk = filter_split(K, crs, tiles * TILE_K)
+    out = dw if splits == 1 else kernel_loader.alloc_output((splits,) + dw.shape, dw.dtype)
+    kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_filter"][v][precision], dw.dtype)
+    kernel_loader.launch(kernel, (-(-crs // bn), -(-K // bm), splits), (threads,), "pppp" + "i" * 14,
+                         (dy4, x4, out, _position_table(Ho, Wo, W, sh, sw, backend.cupy)) + tuple(dims[:13])
+                         + (chunk // TILE_K,))
+    if splits > 1:
+        reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", dw.dtype)
+        kernel_loader.launch(reduce, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), "ppli",
+                             (out, dw, dw.size, splits))
 
 
 @functools.lru_cache(maxsize=64)
@@ -223,7 +316,10 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, ve
     v = _select(op, "backward_filter", version, precision, x.dtype, None,
                 dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding, d=dilation, g=groups),
                 lambda v: backward_filter(dy, x, w_shape, stride, padding, dilation, groups, v, precision),
-                _plain(dilation, groups))
+                _plain(dilation, groups), tc_rows=K // groups)
+    if v in TENSOR_CORE:
+        _backward_filter_tc(op, dy4, x4, dw, dims, v, precision)
+        return dw.reshape(tuple(w_shape))
     if v == 1:
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v1", x.dtype)
         kernel_loader.launch(kernel, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), _SIG,
