@@ -1,9 +1,10 @@
-// conv2d_tc.cu: 2-D convolution forward on tensor cores (1-D runs here with H = R = 1).
+// conv2d_tc.cu: 2-D convolution forward, backward-data and backward-filter on
+// tensor cores (1-D runs here with H = R = 1).
 //
 // Build and launch: at run time through gpucnn.kernel_loader (NVRTC via
 // cupy.RawModule, options --std=c++17 -lineinfo; float32 only, no SCALAR
-// switch); the launcher is gpucnn/functional/conv_gpu.py (version 3, chosen
-// by precision). Standalone compile check:
+// switch); the launchers are gpucnn/functional/conv_gpu.py (versions 3 and 4,
+// the kernel chosen by precision). Standalone compile check:
 //     nvcc -std=c++17 -arch=sm_90 --cubin -o /dev/null -Ikernels kernels/conv2d_tc.cu   (and sm_80)
 // (python -m gpucnn.kernel_check [--sass] reports registers, spills and the
 // main loop's instruction mix).
@@ -17,12 +18,41 @@
 //     m = k (M = K), col = (n*Ho + i)*Wo + j (Ngemm = N*Ho*Wo), kk = (c*R + r)*S + s (Kgemm = C*R*S),
 //     A = w viewed as K x CRS, B = the im2col matrix of x (never stored).
 //
-// Versions (one main loop; the precision and the tile are template parameters):
-//   conv2d_forward_tf32_v3    "high":    operands rounded to TF32 (cvt.rna), one mma.m16n8k8 per step
-//   conv2d_forward_bf16_v3    "medium":  operands rounded to BF16 (cvt.rn), one mma.m16n8k16 per step
-//   conv2d_forward_3xtf32_v3  "highest": each operand split v = hi + lo (both TF32), and
-//                             a*b ~ a_lo*b_hi + a_hi*b_lo + a_hi*b_hi (three mma; a_lo*b_lo dropped)
-//   all: FP32 accumulation in registers; Kgemm step 16; grid (ceil(N*Ho*Wo / BN), ceil(K / BM)).
+// Backward data, by output phase. dx[n,c,h,w] = sum_{k,r,s} dy[n,k,i,j] w[k,c,r,s]
+// over the taps with h + ph - r = i*sh (and likewise w). For a dx row h only
+// the taps r = h + ph (mod sh) can hit, so the dx positions split into sh*sw
+// phases (ph_h, ph_w) = ((h + ph) mod sh, (w + pw) mod sw), and phase
+// (ph_h, ph_w) is its own implicit GEMM over only its taps
+//     r = ph_h + tr*sh (tr < Rp = ceil((R - ph_h) / sh)),  s = ph_w + ts*sw (ts < Sp),
+//     dy row i = hq - tr with hq = (h + ph - ph_h) / sh (exact):
+//     M = C, col = (n, u, v) for (h, w) = (h1 + u*sh, w1 + v*sw) (h1: the
+//     phase's first row >= 0), kk = (k*Rp + tr)*Sp + ts (Kgemm = K*Rp*Sp),
+//     A[c, kk] = w[k, c, r, s] (the launcher gathers it once per call into wt,
+//     C x K*R*S, the phases' blocks side by side), B[kk, col] = dy[n, k, hq - tr, wq - ts].
+// Every visited tap hits (no zero taps for stride > 1: the SIMT v2 visits
+// all R*S per position and tests divisibility). A phase with Rp = 0 (R < sh)
+// still runs: Kgemm = 0 and it writes its zeros. One launch per phase.
+//
+// Backward filter, split-K. dw[k,c,r,s] = sum_{n,i,j} dy[n,k,i,j] x[n,c,i*sh+r-ph,j*sw+s-pw]:
+//     M = K, col = (c*R + r)*S + s, kk = (n, p = i*Wo + j) (Kgemm = N*Ho*Wo),
+//     A[k, kk] = dy[n, k, p], B[kk, col] = x[n, c, i*sh + r - ph, j*sw + s - pw].
+// kk runs image by image in tiles of 16 positions (a tile never straddles two
+// images; the last tile of an image is zero-padded), so the decode is one
+// table entry per p and a pointer step per image. The N * ceil(Ho*Wo/16)
+// tiles are cut into `splits` chunks of `chunk` tiles (grid z, from the
+// shapes alone); chunk z writes its partial dw to a workspace, and
+// conv2d_backward_filter_reduce_v2 (conv2d_backward.cu) adds the partials in
+// z order: no atomics, bitwise reproducible. With one chunk the kernel
+// writes dw itself.
+//
+// Versions (one main loop, tc_gemm, for every direction; the precision and the
+// tile are template parameters; <dir> = forward, backward_data, backward_filter):
+//   conv2d_<dir>_tf32_v3    "high":    operands rounded to TF32 (cvt.rna), one mma.m16n8k8 per step
+//   conv2d_<dir>_bf16_v3    "medium":  operands rounded to BF16 (cvt.rn), one mma.m16n8k16 per step
+//   conv2d_<dir>_3xtf32_v3  "highest": each operand split v = hi + lo (both TF32), and
+//                           a*b ~ a_lo*b_hi + a_hi*b_lo + a_hi*b_hi (three mma; a_lo*b_lo dropped)
+//   all: FP32 accumulation in registers; Kgemm step 16; grid (ceil(Ngemm / BN), ceil(M / BM)):
+//   forward (N*Ho*Wo, K); backward-data per phase (N*Hp*Wp, C); backward-filter (C*R*S, K), z = split.
 //   v3: block tile 64 (M) x 64 (Ngemm), 4 warps of 32x32 (2 m16 x 4 n8 mma tiles), 128 threads
 //   v4: block tile 128 x 128, 8 warps of 64x32 (4 x 4 mma tiles), 256 threads: twice the mma
 //       per copied element, for layers with K >= 128 (48 KiB of shared memory in 3 stages)
@@ -34,13 +64,14 @@
 // (tile kt visible to all, and every warp is done with tile kt-1), issues the
 // copies of tile kt+2 into tile kt-1's stage, then runs the mma on tile kt.
 //
-// Indexing. The B loader decodes its column (n, i, j) once, before the main
-// loop; the Kgemm index kk -> (c, r, s) comes from a table `taps` the
-// launcher builds, one 64-bit word per kk:
-//     (c*H*W + r*W + s) << 32 | r << 16 | s      (the launcher checks C*H*W < 2^31)
-// so a tap costs one 8-byte load, two bounds checks and one add: the main
-// loop does no integer division. The A loader walks a pointer along w's rows.
-// Flat offsets into x, w and y are 64-bit.
+// Indexing. The B loader decodes its column once, before the main loop; the
+// Kgemm index comes from a table `taps` the launcher builds, one 64-bit word
+// per kk: (offset << 32) | (dh << 16) | dw, dh and dw 16-bit unsigned, and
+// the element is B[col's offset + offset] when col's (h0 + dh, w0 + dw) lies in
+// the bounds, else 0 (tc_gemm's notes give each direction's words). A tap
+// costs one 8-byte load, two bounds checks and one add: the main loop does no
+// integer division (kernel_check --sass: div = 0). The A loader walks a pointer
+// along the rows. Flat offsets into the arrays are 64-bit.
 //
 // Shared memory: each stage holds A as [64 rows m][16 kk] and B as [64 cols][16 kk]
 // (B transposed, so both fragments read (row, kk) pairs the same way), and
@@ -204,8 +235,9 @@ struct TcColumn {                // the B column this thread copies, decoded bef
 
 // acc = this block's tile (rows m0.., the columns whose B column this thread
 // copies is `col`) of A * B over ktiles tiles, starting at segment seg0 and
-// kk k0 within it. Every thread of the block calls it (it syncs).
-template <int MODE, int PLANT, typename T>
+// kk k0 within it. SEGMENTED = false: one segment (no per-tile wrap test).
+// Every thread of the block calls it (it syncs).
+template <int MODE, int PLANT, typename T, bool SEGMENTED>
 __device__ __forceinline__ void tc_gemm(float (&acc)[T::MI][T::NJ][4], const TcOperands& op,
                                         const TcColumn& col, int m0, int seg0, int k0, int ktiles) {
     __shared__ __align__(16) float As[TC_STAGES][T::BM * TC_BK];
@@ -246,10 +278,9 @@ __device__ __forceinline__ void tc_gemm(float (&acc)[T::MI][T::NJ][4], const TcO
             cp_async4(&Bs[stage][tc_store_slot<PLANT>(b_col, kl)], ok ? op.b + (b_off + (tp >> 32)) : op.b, ok);
         }
         kk0 += TC_BK;   // the next tile: on in this segment, or the next segment's start
-        if (kk0 < op.seg_len) {
-            a_src += TC_BK;
-            tap += TC_BK;
-        } else {
+        a_src += TC_BK;
+        tap += TC_BK;
+        if (SEGMENTED && kk0 >= op.seg_len) {
             kk0 = 0;
             a_seg_src += op.a_seg;
             a_src = a_seg_src;
@@ -327,7 +358,7 @@ __device__ __forceinline__ void conv2d_forward_tc(
         col = TcColumn{n * C * HW + (idx_t)(i * sh - ph) * W + (j * sw - pw), i * sh - ph, j * sw - pw, true};
     }
     float acc[T::MI][T::NJ][4];
-    tc_gemm<MODE, PLANT, T>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
+    tc_gemm<MODE, PLANT, T, false>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
     tc_epilogue<T>(acc, m0, K, col0, ncols, [&](int k, idx_t cc, float v) {
         const idx_t n = cc / P;
         y[(n * K + k) * P + (cc - n * P)] = v;
@@ -380,7 +411,7 @@ __device__ __forceinline__ void conv2d_backward_data_tc(
         col = TcColumn{n * K * P + (idx_t)h0 * Wo + w0, h0, w0, true};
     }
     float acc[T::MI][T::NJ][4];
-    tc_gemm<MODE, PLANT, T>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
+    tc_gemm<MODE, PLANT, T, false>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
     const idx_t HW = (idx_t)H * W;
     tc_epilogue<T>(acc, m0, C, col0, ncols, [&](int ch, idx_t cc, float v) {
         const idx_t n = cc / Pp;
@@ -421,7 +452,7 @@ __device__ __forceinline__ void conv2d_backward_filter_tc(
         col = TcColumn{ch * HW + (idx_t)(r - ph) * W + (s - pw), r - ph, s - pw, true};
     }
     float acc[T::MI][T::NJ][4];
-    tc_gemm<MODE, PLANT, T>(acc, op, col, m0, n0, k0, ktiles);
+    tc_gemm<MODE, PLANT, T, true>(acc, op, col, m0, n0, k0, ktiles);
     float* part = out + (idx_t)blockIdx.z * K * crs;
     tc_epilogue<T>(acc, m0, K, col0, crs, [&](int k, idx_t c, float v) { part[(idx_t)k * crs + c] = v; });
 }

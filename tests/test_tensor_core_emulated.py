@@ -539,3 +539,26 @@ def test_tensor_core_forward_on_the_gpu(monkeypatch, case, version, precision):
     half = fn(backend.to_gpu(x.astype(np.float16)), backend.to_gpu(w.astype(np.float16)), None,
               case[5], case[6], version=version, precision=precision)
     assert half.dtype == np.float16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("direction", ["backward_data", "backward_filter"])
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{CASE_ID(c)}")
+                                           for v in conv_gpu.TENSOR_CORE for c in BACKWARD_CASES])
+def test_tensor_core_backward_on_the_gpu(monkeypatch, case, version, direction, precision):
+    """Against the CPU reference, as the emulated sweep; float16 comes back as float16."""
+    from gpucnn import backend
+    monkeypatch.setattr(kernel_loader, "POISON_OUTPUTS", True)
+    x, w, dy = backward_problem(case)
+    name = "conv1d" if len(case[3]) == 1 else "conv2d"
+    fn = getattr(F, f"{name}_{direction}")
+    a, b, shape = (dy, w, x.shape) if direction == "backward_data" else (dy, x, w.shape)
+    expected = (ref.conv_backward_data_ref(dy, w, x.shape, case[5], case[6]) if direction == "backward_data"
+                else ref.conv_backward_filter_ref(dy, x, w.shape, case[5], case[6]))
+    out = backend.to_cpu(fn(backend.to_gpu(a), backend.to_gpu(b), shape, case[5], case[6],
+                            version=version, precision=precision))
+    assert rel_l2(out, expected) <= TOL[precision]
+    half = fn(backend.to_gpu(a.astype(np.float16)), backend.to_gpu(b.astype(np.float16)), shape,
+              case[5], case[6], version=version, precision=precision)
+    assert half.dtype == np.float16

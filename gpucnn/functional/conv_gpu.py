@@ -9,11 +9,13 @@ dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 .cu file is compiled once per dtype with -DSCALAR=float or -DSCALAR=double
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
-formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (forward
-only) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
+formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (every
+direction) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
 (kernels/conv2d_tc.cu: TF32 for precision "high", BF16 for "medium", 3xTF32
-for "highest"; float32 only, no dilation or groups; compiled and emulated,
-not yet run on a GPU). version=None picks by
+for "highest"; float32 only, no dilation or groups: those run the SIMT
+versions; backward-data one GEMM per stride phase, backward-filter split-K
+with the ordered reduction; compiled and emulated, not yet run on a GPU).
+version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 
