@@ -21,6 +21,7 @@ import pytest
 import cuda_emulator as emu
 import gpucnn.functional as F
 from gpucnn import backend, kernel_loader, precision
+from gpucnn import precision as precision_mod
 from gpucnn.functional import conv_gpu
 from gpucnn.testing import reference as ref
 
@@ -292,6 +293,12 @@ def test_default_choice_for_the_backward_directions(dev, precision):
     dev.launches.clear()
     run(F.conv2d_backward_data, dy, w, x.shape, 2, 1)                          # "highest": SIMT v2
     assert dev.launched() == {"conv2d_backward_data_v2"}
+    dev.launches.clear()
+    half = run(F.conv2d_backward_data, dy.astype(np.float16), w.astype(np.float16), x.shape, 2, 1,
+               precision=precision)                                           # float16: as float32
+    assert half.dtype == np.float16 and conv_gpu.TC_KERNELS["backward_data"][3][precision] in dev.launched()
+    assert rel_l2(half, ref.conv_backward_data_ref(dy.astype(np.float16), w.astype(np.float16), x.shape, 2, 1)) \
+        <= TOL[precision] + precision_mod.FLOAT16_TOLERANCE
     dev.launches.clear()
     case = BACKWARD_CASES[3]    # K = 67: dw on tensor cores (v3: 67 rows fill no 128-row tile)
     x, w, dy = backward_problem(case)
