@@ -18,29 +18,36 @@
 //     m = k (M = K), col = (n*Ho + i)*Wo + j (Ngemm = N*Ho*Wo), kk = (c*R + r)*S + s (Kgemm = C*R*S),
 //     A = w viewed as K x CRS, B = the im2col matrix of x (never stored).
 //
-// Backward data, by output phase. dx[n,c,h,w] = sum_{k,r,s} dy[n,k,i,j] w[k,c,r,s]
-// over the taps with h + ph - r = i*sh (and likewise w). For a dx row h only
-// the taps r = h + ph (mod sh) can hit, so the dx positions split into sh*sw
+// Backward data, by output phase. With dilation (dh, dw) and G groups,
+// dx[n,c,h,w] = sum_{k in c's group, r, s} dy[n,k,i,j] w[k,c',r,s] over the taps
+// with h + ph - r*dh = i*sh (and likewise w). For a dx row h only the taps
+// with r*dh = h + ph (mod sh) can hit, so the dx positions split into sh*sw
 // phases (ph_h, ph_w) = ((h + ph) mod sh, (w + pw) mod sw), and phase
-// (ph_h, ph_w) is its own implicit GEMM over only its taps
-//     r = ph_h + tr*sh (tr < Rp = ceil((R - ph_h) / sh)),  s = ph_w + ts*sw (ts < Sp),
-//     dy row i = hq - tr with hq = (h + ph - ph_h) / sh (exact):
-//     M = C, col = (n, u, v) for (h, w) = (h1 + u*sh, w1 + v*sw) (h1: the
-//     phase's first row >= 0), kk = (k*Rp + tr)*Sp + ts (Kgemm = K*Rp*Sp),
-//     A[c, kk] = w[k, c, r, s] (the launcher gathers it once per call into wt,
-//     C x K*R*S, the phases' blocks side by side), B[kk, col] = dy[n, k, hq - tr, wq - ts].
+// (ph_h, ph_w) is its own implicit GEMM over only its taps. Those form an
+// arithmetic progression: with gc = gcd(sh, dh), r*dh mod sh repeats every
+// step = sh/gc taps, so r = r0 + tr*step (r0 < step the first tap of the
+// phase, none when no r0 exists; tr < Rp), and consecutive taps meet dy rows
+// shift = dh/gc apart: i = hq - tr*shift with hq = (h + ph - r0*dh) / sh (exact).
+// (Without dilation: r0 = ph_h, step = sh, shift = 1.) One GEMM per phase and group:
+//     M = C/G, col = (n, u, v) for (h, w) = (h1 + u*sh, w1 + v*sw) (h1: the
+//     phase's first row >= 0), kk = (k*Rp + tr)*Sp + ts over the group's K/G
+//     filters (Kgemm = K/G*Rp*Sp), A[c, kk] = w[k, c', r, s] (the launcher
+//     gathers it once per call into wt, C x K/G*R*S, the phases' blocks side
+//     by side), B[kk, col] = dy[n, k, hq - tr*shift_h, wq - ts*shift_w].
 // Every visited tap hits (no zero taps for stride > 1: the SIMT v2 visits
-// all R*S per position and tests divisibility). A phase with Rp = 0 (R < sh)
-// still runs: Kgemm = 0 and it writes its zeros. One launch per phase.
+// all R*S per position and tests divisibility). A phase with Rp = 0 (R < sh,
+// or no tap with that residue) still runs: Kgemm = 0 and it writes its zeros.
+// One launch per phase, grid z = the group.
 //
-// Backward filter, split-K. dw[k,c,r,s] = sum_{n,i,j} dy[n,k,i,j] x[n,c,i*sh+r-ph,j*sw+s-pw]:
-//     M = K, col = (c*R + r)*S + s, kk = (n, p = i*Wo + j) (Kgemm = N*Ho*Wo),
-//     A[k, kk] = dy[n, k, p], B[kk, col] = x[n, c, i*sh + r - ph, j*sw + s - pw].
+// Backward filter, split-K. dw[k,c',r,s] = sum_{n,i,j} dy[n,k,i,j] x[n,c,i*sh+r*dh-ph,j*sw+s*dw-pw]
+// (c = g*C/G + c', g = k's group), one GEMM per group:
+//     M = K/G, col = (c'*R + r)*S + s, kk = (n, p = i*Wo + j) (Kgemm = N*Ho*Wo),
+//     A[k, kk] = dy[n, k, p], B[kk, col] = x[n, c, i*sh + r*dh - ph, j*sw + s*dw - pw].
 // kk runs image by image in tiles of 16 positions (a tile never straddles two
 // images; the last tile of an image is zero-padded), so the decode is one
 // table entry per p and a pointer step per image. The N * ceil(Ho*Wo/16)
-// tiles are cut into `splits` chunks of `chunk` tiles (grid z, from the
-// shapes alone); chunk z writes its partial dw to a workspace, and
+// tiles are cut into `splits` chunks of `chunk` tiles (grid z = group*splits
+// + chunk, from the shapes alone); chunk z writes its partial dw to a workspace, and
 // conv2d_backward_filter_reduce_v2 (conv2d_backward.cu) adds the partials in
 // z order: no atomics, bitwise reproducible. With one chunk the kernel
 // writes dw itself.
@@ -52,7 +59,9 @@
 //   conv2d_<dir>_3xtf32_v3  "highest": each operand split v = hi + lo (both TF32), and
 //                           a*b ~ a_lo*b_hi + a_hi*b_lo + a_hi*b_hi (three mma; a_lo*b_lo dropped)
 //   all: FP32 accumulation in registers; Kgemm step 16; grid (ceil(Ngemm / BN), ceil(M / BM)):
-//   forward (N*Ho*Wo, K); backward-data per phase (N*Hp*Wp, C); backward-filter (C*R*S, K), z = split.
+//   forward (N*Ho*Wo, K); backward-data per phase (N*Hp*Wp, C/G, G); backward-filter
+//   (C/G*R*S, K/G, G*splits). The forward takes no dilation or groups (the
+//   launcher runs the SIMT kernels for those); the backward kernels take both.
 //   v3: block tile 64 (M) x 64 (Ngemm), 4 warps of 32x32 (2 m16 x 4 n8 mma tiles), 128 threads
 //   v4: block tile 128 x 128, 8 warps of 64x32 (4 x 4 mma tiles), 256 threads: twice the mma
 //       per copied element, for layers with K >= 128 (48 KiB of shared memory in 3 stages)
@@ -366,27 +375,37 @@ __device__ __forceinline__ void conv2d_forward_tc(
 }
 
 // ---------------------------------------------------------------------------
-// Backward data, one output phase (ph_h, ph_w) per launch (see the notes):
-// M = C, col = (n*Hp + u)*Wp + v for dx position (h, w) = (h1 + u*sh, w1 + v*sw),
-// kk = (k*Rp + tr)*Sp + ts for tap (r, s) = (ph_h + tr*sh, ph_w + ts*sw);
-// A = the phase's block of wt (C x K*R*S, columns koff ..), B column: dy[n] at
-// (hq - (Rp-1), wq - (Sp-1)), hq = (h + ph - ph_h)/sh, bounds (Ho, Wo);
-// taps[koff + kk] = (k*Ho*Wo + (Rp-1-tr)*Wo + (Sp-1-ts), Rp-1-tr, Sp-1-ts).
+// Backward data, one output phase (ph_h, ph_w) per launch, one group per grid
+// z (see the notes; Cg = C/G, Kpg = K/G, g = blockIdx.z):
+// M = Cg, col = (n*Hp + u)*Wp + v for dx position (h, w) = (h1 + u*sh, w1 + v*sw),
+// kk = (k*Rp + tr)*Sp + ts for tap (r, s) = (r0 + tr*step_h, s0 + ts*step_w),
+// k the group's k-th filter; A = the phase's block of wt rows g*Cg.. (wt:
+// C x Kpg*R*S, columns koff..), B column: dy[n, g*Kpg] at (q0 + u - (Rp-1)*shift_h,
+// likewise w), bounds (Ho, Wo); taps[koff + kk] = (k*Ho*Wo + dh*Wo + dw, dh, dw)
+// with (dh, dw) = ((Rp-1-tr)*shift_h, (Sp-1-ts)*shift_w).
 
 struct TcPhase {   // one axis of the phase decomposition of backward-data
-    int taps;      // Rp: the taps r = ph_h + tr*sh < R
-    int first;     // h1: the first dx position h >= 0 with h + pad = ph_h (mod stride)
+    int taps;      // Rp: the taps r = r0 + t*step < R with r*dil = phase (mod stride)
+    int shift;     // dy rows between consecutive taps: dil / gcd(stride, dil)
+    int first;     // h1: the first dx position h >= 0 with h + pad = phase (mod stride)
     int count;     // Hp: positions h1, h1 + stride, ... < H
-    int q0;        // (h1 + pad - ph_h) / stride: the dy row of tap 0 at h1
+    int q0;        // (h1 + pad - r0*dil) / stride: the dy row of tap 0 at h1 (may be < 0)
 };
 template <int PLANT>
-__device__ __forceinline__ TcPhase tc_phase(int phase, int R, int stride, int pad, int H) {
+__device__ __forceinline__ TcPhase tc_phase(int phase, int R, int stride, int pad, int dil, int H) {
+    int a = stride, b = dil;   // gcd: r*dil mod stride repeats every step = stride/gcd taps
+    while (b) { const int t = a % b; a = b; b = t; }
+    const int step = stride / a;
+    int r0 = -1;
+    for (int r = 0; r < R && r < step && r0 < 0; ++r)
+        if ((r * dil) % stride == phase) r0 = r;
     TcPhase p;
-    p.taps = phase < R ? (R - 1 - phase) / stride + 1 : 0;
+    p.taps = r0 < 0 ? 0 : (R - 1 - r0) / step + 1;
+    p.shift = dil / a;
     p.first = ((phase - pad) % stride + stride) % stride;
     if (PLANT == TC_PLANT_PHASE) p.first = phase;   // the padding ignored
     p.count = p.first < H ? (H - 1 - p.first) / stride + 1 : 0;
-    p.q0 = (p.first + pad - phase) / stride;
+    p.q0 = r0 < 0 ? 0 : (p.first + pad - r0 * dil) / stride;   // exact
     return p;
 }
 
@@ -394,73 +413,81 @@ template <int MODE, int PLANT, typename T>
 __device__ __forceinline__ void conv2d_backward_data_tc(
         const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx,
         const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
-        int Ho, int Wo, int sh, int sw, int ph, int pw, int phase_h, int phase_w, int koff) {
-    const TcPhase ah = tc_phase<PLANT>(phase_h, R, sh, ph, H), aw = tc_phase<PLANT>(phase_w, S, sw, pw, W);
+        int Ho, int Wo, int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups,
+        int phase_h, int phase_w, int koff) {
+    const TcPhase ah = tc_phase<PLANT>(phase_h, R, sh, ph, dil_h, H);
+    const TcPhase aw = tc_phase<PLANT>(phase_w, S, sw, pw, dil_w, W);
+    const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
     const int m0 = blockIdx.y * T::BM;
     const idx_t col0 = (idx_t)blockIdx.x * T::BN;
-    const int kgemm = K * ah.taps * aw.taps;
+    const int kgemm = Kpg * ah.taps * aw.taps;
     const idx_t P = (idx_t)Ho * Wo, Pp = (idx_t)ah.count * aw.count, ncols = (idx_t)N * Pp;
-    const TcOperands op{wt + koff, (idx_t)K * R * S, 0, C, dy, 0, Ho, Wo, taps + koff, kgemm};
+    const idx_t lda = (idx_t)Kpg * R * S;
+    const TcOperands op{wt + (idx_t)g * Cg * lda + koff, lda, 0, Cg, dy, 0, Ho, Wo, taps + koff, kgemm};
     TcColumn col{0, 0, 0, false};
     const idx_t c = col0 + threadIdx.x % T::BN;
     if (c < ncols) {
         const idx_t n = c / Pp;
         const int uv = (int)(c - n * Pp);
         const int u = uv / aw.count, v = uv - (uv / aw.count) * aw.count;
-        const int h0 = ah.q0 + u - (ah.taps - 1), w0 = aw.q0 + v - (aw.taps - 1);
-        col = TcColumn{n * K * P + (idx_t)h0 * Wo + w0, h0, w0, true};
+        const int h0 = ah.q0 + u - (ah.taps - 1) * ah.shift, w0 = aw.q0 + v - (aw.taps - 1) * aw.shift;
+        col = TcColumn{(n * K + (idx_t)g * Kpg) * P + (idx_t)h0 * Wo + w0, h0, w0, true};
     }
     float acc[T::MI][T::NJ][4];
     tc_gemm<MODE, PLANT, T, false>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
     const idx_t HW = (idx_t)H * W;
-    tc_epilogue<T>(acc, m0, C, col0, ncols, [&](int ch, idx_t cc, float v) {
+    tc_epilogue<T>(acc, m0, Cg, col0, ncols, [&](int ch, idx_t cc, float v) {
         const idx_t n = cc / Pp;
         const int uv = (int)(cc - n * Pp);
         const int u = uv / aw.count, vv = uv - (uv / aw.count) * aw.count;
-        dx[(n * C + ch) * HW + (idx_t)(ah.first + u * sh) * W + (aw.first + vv * sw)] = v;
+        dx[(n * C + (idx_t)g * Cg + ch) * HW + (idx_t)(ah.first + u * sh) * W + (aw.first + vv * sw)] = v;
     });
 }
 
 // ---------------------------------------------------------------------------
-// Backward filter, split-K (see the notes): M = K, col = (c*R + r)*S + s,
-// kk = (n, p = i*Wo + j), segments = images; split z = blockIdx.z covers the
-// tiles [z*chunk, (z+1)*chunk) of the N * ceil(Ho*Wo / 16) tiles and writes
-// its partial dw to out + z*K*CRS. A = dy (rows k, lda Ho*Wo, segment K*Ho*Wo),
-// B column (c, r, s): off = c*H*W + (r - ph)*W + (s - pw), (h0, w0) = (r - ph,
-// s - pw), bounds (H, W), segment C*H*W; taps[p] = (i*sh*W + j*sw, i*sh, j*sw).
+// Backward filter, split-K (see the notes), grid z = g*splits + chunk:
+// M = Kpg, col = (c*R + r)*S + s (c within the group), kk = (n, p = i*Wo + j),
+// segments = images; chunk z covers the tiles [z*chunk, (z+1)*chunk) of the
+// N * ceil(Ho*Wo / 16) tiles and writes its partial dw to out + z*K*Cg*R*S.
+// A = dy[:, g*Kpg..] (rows k, lda Ho*Wo, segment K*Ho*Wo), B column (c, r, s):
+// off = (g*Cg + c)*H*W + h0*W + w0, (h0, w0) = (r*dil_h - ph, s*dil_w - pw),
+// bounds (H, W), segment C*H*W; taps[p] = (i*sh*W + j*sw, i*sh, j*sw).
 
 template <int MODE, int PLANT, typename T>
 __device__ __forceinline__ void conv2d_backward_filter_tc(
         const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
         const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
-        int Ho, int Wo, int sh, int sw, int ph, int pw, int chunk) {
+        int Ho, int Wo, int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups, int chunk) {
+    const int Cg = C / groups, Kpg = K / groups;
+    const int splits = gridDim.z / groups, g = blockIdx.z / splits, z = blockIdx.z - g * splits;
     const int m0 = blockIdx.y * T::BM;
     const idx_t col0 = (idx_t)blockIdx.x * T::BN;
-    const int crs = C * R * S, P = Ho * Wo;
+    const int crs = Cg * R * S, P = Ho * Wo;
     const int tiles_per_image = (P + TC_BK - 1) / TC_BK;
-    const idx_t total = (idx_t)N * tiles_per_image, t0 = (idx_t)blockIdx.z * chunk;
+    const idx_t total = (idx_t)N * tiles_per_image, t0 = (idx_t)z * chunk;
     int ktiles = (int)(total - t0 < chunk ? total - t0 : chunk);
     if (PLANT == TC_PLANT_SPLIT) ktiles -= 1;   // each split drops its last tile
     const int n0 = (int)(t0 / tiles_per_image), k0 = (int)(t0 - (idx_t)n0 * tiles_per_image) * TC_BK;
     const idx_t HW = (idx_t)H * W;
-    const TcOperands op{dy, P, (idx_t)K * P, K, x, C * HW, H, W, taps, P};
+    const TcOperands op{dy + (idx_t)g * Kpg * P, P, (idx_t)K * P, Kpg, x, C * HW, H, W, taps, P};
     TcColumn col{0, 0, 0, false};
     const int cc = (int)(col0 + threadIdx.x % T::BN);
     if (cc < crs) {
         const int ch = cc / (R * S), rs = cc - (cc / (R * S)) * (R * S);
-        const int r = rs / S, s = rs - (rs / S) * S;
-        col = TcColumn{ch * HW + (idx_t)(r - ph) * W + (s - pw), r - ph, s - pw, true};
+        const int h0 = rs / S * dil_h - ph, w0 = (rs - (rs / S) * S) * dil_w - pw;
+        col = TcColumn{((idx_t)g * Cg + ch) * HW + (idx_t)h0 * W + w0, h0, w0, true};
     }
     float acc[T::MI][T::NJ][4];
     tc_gemm<MODE, PLANT, T, true>(acc, op, col, m0, n0, k0, ktiles);
-    float* part = out + (idx_t)blockIdx.z * K * crs;
-    tc_epilogue<T>(acc, m0, K, col0, crs, [&](int k, idx_t c, float v) { part[(idx_t)k * crs + c] = v; });
+    float* part = out + ((idx_t)z * K + (idx_t)g * Kpg) * crs;
+    tc_epilogue<T>(acc, m0, Kpg, col0, crs, [&](int k, idx_t c, float v) { part[(idx_t)k * crs + c] = v; });
 }
 
 // ---------------------------------------------------------------------------
 // Kernels, one per (direction, precision, tile). Arguments: the three arrays
-// and the tap table, then N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, then
-// backward-data: phase_h, phase_w, koff; backward-filter: chunk (tiles per split).
+// and the tap table, then N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw; the
+// backward kernels then dil_h, dil_w, groups and backward-data: phase_h,
+// phase_w, koff; backward-filter: chunk (tiles per split).
 
 #define TC_GEOM int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, int sh, int sw, int ph, int pw
 #define TC_GEOM_ARGS N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
@@ -468,11 +495,12 @@ __device__ __forceinline__ void conv2d_backward_filter_tc(
     const long long* __restrict__ taps, TC_GEOM
 #define TC_ARGS x, w, y, taps, TC_GEOM_ARGS
 #define TC_BD_PARAMS const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx, \
-    const long long* __restrict__ taps, TC_GEOM, int phase_h, int phase_w, int koff
-#define TC_BD_ARGS dy, wt, dx, taps, TC_GEOM_ARGS, phase_h, phase_w, koff
+    const long long* __restrict__ taps, TC_GEOM, int dil_h, int dil_w, int groups, int phase_h, int phase_w, \
+    int koff
+#define TC_BD_ARGS dy, wt, dx, taps, TC_GEOM_ARGS, dil_h, dil_w, groups, phase_h, phase_w, koff
 #define TC_BF_PARAMS const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out, \
-    const long long* __restrict__ taps, TC_GEOM, int chunk
-#define TC_BF_ARGS dy, x, out, taps, TC_GEOM_ARGS, chunk
+    const long long* __restrict__ taps, TC_GEOM, int dil_h, int dil_w, int groups, int chunk
+#define TC_BF_ARGS dy, x, out, taps, TC_GEOM_ARGS, dil_h, dil_w, groups, chunk
 
 
 extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) conv2d_forward_tf32_v3(TC_PARAMS) {

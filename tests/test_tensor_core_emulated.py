@@ -178,7 +178,7 @@ def test_emulator_catches_each_planted_bug(planted, monkeypatch, kernel, precisi
 # Backward-data (phase decomposition) and backward-filter (split-K) on tensor
 # cores: the same main loop as the forward, other operand setups.
 
-# (N, C, K, spatial, kernel, stride, padding, layout)
+# (N, C, K, spatial, kernel, stride, padding, layout[, dilation, groups])
 BACKWARD_CASES = [
     (1, 3, 5, (7, 9), (3, 2), (2, 1), (1, 0), "transposed"),   # batch 1, odd, rectangular, pad % stride != 0
     (2, 5, 6, (8, 7), (3, 3), 3, 1, "sliced"),                 # stride 3: nine phases of one tap each
@@ -187,25 +187,41 @@ BACKWARD_CASES = [
     (2, 2, 3, (13, 11), (3, 3), 1, 1, "sliced"),               # dw split-K: 18 tiles in 3 splits
     (1, 2, 3, (11,), (2,), 3, 1, "transposed"),                # 1-D, stride > kernel: a phase without taps
     (2, 3, 9, (21,), (5,), 2, 2, "contiguous"),                # 1-D, stride 2
+    (2, 4, 6, (9, 8), (3, 2), 2, (2, 1), "sliced", (2, 3), 2),  # dilation 2 = stride: phase 1 of h has no tap
+    (1, 6, 9, (10, 11), (3, 3), 3, 2, "contiguous", 2, 3),     # stride 3, dilation 2: one tap per phase, 3 groups
+    (2, 4, 4, (17,), (3,), 2, 2, "transposed", 3, 2),          # 1-D, dilation 3, stride 2, 2 groups
 ]
 SPLIT_CASE = BACKWARD_CASES[4]
 
 
+def dil_groups(case):
+    return (tuple(case[8:]) + (1, 1))[:2] if len(case) > 8 else (1, 1)
+
+
 def backward_problem(case, seed=0):
-    x, w = problem(case, seed)
-    y = ref.conv_forward_ref(x, w, None, case[5], case[6])
+    n, c, k, spatial, kernel = case[:5]
+    dilation, groups = dil_groups(case)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + spatial).astype(np.float32)
+    w = rng.standard_normal((k, c // groups) + kernel).astype(np.float32)
+    y = ref.conv_forward_ref(x, w, None, case[5], case[6], dilation, groups)
     dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
     return x, w, dy
 
 
 def backward_tc(case, direction, precision, x, w, dy, version=3):
     name = "conv1d" if len(case[3]) == 1 else "conv2d"
+    dilation, groups = dil_groups(case)
+    geo = (case[5], case[6], dilation, groups)
     kw = dict(layout=case[7], version=version, precision=precision)
     if direction == "backward_data":
-        out = run(getattr(F, f"{name}_backward_data"), dy, w, x.shape, case[5], case[6], **kw)
-        return out, ref.conv_backward_data_ref(dy, w, x.shape, case[5], case[6])
-    out = run(getattr(F, f"{name}_backward_filter"), dy, x, w.shape, case[5], case[6], **kw)
-    return out, ref.conv_backward_filter_ref(dy, x, w.shape, case[5], case[6])
+        out = run(getattr(F, f"{name}_backward_data"), dy, w, x.shape, *geo, **kw)
+        return out, ref.conv_backward_data_ref(dy, w, x.shape, *geo)
+    out = run(getattr(F, f"{name}_backward_filter"), dy, x, w.shape, *geo, **kw)
+    return out, ref.conv_backward_filter_ref(dy, x, w.shape, *geo)
+
+
+BACKWARD_ID = lambda c: CASE_ID(c) + ("-d{}-g{}".format(*dil_groups(c)).replace(" ", "") if len(c) > 8 else "")  # noqa: E731
 
 
 BACKWARD_EMULATED = [(c, d, 3) for c in BACKWARD_CASES for d in ("backward_data", "backward_filter")] + \
@@ -214,7 +230,7 @@ BACKWARD_EMULATED = [(c, d, 3) for c in BACKWARD_CASES for d in ("backward_data"
 
 @pytest.mark.parametrize("precision", list(TOL))
 @pytest.mark.parametrize("case, direction, version", [
-    pytest.param(c, d, v, id=f"{d}-v{v}-{CASE_ID(c)}") for c, d, v in BACKWARD_EMULATED])
+    pytest.param(c, d, v, id=f"{d}-v{v}-{BACKWARD_ID(c)}") for c, d, v in BACKWARD_EMULATED])
 def test_tensor_core_backward_within_the_precision_tolerance(dev, case, direction, version, precision):
     x, w, dy = backward_problem(case)
     out, expected = backward_tc(case, direction, precision, x, w, dy, version)
@@ -235,13 +251,14 @@ def test_backward_data_runs_one_gemm_per_phase_over_only_its_taps(dev):
     backward_tc(case, "backward_data", "high", x, w, dy)
     name = conv_gpu.TC_KERNELS["backward_data"][3]["high"]
     assert dev.launches[(name, "float32")] == 9
-    gather, taps, phases = conv_gpu._phase_tables(5, 6, 3, 3, 3, 3, 3, 3, backend.cupy)
+    gather, taps, phases = conv_gpu._phase_tables(5, 6, 3, 3, 3, 3, 3, 3, 1, 1, 1, backend.cupy)
     assert [koff for _, _, koff in phases] == [6 * i for i in range(9)] and gather.shape == (5, 54)
-    C, K, R, S, sh, sw = 2, 5, 5, 4, 2, 3           # every (k, r, s) lands in exactly one phase block
-    gather, taps, phases = conv_gpu._phase_tables(C, K, R, S, 4, 4, sh, sw, backend.cupy)
-    row1 = np.asarray(gather)[1]                     # channel c = 1
-    assert sorted(row1.tolist()) == sorted(k * C * R * S + R * S + rs for k in range(K) for rs in range(R * S))
-    assert len(phases) == sh * sw and np.asarray(taps).shape == (K * R * S,)
+    for dil in (1, 2, 3):   # every (k, r, s) lands in exactly one phase block, with and without dilation
+        C, K, R, S, sh, sw = 2, 5, 5, 4, 2, 3
+        gather, taps, phases = conv_gpu._phase_tables(C, K, R, S, 4, 4, sh, sw, dil, dil, 1, backend.cupy)
+        row1 = np.asarray(gather)[1]                     # channel c = 1
+        assert sorted(row1.tolist()) == sorted(k * C * R * S + R * S + rs for k in range(K) for rs in range(R * S))
+        assert len(phases) == sh * sw and np.asarray(taps).shape == (K * R * S,)
 
 
 def test_backward_filter_split_k_is_deterministic_and_reduced_in_order(dev):
@@ -305,13 +322,18 @@ def test_default_choice_for_the_backward_directions(dev, precision):
     run(F.conv2d_backward_filter, dy, x, w.shape, 1, (1, 1), precision=precision)
     assert conv_gpu.TC_KERNELS["backward_filter"][3][precision] in dev.launched()
     dev.launches.clear()
-    # dilation / groups: the SIMT kernels (the tensor-core kernels take neither)
-    dy = dy[:, :, :-1, :-2].copy()   # the output shape at dilation 2
-    dx = run(F.conv2d_backward_data, dy, w, x.shape, 1, (1, 1), dilation=2, precision=precision)
+    # dilation and groups: the backward tensor-core kernels take both (the forward ones neither)
+    case = BACKWARD_CASES[8]
+    x, w, dy = backward_problem(case)
+    run(F.conv2d_backward_filter, dy, x, w.shape, 3, 2, 2, 3, precision=precision)   # K/G = 3 rows: SIMT
     assert not dev.launched() & conv_gpu.FLOAT32_ONLY
-    assert rel_l2(dx, ref.conv_backward_data_ref(dy, w, x.shape, 1, (1, 1), dilation=2)) <= 1e-5
+    run(F.conv2d_backward_filter, dy, x, w.shape, 3, 2, 2, 3, version=3, precision=precision)
+    assert conv_gpu.TC_KERNELS["backward_filter"][3][precision] in dev.launched()
+    dev.launches.clear()
+    run(F.conv2d, x, w, None, 3, 2, 2, 3, precision=precision)
+    assert not dev.launched() & conv_gpu.FLOAT32_ONLY
     with pytest.raises(ValueError, match="dilation or groups"):
-        run(F.conv2d_backward_filter, dy, x, w.shape, 1, (1, 1), dilation=2, version=3, precision=precision)
+        run(F.conv2d, x, w, None, 3, 2, 2, 3, version=3, precision=precision)
 
 
 @pytest.mark.parametrize("kernel, direction, case", [

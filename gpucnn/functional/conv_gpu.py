@@ -12,9 +12,10 @@ dtype. Kernel versions: 1 = one thread per output element, straight from the
 formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (every
 direction) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
 (kernels/conv2d_tc.cu: TF32 for precision "high", BF16 for "medium", 3xTF32
-for "highest"; float32 only, no dilation or groups: those run the SIMT
-versions; backward-data one GEMM per stride phase, backward-filter split-K
-with the ordered reduction; compiled and emulated, not yet run on a GPU).
+for "highest"; float32 only; the forward takes no dilation or groups (those
+run the SIMT versions), the backward ones take both; backward-data one GEMM
+per stride phase, backward-filter split-K with the ordered reduction;
+compiled and emulated, not yet run on a GPU).
 version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
@@ -31,6 +32,7 @@ C/G = 1 and runs v1, the direct kernel.
 The dilation/groups paths are compiled and emulated, not yet run on a GPU.
 """
 import functools
+import math
 
 import numpy as np
 
@@ -45,8 +47,9 @@ DEPTHWISE_FILE = "conv2d_depthwise.cu"
 TC_FILE = "conv2d_tc.cu"
 VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2, 3, 4), "backward_filter": (1, 2, 3, 4)}
 # Versions that run on tensor cores, with the rows (K) of their block tile:
-# float32 only (float16 arrives as float32), no dilation or groups; the
-# precision picks the kernel. Compiled and emulated, not yet run on a GPU.
+# float32 only (float16 arrives as float32); dilation and groups in the
+# backward directions only; the precision picks the kernel. Compiled and
+# emulated, not yet run on a GPU.
 TENSOR_CORE = {3: 64, 4: 128}
 SIMT_VERSIONS = {d: tuple(v for v in vs if v not in TENSOR_CORE) for d, vs in VERSIONS.items()}
 TC_TILES = {3: (64, 64, 128), 4: (128, 128, 256)}   # (BM, BN, threads): kernels/conv2d_tc.cu
@@ -95,7 +98,7 @@ def _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups):
 
 def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True, tc_rows=None):
     """select_version for this module's table (autotune keyed by op and shapes);
-    the tensor-core versions only for a plain conv (no dilation, no groups)."""
+    plain=False (the forward with dilation or groups): no tensor-core versions."""
     if not plain and version in TENSOR_CORE:
         raise ValueError(f"{op}: kernel version {version} (tensor cores) takes no dilation or groups")
     return select_version(VERSIONS if plain else SIMT_VERSIONS, direction, version, gemm_rows=gemm_rows,
@@ -156,8 +159,7 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
     v = _select(op, "backward_data", version, precision, dy.dtype, w.shape[1],
                 dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding, d=dilation, g=groups),
-                lambda v: backward_data(dy, w, x_shape, stride, padding, dilation, groups, v, precision),
-                _plain(dilation, groups))
+                lambda v: backward_data(dy, w, x_shape, stride, padding, dilation, groups, v, precision))
     nd = dy.ndim - 2
     stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
     dy4, w4 = as_2d(dy), as_2d(w)
@@ -186,54 +188,67 @@ def _check_tap_fields(op, what, *values):
         raise ValueError(f"{op}: {what} {values} too large for the tensor-core kernel's tap table")
 
 
-def _phase_axis(phase, R, stride, pad, H):
-    """(taps, count) of one axis of backward-data's output phase `phase`
-    (kernels/conv2d_tc.cu, tc_phase): the filter taps r = phase + t*stride < R,
-    and the dx positions h with h + pad = phase (mod stride)."""
-    taps = (R - 1 - phase) // stride + 1 if phase < R else 0
+def _phase_axis(phase, R, stride, pad, dil, H):
+    """One axis of backward-data's output phase `phase` (kernels/conv2d_tc.cu,
+    tc_phase): (r0, taps, step, shift, count): the filter taps r = r0 + t*step
+    < R (t < taps) with r*dil = phase (mod stride), the dy rows between
+    consecutive taps, and the number of dx positions h with h + pad = phase
+    (mod stride)."""
+    step = stride // math.gcd(stride, dil)
+    r0 = next((r for r in range(min(R, step)) if r * dil % stride == phase), None)
+    taps = 0 if r0 is None else (R - 1 - r0) // step + 1
     first = (phase - pad) % stride
-    return taps, ((H - 1 - first) // stride + 1 if first < H else 0)
+    count = (H - 1 - first) // stride + 1 if first < H else 0
+    return r0, taps, step, dil // math.gcd(stride, dil), count
 
 
 @functools.lru_cache(maxsize=64)
-def _phase_tables(C, K, R, S, Ho, Wo, sh, sw, xp):
+def _phase_tables(C, K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, xp):
     """Backward-data's tables for the phase decomposition, one column per kk
-    of every phase in turn (phase (a, b): kk = (k*Rp + tr)*Sp + ts, tap (r, s)
-    = (a + tr*sh, b + ts*sw)): the flat w indices of wt (C x K*R*S, row c
-    holds w[k, c, r, s]), the packed taps (k*Ho*Wo + dh*Wo + dw) << 32 | dh
-    << 16 | dw with (dh, dw) = (Rp-1-tr, Sp-1-ts), and ((a, b, koff), ...),
+    of every phase in turn (phase (a, b): kk = (k*Rp + tr)*Sp + ts over the
+    group's Kpg = K/G filters, tap (r, s) = (r0 + tr*step_h, s0 + ts*step_w)):
+    the flat w indices of wt (C x Kpg*R*S; row c holds w[g*Kpg + k, c - g*Cg, r, s]
+    of its group g), the packed taps (k*Ho*Wo + dh*Wo + dw) << 32 | dh << 16 | dw
+    with (dh, dw) = ((Rp-1-tr)*shift_h, (Sp-1-ts)*shift_w), and ((a, b, koff), ...),
     koff the phase's first column. xp keys the cache (the tests swap in an emulator)."""
+    Cg, Kpg = C // groups, K // groups
     cols, taps, phases, koff = [], [], [], 0
     for a in range(sh):
-        rp = _phase_axis(a, R, sh, 0, 1)[0]
+        r0, rp, step_h, shift_h, _ = _phase_axis(a, R, sh, 0, dil_h, 1)
         for b in range(sw):
-            sp = _phase_axis(b, S, sw, 0, 1)[0]
-            k, tr, ts = (g.ravel() for g in np.meshgrid(np.arange(K), np.arange(rp), np.arange(sp),
+            s0, sp, step_w, shift_w, _ = _phase_axis(b, S, sw, 0, dil_w, 1)
+            k, tr, ts = (g.ravel() for g in np.meshgrid(np.arange(Kpg), np.arange(rp), np.arange(sp),
                                                         indexing="ij"))
-            cols.append(k * C * R * S + (a + tr * sh) * S + (b + ts * sw))
-            dh, dw = rp - 1 - tr, sp - 1 - ts
-            taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
+            if rp and sp:
+                cols.append(k * Cg * R * S + (r0 + tr * step_h) * S + (s0 + ts * step_w))
+                dh, dw = (rp - 1 - tr) * shift_h, (sp - 1 - ts) * shift_w
+                taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
             phases.append((a, b, koff))
-            koff += k.size
-    gather = np.arange(C, dtype=np.int64)[:, None] * (R * S) + np.concatenate(cols)[None, :]
+            koff += k.size if rp and sp else 0
+    c = np.arange(C, dtype=np.int64)
+    row = c // Cg * Kpg * Cg * R * S + c % Cg * R * S   # w offset of (g*Kpg, c - g*Cg, 0, 0)
+    gather = row[:, None] + np.concatenate(cols)[None, :]
     return backend.to_gpu(gather), backend.to_gpu(np.concatenate(taps).astype(np.int64)), tuple(phases)
 
 
 def _backward_data_tc(op, dy4, w4, dx, dims, v, precision):
     """Backward-data on tensor cores: one implicit GEMM per output phase
-    (stride residue class of dx positions) over only the taps that hit it."""
-    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw = dims[:13]
-    check_gemm_size(op, C, K * R * S, H * W, K * Ho * Wo + Ho * Wo)   # taps: 32-bit offsets into dy[n]
-    _check_tap_fields(op, "kernel", R, S)
-    gather, taps, phases = _phase_tables(C, K, R, S, Ho, Wo, sh, sw, backend.cupy)
-    wt = w4.reshape(-1)[gather]   # (C, K*R*S): the rotated filter, phase blocks side by side
+    (stride residue class of dx positions) over only the taps that hit it,
+    one group per grid z."""
+    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups = dims
+    Cg = C // groups
+    check_gemm_size(op, Cg, K // groups * R * S, H * W, K * Ho * Wo + (dil_h * (R - 1) + 1) * Wo)
+    check_groups_grid(op, groups)
+    _check_tap_fields(op, "dilated kernel extent", dil_h * (R - 1), dil_w * (S - 1))
+    gather, taps, phases = _phase_tables(C, K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, backend.cupy)
+    wt = w4.reshape(-1)[gather]   # (C, K/G*R*S): the rotated filter, phase blocks side by side
     bm, bn, threads = TC_TILES[v]
     kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_data"][v][precision], dx.dtype)
     for a, b, koff in phases:
-        cols = N * _phase_axis(a, R, sh, ph, H)[1] * _phase_axis(b, S, sw, pw, W)[1]
+        cols = N * _phase_axis(a, R, sh, ph, dil_h, H)[4] * _phase_axis(b, S, sw, pw, dil_w, W)[4]
         if cols:   # a phase with no taps still runs: it writes its zeros
-            kernel_loader.launch(kernel, (kernel_loader.grid_1d(cols, bn)[0], -(-C // bm)), (threads,),
-                                 "pppp" + "i" * 16, (dy4, wt, dx, taps) + tuple(dims[:13]) + (a, b, koff))
+            kernel_loader.launch(kernel, (kernel_loader.grid_1d(cols, bn)[0], -(-Cg // bm), groups),
+                                 (threads,), "pppp" + "i" * 19, (dy4, wt, dx, taps) + tuple(dims) + (a, b, koff))
 
 
 @functools.lru_cache(maxsize=64)
@@ -248,18 +263,19 @@ def _position_table(Ho, Wo, W, sh, sw, xp):
 def _backward_filter_tc(op, dy4, x4, dw, dims, v, precision):
     """Backward-filter on tensor cores, deterministic: split-K over the
     (image, 16 output positions) tiles into a workspace, then the fixed-order
-    reduction conv2d_backward_filter_reduce_v2."""
-    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw = dims[:13]
-    crs = C * R * S
-    check_gemm_size(op, K, crs, Ho * Wo, C * H * W)
+    reduction conv2d_backward_filter_reduce_v2; grid z = group*splits + chunk."""
+    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups = dims
+    Kpg, crs = K // groups, C // groups * R * S
+    check_gemm_size(op, Kpg, crs, Ho * Wo, C * H * W)
+    check_groups_grid(op, groups)
     _check_tap_fields(op, "strided output extent", (Ho - 1) * sh, (Wo - 1) * sw)
     bm, bn, threads = TC_TILES[v]
     tiles = N * -(-(Ho * Wo) // TILE_K)   # TILE_K = TC_BK: the kernel's k-tile
-    splits, chunk = filter_split(K, crs, tiles * TILE_K)
+    splits, chunk = filter_split(Kpg, crs, tiles * TILE_K, groups)
     out = dw if splits == 1 else kernel_loader.alloc_output((splits,) + dw.shape, dw.dtype)
     kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_filter"][v][precision], dw.dtype)
-    kernel_loader.launch(kernel, (-(-crs // bn), -(-K // bm), splits), (threads,), "pppp" + "i" * 14,
-                         (dy4, x4, out, _position_table(Ho, Wo, W, sh, sw, backend.cupy)) + tuple(dims[:13])
+    kernel_loader.launch(kernel, (-(-crs // bn), -(-Kpg // bm), splits * groups), (threads,), "pppp" + "i" * 17,
+                         (dy4, x4, out, _position_table(Ho, Wo, W, sh, sw, backend.cupy)) + tuple(dims)
                          + (chunk // TILE_K,))
     if splits > 1:
         reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", dw.dtype)
@@ -318,7 +334,7 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, ve
     v = _select(op, "backward_filter", version, precision, x.dtype, None,
                 dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding, d=dilation, g=groups),
                 lambda v: backward_filter(dy, x, w_shape, stride, padding, dilation, groups, v, precision),
-                _plain(dilation, groups), tc_rows=K // groups)
+                tc_rows=K // groups)
     if v in TENSOR_CORE:
         _backward_filter_tc(op, dy4, x4, dw, dims, v, precision)
         return dw.reshape(tuple(w_shape))
