@@ -203,32 +203,42 @@ def _phase_axis(phase, R, stride, pad, dil, H):
 
 
 @functools.lru_cache(maxsize=64)
-def _phase_tables(C, K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, xp):
-    """Backward-data's tables for the phase decomposition, one column per kk
-    of every phase in turn (phase (a, b): kk = (k*Rp + tr)*Sp + ts over the
-    group's Kpg = K/G filters, tap (r, s) = (r0 + tr*step_h, s0 + ts*step_w)):
-    the flat w indices of wt (C x Kpg*R*S; row c holds w[g*Kpg + k, c - g*Cg, r, s]
-    of its group g), the packed taps (k*Ho*Wo + dh*Wo + dw) << 32 | dh << 16 | dw
-    with (dh, dw) = ((Rp-1-tr)*shift_h, (Sp-1-ts)*shift_w), and ((a, b, koff), ...),
-    koff the phase's first column. xp keys the cache (the tests swap in an emulator)."""
-    Cg, Kpg = C // groups, K // groups
-    cols, taps, phases, koff = [], [], [], 0
+def _phase_tables(K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, xp):
+    """Backward-data's phase decomposition: ((a, b, koff, (r0, Rp, step_h),
+    (s0, Sp, step_w)), ...) for every phase (a, b), koff its first kk column,
+    and the packed taps, one int64 per kk of every phase in turn (phase (a, b):
+    kk = (k*Rp + tr)*Sp + ts over the group's K/G filters, tap (r, s) =
+    (r0 + tr*step_h, s0 + ts*step_w)): (k*Ho*Wo + dh*Wo + dw) << 32 | dh << 16 | dw
+    with (dh, dw) = ((Rp-1-tr)*shift_h, (Sp-1-ts)*shift_w). xp keys the cache
+    (the tests swap in an emulator)."""
+    Kpg = K // groups
+    taps, phases, koff = [], [], 0
     for a in range(sh):
         r0, rp, step_h, shift_h, _ = _phase_axis(a, R, sh, 0, dil_h, 1)
         for b in range(sw):
             s0, sp, step_w, shift_w, _ = _phase_axis(b, S, sw, 0, dil_w, 1)
             k, tr, ts = (g.ravel() for g in np.meshgrid(np.arange(Kpg), np.arange(rp), np.arange(sp),
                                                         indexing="ij"))
-            if rp and sp:
-                cols.append(k * Cg * R * S + (r0 + tr * step_h) * S + (s0 + ts * step_w))
-                dh, dw = (rp - 1 - tr) * shift_h, (sp - 1 - ts) * shift_w
-                taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
-            phases.append((a, b, koff))
-            koff += k.size if rp and sp else 0
-    c = np.arange(C, dtype=np.int64)
-    row = c // Cg * Kpg * Cg * R * S + c % Cg * R * S   # w offset of (g*Kpg, c - g*Cg, 0, 0)
-    gather = row[:, None] + np.concatenate(cols)[None, :]
-    return backend.to_gpu(gather), backend.to_gpu(np.concatenate(taps).astype(np.int64)), tuple(phases)
+            dh, dw = (rp - 1 - tr) * shift_h, (sp - 1 - ts) * shift_w
+            taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
+            phases.append((a, b, koff, (r0, rp, step_h), (s0, sp, step_w)))
+            koff += k.size
+    return tuple(phases), backend.to_gpu(np.concatenate(taps).astype(np.int64))
+
+
+def _rotated_filter(w4, groups, phases):
+    """wt (C x K/G*R*S): row c holds, phase block after phase block, the taps
+    w[g*K/G + k, c - g*C/G, r, s] of c's group g in the phase's kk order
+    (strided slices of w, one copy per phase)."""
+    K, Cg, R, S = w4.shape
+    Kpg = K // groups
+    wt = kernel_loader.alloc_output((Cg * groups, Kpg * R * S), w4.dtype)
+    w5 = w4.reshape(groups, Kpg, Cg, R, S)
+    for _, _, koff, (r0, rp, step_h), (s0, sp, step_w) in phases:
+        if rp and sp:   # (G, Cg, Kpg, Rp, Sp) -> (C, Kpg*Rp*Sp)
+            block = w5[:, :, :, r0::step_h, s0::step_w].transpose(0, 2, 1, 3, 4)
+            wt[:, koff:koff + Kpg * rp * sp] = block.reshape(Cg * groups, Kpg * rp * sp)
+    return wt
 
 
 def _backward_data_tc(op, dy4, w4, dx, dims, v, precision):
@@ -240,11 +250,11 @@ def _backward_data_tc(op, dy4, w4, dx, dims, v, precision):
     check_gemm_size(op, Cg, K // groups * R * S, H * W, K * Ho * Wo + (dil_h * (R - 1) + 1) * Wo)
     check_groups_grid(op, groups)
     _check_tap_fields(op, "dilated kernel extent", dil_h * (R - 1), dil_w * (S - 1))
-    gather, taps, phases = _phase_tables(C, K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, backend.cupy)
-    wt = w4.reshape(-1)[gather]   # (C, K/G*R*S): the rotated filter, phase blocks side by side
+    phases, taps = _phase_tables(K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, backend.cupy)
+    wt = _rotated_filter(w4, groups, phases)
     bm, bn, threads = TC_TILES[v]
     kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_data"][v][precision], dx.dtype)
-    for a, b, koff in phases:
+    for a, b, koff, _, _ in phases:
         cols = N * _phase_axis(a, R, sh, ph, dil_h, H)[4] * _phase_axis(b, S, sw, pw, dil_w, W)[4]
         if cols:   # a phase with no taps still runs: it writes its zeros
             kernel_loader.launch(kernel, (kernel_loader.grid_1d(cols, bn)[0], -(-Cg // bm), groups),
