@@ -18,16 +18,16 @@
 //     m = k (M = K), col = (n*Ho + i)*Wo + j (Ngemm = N*Ho*Wo), kk = (c*R + r)*S + s (Kgemm = C*R*S),
 //     A = w viewed as K x CRS, B = the im2col matrix of x (never stored).
 //
-// Backward data, by output phase. With dilation (dh, dw) and G groups,
+// Backward data, by output phase. With dilation (dil_h, dil_w) and G groups,
 // dx[n,c,h,w] = sum_{k in c's group, r, s} dy[n,k,i,j] w[k,c',r,s] over the taps
-// with h + ph - r*dh = i*sh (and likewise w). For a dx row h only the taps
-// with r*dh = h + ph (mod sh) can hit, so the dx positions split into sh*sw
+// with h + ph - r*dil_h = i*sh (and likewise w). For a dx row h only the taps
+// with r*dil_h = h + ph (mod sh) can hit, so the dx positions split into sh*sw
 // phases (ph_h, ph_w) = ((h + ph) mod sh, (w + pw) mod sw), and phase
 // (ph_h, ph_w) is its own implicit GEMM over only its taps. Those form an
-// arithmetic progression: with gc = gcd(sh, dh), r*dh mod sh repeats every
+// arithmetic progression: with gc = gcd(sh, dil_h), r*dil_h mod sh repeats every
 // step = sh/gc taps, so r = r0 + tr*step (r0 < step the first tap of the
 // phase, none when no r0 exists; tr < Rp), and consecutive taps meet dy rows
-// shift = dh/gc apart: i = hq - tr*shift with hq = (h + ph - r0*dh) / sh (exact).
+// shift = dil_h/gc apart: i = hq - tr*shift with hq = (h + ph - r0*dil_h) / sh (exact).
 // (Without dilation: r0 = ph_h, step = sh, shift = 1.) One GEMM per phase and group:
 //     M = C/G, col = (n, u, v) for (h, w) = (h1 + u*sh, w1 + v*sw) (h1: the
 //     phase's first row >= 0), kk = (k*Rp + tr)*Sp + ts over the group's K/G
@@ -39,10 +39,11 @@
 // or no tap with that residue) still runs: Kgemm = 0 and it writes its zeros.
 // One launch per phase, grid z = the group.
 //
-// Backward filter, split-K. dw[k,c',r,s] = sum_{n,i,j} dy[n,k,i,j] x[n,c,i*sh+r*dh-ph,j*sw+s*dw-pw]
+// Backward filter, split-K.
+//     dw[k,c',r,s] = sum_{n,i,j} dy[n,k,i,j] x[n, c, i*sh + r*dil_h - ph, j*sw + s*dil_w - pw]
 // (c = g*C/G + c', g = k's group), one GEMM per group:
 //     M = K/G, col = (c'*R + r)*S + s, kk = (n, p = i*Wo + j) (Kgemm = N*Ho*Wo),
-//     A[k, kk] = dy[n, k, p], B[kk, col] = x[n, c, i*sh + r*dh - ph, j*sw + s*dw - pw].
+//     A[k, kk] = dy[n, k, p], B[kk, col] = x[n, c, i*sh + r*dil_h - ph, j*sw + s*dil_w - pw].
 // kk runs image by image in tiles of 16 positions (a tile never straddles two
 // images; the last tile of an image is zero-padded), so the decode is one
 // table entry per p and a pointer step per image. The N * ceil(Ho*Wo/16)

@@ -220,7 +220,8 @@ def backward_tc(case, direction, precision, x, w, dy, version=3):
     return out, ref.conv_backward_filter_ref(dy, x, w.shape, *geo)
 
 
-BACKWARD_ID = lambda c: CASE_ID(c) + ("-d{}-g{}".format(*dil_groups(c)).replace(" ", "") if len(c) > 8 else "")  # noqa: E731
+def BACKWARD_ID(c):   # noqa: N802 (named like CASE_ID)
+    return CASE_ID(c) + ("-d{}-g{}".format(*dil_groups(c)).replace(" ", "") if len(c) > 8 else "")
 
 
 # v3 on every case and precision; v4 (slow to emulate) on two cases at "high".
