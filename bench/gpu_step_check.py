@@ -14,7 +14,8 @@ Writes OUT/gpu_step.json and prints a table. In order of value:
    synchronizing call inside the step makes the capture fail).
 3. step times, side by side in one process (median of 5 epochs of --steps
    steps of one device-resident batch, after a warm-up epoch): gpucnn per-step
-   reads (the old mode), deferred eager, graph, graph+bf16; PyTorch eager and
+   reads (the old mode), deferred eager, graph, graph+bf16, deferred and graph
+   with gpucnn.nn.fuse (fused conv/BN + ReLU epilogues); PyTorch eager and
    PyTorch with a CUDA graph (torch.cuda.graph), same model, SGD momentum 0.9,
    TF32 off on both sides; lenet_bn and vgg_small at batch 128 and 512.
 (Accuracy of bf16/fp16 runs: gpucnn train steps in bench/gpu_step_check.sh.)
@@ -101,9 +102,11 @@ def host_reads_per_epoch(graph):
     return {"graph": graph, "steps": len(data), "blocking_reads_in_epoch": counts["reads"]}
 
 
-def gpucnn_step_time(name, batch, steps, mode, precision="fp32"):
+def gpucnn_step_time(name, batch, steps, mode, precision="fp32", fuse=False):
     import cupy
     model = _model(name)
+    if fuse:
+        nn.fuse(model)
     trainer = Trainer(model, _optimizer("sgd", model), device=DEVICE, precision=precision,
                       sync="step" if mode == "per-step reads" else "deferred", cuda_graph=mode == "graph")
     rng = np.random.default_rng(0)
@@ -193,6 +196,9 @@ def main():
                           ("gpucnn deferred", lambda: gpucnn_step_time(name, batch, args.steps, "deferred")),
                           ("gpucnn graph", lambda: gpucnn_step_time(name, batch, args.steps, "graph")),
                           ("gpucnn graph bf16", lambda: gpucnn_step_time(name, batch, args.steps, "graph", "bf16")),
+                          ("gpucnn deferred fused",
+                           lambda: gpucnn_step_time(name, batch, args.steps, "deferred", fuse=True)),
+                          ("gpucnn graph fused", lambda: gpucnn_step_time(name, batch, args.steps, "graph", fuse=True)),
                           ("torch eager", lambda: torch_step_time(name, batch, args.steps, False)),
                           ("torch graph", lambda: torch_step_time(name, batch, args.steps, True))):
             try:

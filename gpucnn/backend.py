@@ -278,7 +278,7 @@ class HostSnapshot:
         self._done.record(stream)
 
     def ready(self):
-        return self._done is None or self._done.query()
+        return self._done is None or self._done.done   # cupy.cuda.Event.done: a non-blocking query
 
     def values(self):
         if self._done is not None:
@@ -309,6 +309,86 @@ def copy_to_device_async(dst, src):
         dst[...] = src
     else:
         dst.set(np.ascontiguousarray(src, dtype=dst.dtype), stream=current_stream())
+
+
+# ---- the overlapped input pipeline (gpucnn.input_pipeline builds on these) -----------
+class CudaTransfers:
+    """Pinned host buffers, a copy stream, events and asynchronous host->device
+    copies for gpucnn.input_pipeline. Streams and events are CuPy's
+    (`stream.wait_event(e)`, `e.record(stream)`, `e.synchronize()`, `e.done`).
+    Written for CuPy; not yet run on a GPU."""
+    gpu = True
+
+    def new_stream(self):
+        return new_stream()
+
+    def current_stream(self):
+        return current_stream()
+
+    def new_event(self):
+        return cupy.cuda.Event(disable_timing=True)
+
+    def pinned_empty(self, shape, dtype):
+        return pinned_empty(shape, dtype)
+
+    def device_empty(self, shape, dtype):
+        """Allocated while the compute stream is current: the memory pool then
+        only reuses the block for that stream's later work (ordered after it)."""
+        return cupy.empty(shape, dtype)
+
+    def write_host(self, dst, src):
+        np.copyto(dst, src, casting="same_kind")
+
+    def copy_to_device(self, dst, src, stream):
+        """dst (device) <- src (pinned host), queued on `stream`: a DMA that
+        returns at once and reads src until the stream passes it."""
+        dst.set(src, stream=stream)
+
+
+class _StandInStream:
+    def wait_event(self, event):
+        pass
+
+
+class _StandInEvent:
+    done = True
+
+    def record(self, stream=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class StandInTransfers(CudaTransfers):
+    """The CPU stand-in of CudaTransfers: NumPy buffers, copies done at once,
+    streams and events that are always complete. The pipeline's bookkeeping
+    (slots, events, waits, errors) runs unchanged on it."""
+    gpu = False
+
+    def new_stream(self):
+        return _StandInStream()
+
+    current_stream = new_stream
+
+    def new_event(self):
+        return _StandInEvent()
+
+    def pinned_empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    device_empty = pinned_empty
+
+    def copy_to_device(self, dst, src, stream):
+        dst[...] = src
+
+
+def transfers(gpu):
+    """CudaTransfers on the GPU (needs one), the CPU stand-in otherwise."""
+    if gpu:
+        require_gpu("the overlapped input pipeline")
+        return CudaTransfers()
+    return StandInTransfers()
 
 
 # ---- CUDA graphs (gpucnn.cuda_graph builds the training step on these) ---------------

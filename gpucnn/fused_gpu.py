@@ -102,6 +102,20 @@ _BN_BACKWARD = ("T dout, T xhat, T dweight, T dbias, T inv_m, T weight, T inv_st
                 "dx = (xhat * (-dweight * inv_m) + dout - dbias * inv_m) * (weight * inv_std);")
 
 
+# Batch norm followed by a ReLU fused into it (gpucnn.nn.fuse; issue 11;
+# compiled and emulated, not yet run on a GPU): ReLU's value y * [y > 0]
+# written as pos ? y : y * 0 (NaN stays NaN), and its backward's dout * [y > 0].
+_BN_NORMALIZE_RELU = ("T x, T mu, T inv_std, T weight, T bias", "T xhat, T y",
+                      "xhat = (x - mu) * inv_std; y = xhat * weight + bias; T pos = y > 0; y = pos ? y : y * 0;")
+
+_BN_EVAL_RELU = ("T x, T running_mean, T running_var, T eps, T weight, T bias", "T y",
+                 "y = (x - running_mean) * (1 / sqrt(running_var + eps)) * weight + bias; "
+                 "T pos = y > 0; y = pos ? y : y * 0;")
+
+_RELU_GRAD_PRODUCT = ("T dout, T y, T xhat", "T g, T gx",
+                      "T pos = y > 0; g = pos ? dout : dout * 0; gx = g * xhat;")
+
+
 def squared_deviation(x, mu):
     """(x - mu)^2, elementwise."""
     return elementwise_kernel("gpucnn_squared_deviation", *_SQUARED_DEVIATION)(x, mu)
@@ -131,3 +145,20 @@ def batch_norm_backward(dout, xhat, dweight, dbias, m, weight, inv_std):
     """dx = weight inv_std (dout - dbias/m - xhat dweight/m)."""
     return elementwise_kernel("gpucnn_bn_backward", *_BN_BACKWARD)(
         dout, xhat, dweight, dbias, dout.dtype.type(1.0 / m), weight, inv_std)
+
+
+def batch_norm_normalize_relu(x, mu, inv_std, weight, bias):
+    """(xhat, relu(xhat weight + bias))."""
+    return elementwise_kernel("gpucnn_bn_normalize_relu", *_BN_NORMALIZE_RELU)(x, mu, inv_std, weight, bias)
+
+
+def batch_norm_eval_relu(x, running_mean, running_var, eps, weight, bias):
+    """relu of batch_norm_eval's y."""
+    return elementwise_kernel("gpucnn_bn_eval_relu", *_BN_EVAL_RELU)(
+        x, running_mean, running_var, x.dtype.type(eps), weight, bias)
+
+
+def relu_grad_product(dout, y, xhat):
+    """(g, g * xhat) with g = dout * [y > 0]: a fused ReLU's backward and the
+    product batch norm's backward sums, in one launch."""
+    return elementwise_kernel("gpucnn_relu_grad_product", *_RELU_GRAD_PRODUCT)(dout, y, xhat)

@@ -19,7 +19,8 @@ import numpy as np
 
 import contextlib
 
-from . import amp, backend, cuda_graph, serialization
+from . import amp, backend, cuda_graph, input_pipeline, serialization
+from . import random as grandom
 from .optim.step_scalars import capturable
 from .data.loader import DataLoader
 from .step_metrics import DeviceEpochSums
@@ -51,7 +52,8 @@ SYNC_MODES = ("auto", "step", "deferred")
 
 class Trainer:
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, device="cpu", full_batch=False,
-                 skip_nonfinite=False, sync="auto", progress_every=8, precision="fp32", cuda_graph=False):
+                 skip_nonfinite=False, sync="auto", progress_every=8, precision="fp32", cuda_graph=False,
+                 input_pipeline="auto", gpu_augment="auto"):
         """skip_nonfinite: a batch with a NaN/inf loss is skipped (no backward, no
         step) and counted in `nonfinite_steps`; otherwise it raises
         NonFiniteLossError before the step, so the weights stay those of the
@@ -73,7 +75,23 @@ class Trainer:
         cuda_graph: True captures a whole training step once per batch shape and
         replays it (gpucnn.cuda_graph; deferred mode; on the CPU a stand-in
         replays the recorded step); "auto" does so on the GPU when the step can
-        be captured (else eager, the reason in `cuda_graph_reason`); False never."""
+        be captured (else eager, the reason in `cuda_graph_reason`); False never.
+
+        input_pipeline: True feeds training batches through
+        gpucnn.input_pipeline.DeviceBatches (pinned buffers, copies on their own
+        stream overlapping the previous step; on the CPU its stand-in, for tests);
+        "auto": on the GPU only; False: never.
+        gpu_augment: True runs the training DataLoader's transform (its
+        augmentations) on the device batches inside the pipeline, with draws from
+        gpucnn.random.device_generator (other numbers than the CPU's, the same
+        distributions); "auto": when the pipeline is on and the device is the GPU;
+        False: on the host in the loader, as on the CPU. CPU training with the
+        defaults is unchanged. GPU side: not yet run on a GPU."""
+        for name, value in (("input_pipeline", input_pipeline), ("gpu_augment", gpu_augment)):
+            if value not in (True, False, "auto"):
+                raise ValueError(f"Trainer: {name} must be True, False or 'auto', got {value!r}")
+        self.input_pipeline, self.gpu_augment = input_pipeline, gpu_augment
+        self.last_pipeline = None   # the DeviceBatches of the last training epoch (or None)
         if cuda_graph not in (True, False, "auto"):
             raise ValueError(f"Trainer: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
         self.cuda_graph, self.cuda_graph_reason, self.step_graph = cuda_graph, "", None
@@ -144,6 +162,35 @@ class Trainer:
 
     def _correct(self, logits, yb):
         return backend.item((logits.argmax(axis=1) == _labels(yb)).sum())
+
+    # ---- the overlapped input pipeline ----------------------------------------
+    def pipeline_on(self):
+        """Whether training batches go through the overlapped input pipeline."""
+        return self.input_pipeline is True or (self.input_pipeline == "auto" and self.device == "gpu")
+
+    def augment_on_device(self):
+        """Whether the training loader's transform runs on the device batches."""
+        if self.gpu_augment is True and not self.pipeline_on():
+            raise ValueError("Trainer: gpu_augment=True needs the input pipeline (input_pipeline=True, "
+                             "or 'auto' on the GPU)")
+        return self.pipeline_on() and (self.gpu_augment is True
+                                       or (self.gpu_augment == "auto" and self.device == "gpu"))
+
+    def _training_batches(self, loader):
+        """`loader`, or its batches through the input pipeline (with its transform
+        moved onto the device when augment_on_device())."""
+        self.last_pipeline = None
+        if not self.pipeline_on():
+            return loader
+        transform = None
+        if self.augment_on_device() and getattr(loader, "transform", None) is not None:
+            transform, loader = loader.transform, loader.without_transform()
+        params = self.model.parameters()
+        xp = backend.xp_for(self.device)
+        self.last_pipeline = input_pipeline.DeviceBatches(
+            loader, transform, grandom.device_generator(xp) if transform is not None else None,
+            x_dtype=params[0].data.dtype if params else None, gpu=self.device == "gpu")
+        return self.last_pipeline
 
     # ---- deferred mode: no host read inside a step -------------------------
     def deferred(self):
@@ -290,6 +337,7 @@ class Trainer:
     def train_epoch(self, loader, progress=None):
         """One pass over `loader` -> {loss, accuracy, seconds, images_per_second}
         (loss and accuracy averaged over samples, during training)."""
+        loader = self._training_batches(loader)
         use_graph = self.cuda_graph is not False and self._use_graph()
         if use_graph or self.deferred():
             return self._train_epoch_deferred(loader, progress, use_graph)

@@ -256,10 +256,20 @@ enum BLayout { B_ALONG_COLUMNS, B_ALONG_K };
 // next step's global loads are in flight while the current tile is
 // multiplied. Double-buffered in registers, single in shared memory: two
 // barriers per step. Every thread of the block must call it (it syncs).
-template <BLayout BL, typename Index, typename LoadA, typename ColumnOf, typename LoadB>
+//
+// see_a (optional) is called with the 4 A elements the thread just loaded
+// (rows tid / 16 + 16*l, l = 0..3, one kk, zeros past k_end): a fused
+// epilogue can sum A's rows there (conv2d_backward_filter's bias gradient)
+// without a second pass over A. The default ignores them (compiles away).
+struct IgnoreA {
+    __device__ __forceinline__ void operator()(const scalar_t (&)[4]) const {}
+};
+template <BLayout BL, typename Index, typename LoadA, typename ColumnOf, typename LoadB,
+          typename SeeA = IgnoreA>
 __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_end, LoadA load_a,
                                                        ColumnOf column_of, LoadB load_b,
-                                                       scalar_t (&acc)[THREAD_M][THREAD_N]) {
+                                                       scalar_t (&acc)[THREAD_M][THREAD_N],
+                                                       SeeA see_a = SeeA()) {
     __shared__ tile_a_t As;
     __shared__ tile_b_t Bs;
     constexpr bool along_cols = BL == B_ALONG_COLUMNS;
@@ -280,6 +290,7 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
 #pragma unroll
         for (int l = 0; l < 4; ++l)
             a_reg[l] = ka < k_end ? load_a(m0 + a_m + 16 * l, ka) : (scalar_t)0;
+        see_a(a_reg);
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
             const Index kb = k0 + b_k + (along_cols ? 4 * l : 0);
@@ -311,14 +322,41 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
     }
 }
 
+// The row sums of A over this block's kk range, from the per-thread sums of
+// the elements implicit_gemm_mainloop handed to see_a (part[l]: the thread's
+// row tid / 16 + 16*l over kk = tid % 16 (mod 16)): out[m] = sum_kk A[m, kk]
+// for the block's rows m < rows, the 16 partial sums added in lane order
+// (deterministic, no atomics). Every thread of the block must call it.
+__device__ __forceinline__ void store_a_row_sums(const scalar_t (&part)[4], scalar_t* __restrict__ out,
+                                                 int rows) {
+    __shared__ scalar_t sums[TILE_M][TILE_K + 1];
+    const int tid = threadIdx.x, a_k = tid % TILE_K, a_m = tid / TILE_K;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) sums[a_m + 16 * l][a_k] = part[l];
+    __syncthreads();
+    const int m = blockIdx.y * TILE_M + tid;
+    if (tid < TILE_M && m < rows) {
+        scalar_t s = 0;
+        for (int kk = 0; kk < TILE_K; ++kk) s += sums[tid][kk];
+        out[m] = s;
+    }
+}
+
 // The epilogue: stores the thread's outputs Out[m, col] of the tile (rows
 // m < rows, columns col < Ng) at out[n, m, p] of an (Ng / spatial, M, spatial)
 // array, col = n*spatial + p (the NC... layout of y and dx). A plain row-major
 // M x Ng matrix is the case spatial = Ng. rows < M (grouped convolution):
 // the tile is one group's rows; `out` then points at the group's first row.
+// epilogue(m, v) (optional) maps each value before its store, m the row in
+// [0, rows): a fused bias and activation (conv2d_forward's *_bias_* kernels).
+struct StoreAsIs {
+    __device__ __forceinline__ scalar_t operator()(int, scalar_t v) const { return v; }
+};
+template <typename Epilogue = StoreAsIs>
 __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREAD_N],
                                            scalar_t* __restrict__ out, int M, idx_t Ng,
-                                           idx_t spatial, int rows = -1) {
+                                           idx_t spatial, int rows = -1,
+                                           Epilogue epilogue = Epilogue()) {
     if (rows < 0) rows = M;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int m0 = blockIdx.y * TILE_M;
@@ -332,7 +370,7 @@ __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREA
 #pragma unroll
         for (int i = 0; i < THREAD_M; ++i) {
             const int m = m0 + ty + 16 * i;
-            if (m < rows) out[(n * M + m) * spatial + p] = acc[i][j];
+            if (m < rows) out[(n * M + m) * spatial + p] = epilogue(m, acc[i][j]);
         }
     }
 }

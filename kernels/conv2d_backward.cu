@@ -33,6 +33,20 @@
 //   backward_filter_reduce_v2 dw[e] = sum_z partial[z][e] for z = 0, 1, ... in order; 1-D grid
 // Both backward_filter versions are deterministic: no atomics, every sum in a
 // fixed order, so equal inputs give bitwise equal dw.
+// Fused variants (issue 11; compiled and emulated, not yet run on a GPU), one
+// template instance of the same code each, taking y (the forward's output
+// after ReLU) after the two inputs:
+//   backward_data_relu_v1/v2             dy replaced by dy * [y > 0] as it is loaded
+//                                        (ReLU's backward folded into the loader)
+//   backward_filter_relu_v1/v2           the same in backward-filter's dy loads
+//   backward_filter_bias_v1/v2,          also the bias gradient db[k] = sum_{n,i,j} dy'
+//   backward_filter_bias_relu_v1/v2      (dy' = dy, or the masked dy), written after dw:
+//                                        out = [dw (K*C/G*R*S) | db (K)]; v1 gives db its
+//                                        own K threads, v2 sums A's rows in the main loop
+//                                        (implicit_gemm_mainloop's see_a) and per chunk,
+//                                        and the reduce adds [dw | db] chunk partials.
+// The masked dy is v > 0 ? dy : dy * 0 per element: the array code's dy * (y > 0).
+// Without RELU, y is not read (the launcher passes dy).
 
 #include "common.cuh"
 
@@ -55,12 +69,25 @@
 // shapes alone) that run as separate blocks; a second kernel adds the
 // partials in chunk order. With one chunk the first kernel writes dw itself.
 
+// Geometry parameters of every kernel here, in launcher order (conv_gpu._SIG).
+#define CONV2D_GEOMETRY                                                                 \
+    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, int sh, int sw,   \
+        int ph, int pw, int dil_h, int dil_w, int groups
+#define CONV2D_GEOMETRY_ARGS N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups
+
+// dy[at], masked by ReLU's derivative at the same position when RELU.
+template <bool RELU>
+__device__ __forceinline__ scalar_t relu_grad(scalar_t g, const scalar_t* __restrict__ y, idx_t at) {
+    if (RELU) g = __ldg(y + at) > 0 ? g : g * (scalar_t)0;
+    return g;
+}
+
 // ---------------------------------------------------------------------------
 // backward data v1: gather over the windows that contain (h, w).
-extern "C" __global__ void conv2d_backward_data_v1(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
-    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
+template <bool RELU>
+__device__ __forceinline__ void conv2d_backward_data_direct(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ dx, CONV2D_GEOMETRY)
 {
     const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
     const int Cg = C / groups, Kpg = K / groups;
@@ -73,23 +100,38 @@ extern "C" __global__ void conv2d_backward_data_v1(
         const int g = c / Cg;
         scalar_t acc = 0;
         for (int k = g * Kpg; k < (g + 1) * Kpg; ++k) {
-            const scalar_t* dyk = dy + (n * K + k) * Ho * Wo;
+            const idx_t dyk = (n * K + k) * Ho * Wo;
             const scalar_t* wk = w + ((idx_t)k * Cg + (c - g * Cg)) * R * S;
-            for_each_covering_window(FLAT_AXIS, ah, aw, 0, h, ww,
-                                     [&](idx_t o, int tap) { acc += dyk[o] * wk[tap]; });
+            for_each_covering_window(FLAT_AXIS, ah, aw, 0, h, ww, [&](idx_t o, int tap) {
+                acc += relu_grad<RELU>(dy[dyk + o], y, dyk + o) * wk[tap];
+            });
         }
         dx[idx] = acc;
     }
+}
+
+extern "C" __global__ void conv2d_backward_data_v1(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
+    CONV2D_GEOMETRY)
+{
+    conv2d_backward_data_direct<false>(dy, w, nullptr, dx, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_backward_data_relu_v1(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ dx, CONV2D_GEOMETRY)
+{
+    conv2d_backward_data_direct<true>(dy, w, y, dx, CONV2D_GEOMETRY_ARGS);
 }
 
 // ---------------------------------------------------------------------------
 // backward data v2: implicit GEMM with the loop and load layout of
 // conv2d_forward_v2 (A: 16 lanes along kk; B: 64 lanes along the columns,
 // i.e. along dx's w, each column decoded once).
-extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_v2(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
-    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
+template <bool RELU>
+__device__ __forceinline__ void conv2d_backward_data_gemm(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ dx, CONV2D_GEOMETRY)
 {
     const int RS = R * S;
     const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
@@ -98,18 +140,18 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_
     const idx_t Ng = (idx_t)N * HW;
 
     struct Column {
-        const scalar_t* img;  // dy[n]
+        idx_t img;            // offset of dy[n, g*K/G] (and of y's, for the mask)
         int hb, wb;           // shifted position (h + ph, w + pw)
         bool ok;
     };
     auto column_of = [&](idx_t col) {
-        Column b{dy, 0, 0, col < Ng};
+        Column b{0, 0, 0, col < Ng};
         if (b.ok) {
             const idx_t n = col / HW;
             const int p = (int)(col - n * HW);
             b.hb = p / W + ph;
             b.wb = p - (p / W) * W + pw;
-            b.img = dy + (n * K + (idx_t)g * Kpg) * Ho * Wo;   // the group's first dy channel
+            b.img = (n * K + (idx_t)g * Kpg) * Ho * Wo;   // the group's first dy channel
         }
         return b;
     };
@@ -121,8 +163,10 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_
         const int k = kk / RS, rs = kk - (kk / RS) * RS;
         const int r = rs / S, s = rs - (rs / S) * S;
         int i, j;
-        return b.ok && exact_output(b.hb - r * dil_h, sh, Ho, &i) && exact_output(b.wb - s * dil_w, sw, Wo, &j)
-                   ? __ldg(b.img + ((idx_t)k * Ho + i) * Wo + j) : (scalar_t)0;
+        if (!(b.ok && exact_output(b.hb - r * dil_h, sh, Ho, &i) && exact_output(b.wb - s * dil_w, sw, Wo, &j)))
+            return (scalar_t)0;
+        const idx_t at = b.img + ((idx_t)k * Ho + i) * Wo + j;
+        return relu_grad<RELU>(__ldg(dy + at), y, at);
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
@@ -130,27 +174,82 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_
     store_tile(acc, dx + (idx_t)g * Cg * HW, C, Ng, HW, Cg);
 }
 
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_v2(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
+    CONV2D_GEOMETRY)
+{
+    conv2d_backward_data_gemm<false>(dy, w, nullptr, dx, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_relu_v2(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ dx, CONV2D_GEOMETRY)
+{
+    conv2d_backward_data_gemm<true>(dy, w, y, dx, CONV2D_GEOMETRY_ARGS);
+}
+
 // ---------------------------------------------------------------------------
-// backward filter v1: one thread per dw element, sum over (n, i, j) in order.
-extern "C" __global__ void conv2d_backward_filter_v1(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dw,
-    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
+// backward filter v1: one thread per dw element, sum over (n, i, j) in order;
+// with BIAS, K more threads after them, thread K*C/G*R*S + k summing dy[:, k]
+// (in (n, i, j) order) into out[K*C/G*R*S + k].
+template <bool BIAS, bool RELU>
+__device__ __forceinline__ void conv2d_backward_filter_direct(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ dw, CONV2D_GEOMETRY)
 {
     const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
     const int Cg = C / groups, Kpg = K / groups;
-    const idx_t total = (idx_t)K * Cg * R * S;
+    const idx_t HoWo = (idx_t)Ho * Wo;
+    const idx_t total_w = (idx_t)K * Cg * R * S;
+    const idx_t total = total_w + (BIAS ? K : 0);
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
-        const FilterTap f = filter_tap(idx, Cg, Kpg, R, S);
         scalar_t acc = 0;
-        for (int n = 0; n < N; ++n) {
-            const scalar_t* dyk = dy + ((idx_t)n * K + f.k) * Ho * Wo;
-            const scalar_t* xc = x + ((idx_t)n * C + f.c) * H * W;
-            for_each_window_at_tap(FLAT_AXIS, ah, aw, 0, f.r, f.s,
-                                   [&](idx_t o, idx_t at) { acc += dyk[o] * xc[at]; });
+        if (BIAS && idx >= total_w) {
+            const idx_t k = idx - total_w;
+            for (int n = 0; n < N; ++n) {
+                const idx_t dyk = (n * K + k) * HoWo;
+                for (idx_t o = 0; o < HoWo; ++o) acc += relu_grad<RELU>(dy[dyk + o], y, dyk + o);
+            }
+        } else {
+            const FilterTap f = filter_tap(idx, Cg, Kpg, R, S);
+            for (int n = 0; n < N; ++n) {
+                const idx_t dyk = ((idx_t)n * K + f.k) * HoWo;
+                const scalar_t* xc = x + ((idx_t)n * C + f.c) * H * W;
+                for_each_window_at_tap(FLAT_AXIS, ah, aw, 0, f.r, f.s, [&](idx_t o, idx_t at) {
+                    acc += relu_grad<RELU>(dy[dyk + o], y, dyk + o) * xc[at];
+                });
+            }
         }
         dw[idx] = acc;
     }
+}
+
+extern "C" __global__ void conv2d_backward_filter_v1(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dw,
+    CONV2D_GEOMETRY)
+{
+    conv2d_backward_filter_direct<false, false>(dy, x, nullptr, dw, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_backward_filter_relu_v1(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY)
+{
+    conv2d_backward_filter_direct<false, true>(dy, x, y, out, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_backward_filter_bias_v1(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY)
+{
+    conv2d_backward_filter_direct<true, false>(dy, x, y, out, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_backward_filter_bias_relu_v1(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY)
+{
+    conv2d_backward_filter_direct<true, true>(dy, x, y, out, CONV2D_GEOMETRY_ARGS);
 }
 
 // ---------------------------------------------------------------------------
@@ -161,12 +260,14 @@ extern "C" __global__ void conv2d_backward_filter_v1(
 //     (c, r, s) decoded once into an offset into x and the tap shift
 //     (r - ph, s - pw).
 // Chunk z = blockIdx.z covers kk in [z*chunk, min((z+1)*chunk, Kgemm)),
-// chunk a multiple of TILE_K; it writes out[z*K*CRS + k*CRS + col] for every
-// in-range (k, col) of its tile, zeros included.
-extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filter_v2(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
-    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups, long long chunk)
+// chunk a multiple of TILE_K; it writes out[z*stride + k*CRS + col] for every
+// in-range (k, col) of its tile, zeros included (stride = K*CRS, + K with
+// BIAS: the blocks of column tile 0 then also write their rows' sums of A,
+// the chunk's partial db, at out[z*stride + K*CRS + k]).
+template <bool BIAS, bool RELU>
+__device__ __forceinline__ void conv2d_backward_filter_gemm(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY, long long chunk)
 {
     const int RS = R * S;
     const int Cg = C / groups, Kpg = K / groups;
@@ -178,6 +279,7 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filte
     const idx_t Kg = (idx_t)N * HoWo;
     const idx_t k_begin = (idx_t)z * chunk;
     const idx_t k_end = k_begin + chunk < Kg ? k_begin + chunk : Kg;
+    scalar_t* out_z = out + (idx_t)z * ((idx_t)K * Ng + (BIAS ? K : 0));
 
     struct Column {
         idx_t off;   // (g*C/G + c)*H*W
@@ -193,7 +295,8 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filte
     };
     auto load_a = [&](int k, idx_t kk) {  // dy[n, g*K/G + k, p], kk = n*HoWo + p
         const idx_t n = kk / HoWo, p = kk - (kk / HoWo) * HoWo;
-        return k < Kpg ? __ldg(dy + (n * K + (idx_t)g * Kpg + k) * HoWo + p) : (scalar_t)0;
+        const idx_t at = (n * K + (idx_t)g * Kpg + k) * HoWo + p;
+        return k < Kpg ? relu_grad<RELU>(__ldg(dy + at), y, at) : (scalar_t)0;
     };
     auto load_b = [&](idx_t kk, const Column& b) {
         const idx_t n = kk / HoWo;
@@ -204,11 +307,51 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filte
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc);
-    store_tile(acc, out + ((idx_t)z * K + (idx_t)g * Kpg) * Ng, Kpg, Ng, Ng);
+    if (BIAS) {
+        scalar_t row_sum[4] = {};   // this thread's share of db over the chunk
+        auto see_a = [&](const scalar_t (&a)[4]) {
+#pragma unroll
+            for (int l = 0; l < 4; ++l) row_sum[l] += a[l];
+        };
+        implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc, see_a);
+        if (blockIdx.x == 0)   // uniform over the block; one column tile writes db
+            store_a_row_sums(row_sum, out_z + (idx_t)K * Ng + (idx_t)g * Kpg, Kpg);
+    } else {
+        implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc);
+    }
+    store_tile(acc, out_z + (idx_t)g * Kpg * Ng, Kpg, Ng, Ng);
 }
 
-// dw[e] = sum_{z < splits} partial[z * count + e], z in increasing order.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filter_v2(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
+    CONV2D_GEOMETRY, long long chunk)
+{
+    conv2d_backward_filter_gemm<false, false>(dy, x, nullptr, out, CONV2D_GEOMETRY_ARGS, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filter_relu_v2(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY, long long chunk)
+{
+    conv2d_backward_filter_gemm<false, true>(dy, x, y, out, CONV2D_GEOMETRY_ARGS, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filter_bias_v2(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY, long long chunk)
+{
+    conv2d_backward_filter_gemm<true, false>(dy, x, y, out, CONV2D_GEOMETRY_ARGS, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_filter_bias_relu_v2(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+    scalar_t* __restrict__ out, CONV2D_GEOMETRY, long long chunk)
+{
+    conv2d_backward_filter_gemm<true, true>(dy, x, y, out, CONV2D_GEOMETRY_ARGS, chunk);
+}
+
+// dw[e] = sum_{z < splits} partial[z * count + e], z in increasing order
+// (also [dw | db] of the *_bias_v2 kernels: count = K*C/G*R*S + K).
 extern "C" __global__ void conv2d_backward_filter_reduce_v2(
     const scalar_t* __restrict__ partial, scalar_t* __restrict__ dw, long long count, int splits)
 {

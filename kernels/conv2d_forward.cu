@@ -20,6 +20,13 @@
 //   v2  implicit GEMM, 64x64 block tile, TILE_K 16, 4x4 outputs per thread;
 //       grid (ceil(N*Ho*Wo / 64), ceil(K/G / 64), G), 256 threads: one GEMM per group
 //       (grid z), whose rows are the group's K/G filters
+// Fused epilogues (issue 11): conv2d_forward_bias_v1/v2, conv2d_forward_relu_v1/v2
+// and conv2d_forward_bias_relu_v1/v2 are v1/v2 with the bias and/or ReLU applied
+// to each output before its store, one template instance of the same code each
+// (the *_bias_* kernels take b after w; compiled and emulated, not yet run on a GPU):
+//     y[n,k,i,j] = relu(sum(...) + b[k]),  relu(v) = v * [v > 0]
+// written as v > 0 ? v : v * 0, the array code's x * (x > 0) (NaN stays NaN),
+// so the fused result equals conv, then y += b, then ReLU, bit for bit.
 
 #include "common.cuh"
 
@@ -37,12 +44,26 @@
 // Rows, columns and kk past the matrix edges load as zeros; outputs past the
 // edges are not stored. The sum over kk runs in increasing order.
 
+// Geometry parameters of every kernel here, in launcher order (conv_gpu._SIG).
+#define CONV2D_GEOMETRY                                                                 \
+    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, int sh, int sw,   \
+        int ph, int pw, int dil_h, int dil_w, int groups
+#define CONV2D_GEOMETRY_ARGS N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups
+
+// The fused epilogue of output channel k (b is read only when BIAS).
+template <bool BIAS, bool RELU>
+__device__ __forceinline__ scalar_t conv_epilogue(scalar_t v, const scalar_t* __restrict__ b, int k) {
+    if (BIAS) v += b[k];
+    if (RELU) v = v > 0 ? v : v * (scalar_t)0;
+    return v;
+}
+
 // ---------------------------------------------------------------------------
 // v1: straight from the formula.
-extern "C" __global__ void conv2d_forward_v1(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
+template <bool BIAS, bool RELU>
+__device__ __forceinline__ void conv2d_forward_direct(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
 {
     const Axis ah{H, Ho, R, sh, ph, dil_h}, aw{W, Wo, S, sw, pw, dil_w};
     const int Cg = C / groups, Kpg = K / groups;
@@ -60,8 +81,36 @@ extern "C" __global__ void conv2d_forward_v1(
             for_each_in_window(FLAT_AXIS, ah, aw, 0, i, j,
                                [&](idx_t at, int tap) { acc += xc[at] * wc[tap]; });
         }
-        y[idx] = acc;
+        y[idx] = conv_epilogue<BIAS, RELU>(acc, b, k);
     }
+}
+
+extern "C" __global__ void conv2d_forward_v1(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
+    CONV2D_GEOMETRY)
+{
+    conv2d_forward_direct<false, false>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_forward_bias_v1(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+{
+    conv2d_forward_direct<true, false>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_forward_relu_v1(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
+    CONV2D_GEOMETRY)
+{
+    conv2d_forward_direct<false, true>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void conv2d_forward_bias_relu_v1(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+{
+    conv2d_forward_direct<true, true>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
 }
 
 // ---------------------------------------------------------------------------
@@ -70,11 +119,11 @@ extern "C" __global__ void conv2d_forward_v1(
 // B (B_ALONG_COLUMNS): 64 consecutive lanes read consecutive output positions
 // (consecutive x addresses along a row when sw = 1). The column's (n, i, j)
 // is decoded once into the image and window origin; only kk -> (c, r, s) is
-// decoded per element.
-extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-    int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo,
-    int sh, int sw, int ph, int pw, int dil_h, int dil_w, int groups)
+// decoded per element. The epilogue runs in store_tile, on registers.
+template <bool BIAS, bool RELU>
+__device__ __forceinline__ void conv2d_forward_gemm(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
 {
     const int RS = R * S;
     const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
@@ -108,8 +157,38 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
         return b.ok && in_range(h, H) && in_range(ww, W)
                    ? __ldg(b.img + ((idx_t)c * H + h) * W + ww) : (scalar_t)0;
     };
+    // row m of the group's tile is filter g*K/G + m
+    auto epilogue = [&](int m, scalar_t v) { return conv_epilogue<BIAS, RELU>(v, b, g * Kpg + m); };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
     implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
-    store_tile(acc, y + (idx_t)g * Kpg * HoWo, K, Ng, HoWo, Kpg);
+    store_tile(acc, y + (idx_t)g * Kpg * HoWo, K, Ng, HoWo, Kpg, epilogue);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
+    CONV2D_GEOMETRY)
+{
+    conv2d_forward_gemm<false, false>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_bias_v2(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+{
+    conv2d_forward_gemm<true, false>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_relu_v2(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
+    CONV2D_GEOMETRY)
+{
+    conv2d_forward_gemm<false, true>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_bias_relu_v2(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+{
+    conv2d_forward_gemm<true, true>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
 }

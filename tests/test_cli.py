@@ -143,3 +143,22 @@ def test_unwritable_output_fails_before_training(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "epoch" not in out
     assert err.startswith(f"gpucnn train: error: cannot create the folder of {blocker}/x/m.json")
+
+
+def test_fuse_auto_fuses_on_the_cpu_with_the_same_results(tmp_path, monkeypatch):
+    """--fuse auto (the default) fuses the conv-BN-ReLU blocks on the CPU; the
+    run's losses and test result equal --fuse off's bit for bit."""
+    from gpucnn import nn
+    fused = []
+    real_fuse = nn.fuse
+    monkeypatch.setattr(nn, "fuse", lambda model: fused.append(model) or real_fuse(model))
+    common = ("--model", "lenet_bn", "--epochs", "2", "--dropout", "0")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    rc_on, on = train(tmp_path / "a", *common)
+    assert rc_on == 0 and len(fused) == 1
+    assert sum(bool(m.__dict__.get("fused_relu")) for _, m in fused[0].named_modules()) == 2
+    rc_off, off = train(tmp_path / "b", *common, "--fuse", "off")
+    assert rc_off == 0 and len(fused) == 1
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert [e[key] for e in on["epochs"]] == [e[key] for e in off["epochs"]]
+    assert (on["test_loss"], on["test_accuracy"]) == (off["test_loss"], off["test_accuracy"])

@@ -89,7 +89,8 @@ def array_code_on_cpu(monkeypatch):
 
 def test_every_kernel_body_translates():
     for spec in (fused_gpu._ADAM, fused_gpu._SGD_MOMENTUM, fused_gpu._SQUARED_DEVIATION, fused_gpu._BN_STATS,
-                 fused_gpu._BN_NORMALIZE, fused_gpu._BN_EVAL, fused_gpu._BN_BACKWARD):
+                 fused_gpu._BN_NORMALIZE, fused_gpu._BN_EVAL, fused_gpu._BN_BACKWARD,
+                 fused_gpu._BN_NORMALIZE_RELU, fused_gpu._BN_EVAL_RELU, fused_gpu._RELU_GRAD_PRODUCT):
         assert _translate(spec[2])
 
 
@@ -164,3 +165,37 @@ def test_fused_batch_norm_matches_array_code(array_code_on_cpu, fused_on_cpu, mo
     for key in plain_state:
         np.testing.assert_allclose(fused_state[key], plain_state[key], rtol=rtol, atol=rtol, err_msg=key)
     assert int(fused_state["num_batches_tracked"]) == 3
+
+
+def _batch_norm_relu_run(dtype, fuse):
+    """BatchNorm2d + ReLU (fused or not): two training batches, then eval."""
+    rng = np.random.default_rng(4)
+    pair = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()).astype(dtype)
+    pair[0].weight.data[:] = rng.uniform(0.5, 1.5, 4)
+    pair[0].bias.data[:] = rng.standard_normal(4)
+    if fuse:
+        nn.fuse(pair)
+    results = []
+    for _ in range(2):
+        x = (rng.standard_normal((5, 4, 3, 2)) * 2 + 1).astype(dtype)
+        results += [pair(x), pair.backward(rng.standard_normal(x.shape).astype(dtype))]
+    results += [pair[0].weight.grad, pair[0].bias.grad]
+    pair.eval()
+    results.append(pair(rng.standard_normal((2, 4, 3, 3)).astype(dtype)))
+    return results
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
+def test_fused_batch_norm_relu_matches_array_code(array_code_on_cpu, fused_on_cpu, monkeypatch, dtype, rtol):
+    """The GPU branch of a BatchNorm2d with a fused ReLU (issue 11) against the
+    unfused layers' array code."""
+    plain = _batch_norm_relu_run(dtype, fuse=False)
+    fused_on_cpu()
+    calls = _count_calls(monkeypatch, "batch_norm_normalize_relu", "relu_grad_product", "batch_norm_eval_relu",
+                         "batch_norm_normalize")
+    fused = _batch_norm_relu_run(dtype, fuse=True)
+    assert calls == {"batch_norm_normalize_relu": 2, "relu_grad_product": 2, "batch_norm_eval_relu": 1}
+    for i, (a, b) in enumerate(zip(fused, plain)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol, err_msg=f"result {i}")
+    assert np.sum(fused[0] == 0) > 0 and np.sum(fused[0] > 0) > 0   # the ReLU cut some values

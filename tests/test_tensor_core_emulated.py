@@ -341,6 +341,22 @@ def test_default_choice_for_the_backward_directions(dev, precision):
         run(F.conv2d, x, w, None, 3, 2, 2, 3, version=3, precision=precision)
 
 
+@pytest.mark.parametrize("version", [3, 4])
+def test_fused_backward_on_tensor_cores_runs_the_epilogue_as_array_code(dev, version):
+    """conv2d_bias_relu_backward with a tensor-core version: the ReLU mask and
+    db as array code around the kernels (they have no fused variants)."""
+    case = BACKWARD_CASES[7]   # stride 3, padding 2, dilation 2, 3 groups
+    x, w, dy = backward_problem(case)
+    y = np.maximum(ref.conv_forward_ref(x, w, None, 3, 2, 2, 3), 0).astype(np.float32)
+    dx, dw, db = run(F.conv2d_bias_relu_backward, dy, y, x, w, 3, 2, 2, 3, version=version, precision="high")
+    assert {conv_gpu.TC_KERNELS[d][version]["high"] for d in ("backward_data", "backward_filter")} \
+        <= dev.launched()
+    dz = dy * (y > 0)
+    assert rel_l2(dx, ref.conv_backward_data_ref(dz, w, x.shape, 3, 2, 2, 3)) <= TOL["high"]
+    assert rel_l2(dw, ref.conv_backward_filter_ref(dz, x, w.shape, 3, 2, 2, 3)) <= TOL["high"]
+    assert rel_l2(db, dz.astype(np.float64).sum(axis=(0, 2, 3))) <= 1e-6
+
+
 @pytest.mark.parametrize("kernel, direction, case", [
     ("conv2d_backward_data_tf32_v3", "backward_data", BACKWARD_CASES[0]),       # controls
     ("conv2d_backward_filter_tf32_v3", "backward_filter", SPLIT_CASE),

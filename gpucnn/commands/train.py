@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import amp, backend, cuda_graph, inference, models, recipes, serialization
+from .. import amp, backend, cuda_graph, inference, models, nn, recipes, serialization
 from ..data import AUGMENTATIONS, DATASETS, DataLoader, build_augmentation, load_dataset
 from ..trainer import NonFiniteLossError
 from .errors import CommandError, RunFailed, fraction, nonnegative_float, nonnegative_int, positive_float, \
@@ -89,6 +89,19 @@ def add_parser(subparsers):
                    help="capture the training step once and replay it (docs/gpu-step.md); auto: on the GPU "
                         "when the step can be captured (no dropout, --monitor, --skip-nonfinite, fp16), "
                         "on: required (GPU only), off: never (default: auto)")
+    p.add_argument("--fuse", choices=("auto", "on", "off"), default="auto",
+                   help="fuse each Conv2d or BatchNorm followed by a ReLU (gpucnn.nn.fuse: one pass fewer, "
+                        "the same results; docs/gpu-step.md); auto: on the CPU, off on the GPU until the fused "
+                        "kernels have passed a GPU run (default: auto)")
+    p.add_argument("--input-pipeline", choices=("auto", "on", "off"), default="auto",
+                   help="pinned host buffers and host->device copies on their own stream, overlapping the "
+                        "previous step (docs/gpu-step.md); auto: on the GPU, on: required (GPU only), "
+                        "off: one copy per batch on the compute stream (default: auto)")
+    p.add_argument("--gpu-augment", choices=("auto", "on", "off"), default="auto",
+                   help="run the --augment transforms on the GPU, in the input pipeline, with random draws "
+                        "made on the GPU (same distributions, other numbers than on the CPU); auto: on the "
+                        "GPU with the input pipeline, on: required, off: on the CPU in the loader "
+                        "(default: auto)")
     train_distributed.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -247,6 +260,23 @@ def set_cuda_graph(trainer, choice, device):
         print(f"cuda graph: {'off (' + reason + ')' if reason else 'on (captured after the first batch)'}")
 
 
+def set_input_pipeline(trainer, args, device):
+    """--input-pipeline and --gpu-augment: 'on' must be possible here (a CommandError saying why not)."""
+    if device != "gpu":
+        for option, choice in (("--input-pipeline", args.input_pipeline), ("--gpu-augment", args.gpu_augment)):
+            if choice == "on":
+                raise CommandError(f"{option} on: it needs a GPU (the device is cpu); use {option} auto or off")
+    if args.gpu_augment == "on" and args.input_pipeline == "off":
+        raise CommandError("--gpu-augment on runs the augmentations in the input pipeline; drop "
+                           "--input-pipeline off (or use --gpu-augment off)")
+    on_off = {"on": True, "off": False, "auto": "auto"}
+    trainer.input_pipeline, trainer.gpu_augment = on_off[args.input_pipeline], on_off[args.gpu_augment]
+    if device == "gpu":
+        pipeline = "on (pinned buffers, copies overlap the previous step)" if trainer.pipeline_on() else "off"
+        where = "GPU" if trainer.augment_on_device() else "CPU"
+        print(f"input pipeline: {pipeline}" + (f"; augmentations on the {where}" if args.augment else ""))
+
+
 def run(args):
     if args.early_stopping is not None and not args.val_split:
         raise CommandError("--early-stopping needs a validation split; pass --val-split above 0")
@@ -265,6 +295,8 @@ def run(args):
     trainer.skip_nonfinite = args.skip_nonfinite
     trainer.set_precision(args.precision)
     train_distributed.wrap_trainer(trainer, job, args)
+    if args.fuse == "on" or (args.fuse == "auto" and device == "cpu"):
+        nn.fuse(trainer.model)   # after wrap_trainer: SyncBatchNorm layers are left unfused
     start_epoch = 0
     if args.resume:
         try:
@@ -284,6 +316,7 @@ def run(args):
     if args.monitor or args.monitor_plot:
         trainer.monitor = TrainingMonitor(trainer.model)
     set_cuda_graph(trainer, args.cuda_graph, device)
+    set_input_pipeline(trainer, args, device)
     sampler = train_distributed.train_sampler(job, len(data.x_train), args.seed, start_epoch)
     train_loader = DataLoader(data.x_train, data.y_train, args.batch_size, transform=aug, seed=None, sampler=sampler)
     val_loader = DataLoader(*job.shard(data.x_val, data.y_val), 512, shuffle=False) if data.x_val is not None else None

@@ -1,4 +1,4 @@
-"""Datasets, the mini-batch loader and batch transforms (NumPy, host side)."""
+"""Datasets, the mini-batch loader (host side) and batch transforms (NumPy, or CuPy for GPU augmentation)."""
 from .datasets import (CIFAR10_CLASSES, DATASETS, DIGIT_CLASSES, FASHION_MNIST_CLASSES, Dataset, load_dataset,
                        train_val_split)
 from .loader import DataLoader

@@ -3,6 +3,7 @@
 The loader stays on the host: it yields NumPy (xb, yb) and the Trainer moves
 each whole batch to the GPU in one copy (never sample by sample).
 """
+import copy
 import queue
 import threading
 
@@ -46,6 +47,14 @@ class DataLoader:
         self.prefetch = int(prefetch)
         self.rng = None if seed is None else np.random.default_rng(seed)
         self.sampler = sampler
+
+    def without_transform(self):
+        """A loader of the same batches without the transform (it shares this
+        one's data, sampler and generator): the Trainer runs the transform on the
+        device instead (gpu_augment)."""
+        other = copy.copy(self)
+        other.transform = None
+        return other
 
     def __len__(self):
         n, b = len(self.x) if self.sampler is None else len(self.sampler), self.batch_size

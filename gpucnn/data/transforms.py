@@ -1,12 +1,23 @@
-"""Batch-level preprocessing and augmentation on NumPy NCHW float arrays.
+"""Batch-level preprocessing and augmentation on NCHW float arrays, NumPy or CuPy.
 
 Every transform is a callable `t(x, y, rng) -> (x, y)` working on a whole
 batch; `rng` is a numpy Generator (the DataLoader passes its seeded one), so
 runs are reproducible. Inputs are never modified in place.
 MixUp and CutMix turn integer labels into soft labels (N, classes) float32,
 which the cross-entropy loss accepts like class indices.
+
+The transforms are written once in array code against the batch's module
+(`backend.get_array_module`): on the CPU they make NumPy's draws in the order
+the loop versions made them and give bitwise the same results (tests keep the
+loops as the reference); for GPU training (`Trainer(gpu_augment=...)`) the
+same code runs on the device batch with draws from a device generator
+(gpucnn.data.random_draws: other numbers, same distributions). GPU side:
+written for CuPy, not yet run on a GPU.
 """
 import numpy as np
+
+from .. import backend
+from .random_draws import batch_draws
 
 
 class Compose:
@@ -40,7 +51,8 @@ class Normalize:
         return cls(x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3)))
 
     def apply(self, x):
-        return ((x - self.mean) / self.std).astype(np.float32)
+        xp = backend.get_array_module(x)
+        return ((x - xp.asarray(self.mean)) / xp.asarray(self.std)).astype(np.float32)
 
     def __call__(self, x, y, rng=None):
         return self.apply(x), y
@@ -56,15 +68,12 @@ class RandomCrop:
         self.padding = int(padding)
 
     def __call__(self, x, y, rng):
+        draws = batch_draws(rng, x, repr(self))
         p = self.padding
-        n, _, h, w = x.shape
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        oy = rng.integers(0, 2 * p + 1, size=n)
-        ox = rng.integers(0, 2 * p + 1, size=n)
-        out = np.empty_like(x)
-        for i in range(n):
-            out[i] = padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
-        return out, y
+        n = x.shape[0]
+        oy = draws.integers(2 * p + 1, n)
+        ox = draws.integers(2 * p + 1, n)
+        return crop(x, oy, ox, p), y
 
     def __repr__(self):
         return f"RandomCrop(padding={self.padding})"
@@ -75,10 +84,8 @@ class RandomHorizontalFlip:
         self.p = float(p)
 
     def __call__(self, x, y, rng):
-        flip = rng.random(len(x)) < self.p
-        out = x.copy()
-        out[flip] = x[flip][..., ::-1]
-        return out, y
+        flip = batch_draws(rng, x, repr(self)).uniform(len(x)) < self.p
+        return flip_where(x, flip), y
 
     def __repr__(self):
         return f"RandomHorizontalFlip(p={self.p})"
@@ -89,17 +96,19 @@ class GaussianNoise:
         self.std = float(std)
 
     def __call__(self, x, y, rng):
-        return (x + rng.normal(0.0, self.std, size=x.shape).astype(x.dtype)), y
+        return x + batch_draws(rng, x, repr(self)).normal(self.std, x.shape, x.dtype), y
 
     def __repr__(self):
         return f"GaussianNoise(std={self.std})"
 
 
-def _random_boxes(rng, n, h, w, box_h, box_w):
-    """Top-left/bottom-right corners of boxes centred anywhere in the image, clipped to it."""
-    cy, cx = rng.integers(0, h, size=n), rng.integers(0, w, size=n)
-    y0, x0 = np.clip(cy - box_h // 2, 0, h), np.clip(cx - box_w // 2, 0, w)
-    y1, x1 = np.clip(cy - box_h // 2 + box_h, 0, h), np.clip(cx - box_w // 2 + box_w, 0, w)
+def _random_boxes(draws, n, h, w, box_h, box_w):
+    """Top-left/bottom-right corners of boxes centred anywhere in the image, clipped to it
+    (box_h, box_w: ints, or 0-d integer arrays on the batch's device)."""
+    xp = draws.xp
+    cy, cx = draws.integers(h, n), draws.integers(w, n)
+    y0, x0 = xp.clip(cy - box_h // 2, 0, h), xp.clip(cx - box_w // 2, 0, w)
+    y1, x1 = xp.clip(cy - box_h // 2 + box_h, 0, h), xp.clip(cx - box_w // 2 + box_w, 0, w)
     return y0, x0, y1, x1
 
 
@@ -110,22 +119,25 @@ class Cutout:
         self.size = int(size)
 
     def __call__(self, x, y, rng):
+        draws = batch_draws(rng, x, repr(self))
         n, _, h, w = x.shape
-        y0, x0, y1, x1 = _random_boxes(rng, n, h, w, self.size, self.size)
-        out = x.copy()
-        for i in range(n):
-            out[i, :, y0[i]:y1[i], x0[i]:x1[i]] = 0
-        return out, y
+        inside = box_mask(h, w, *_random_boxes(draws, n, h, w, self.size, self.size))
+        return draws.xp.where(inside, draws.xp.zeros((), x.dtype), x), y
 
     def __repr__(self):
         return f"Cutout(size={self.size})"
 
 
-def _soft_labels(y, num_classes):
-    y = np.asarray(y)
+def _soft_labels(y, num_classes, what):
+    """One-hot float32 rows of class indices (soft labels pass through as float32).
+    On NumPy an index outside [0, num_classes) is a ValueError; on the GPU (no
+    host read) its row is all zeros."""
+    xp = backend.get_array_module(y)
     if y.ndim == 2:
-        return y.astype(np.float32)
-    return np.eye(num_classes, dtype=np.float32)[y]
+        return y.astype(xp.float32)
+    if xp is np and y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{what}: class indices must be in [0, {num_classes}), got {y.min()}..{y.max()}")
+    return (y[:, None] == xp.arange(num_classes)).astype(xp.float32)
 
 
 class MixUp:
@@ -135,9 +147,10 @@ class MixUp:
         self.num_classes, self.alpha = int(num_classes), float(alpha)
 
     def __call__(self, x, y, rng):
-        lam = np.float32(rng.beta(self.alpha, self.alpha))
-        perm = rng.permutation(len(x))
-        t = _soft_labels(y, self.num_classes)
+        draws = batch_draws(rng, x, repr(self))
+        lam = draws.beta(self.alpha).astype(np.float32)
+        perm = draws.permutation(len(x))
+        t = _soft_labels(y, self.num_classes, repr(self))
         return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
 
     def __repr__(self):
@@ -155,19 +168,52 @@ class CutMix:
         self.num_classes, self.alpha = int(num_classes), float(alpha)
 
     def __call__(self, x, y, rng):
+        draws = batch_draws(rng, x, repr(self))
+        xp = draws.xp
         n, _, h, w = x.shape
-        lam = rng.beta(self.alpha, self.alpha)
-        cut = np.sqrt(1.0 - lam)
-        (y0,), (x0,), (y1,), (x1,) = _random_boxes(rng, 1, h, w, int(h * cut), int(w * cut))
-        perm = rng.permutation(n)
-        out = x.copy()
-        out[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-        kept = np.float32(1.0 - (y1 - y0) * (x1 - x0) / (h * w))
-        t = _soft_labels(y, self.num_classes)
+        cut = xp.sqrt(1.0 - draws.beta(self.alpha))
+        # int(h * cut) of a value >= 0, computed where lam lives (no host read on the GPU)
+        box_h, box_w = (xp.floor(size * cut).astype(np.int64) for size in (h, w))
+        y0, x0, y1, x1 = _random_boxes(draws, 1, h, w, box_h, box_w)
+        perm = draws.permutation(n)
+        out = xp.where(box_mask(h, w, y0, x0, y1, x1), x[perm], x)
+        kept = (1.0 - ((y1 - y0) * (x1 - x0))[0] / (h * w)).astype(np.float32)
+        t = _soft_labels(y, self.num_classes, repr(self))
         return out, kept * t + (1 - kept) * t[perm]
 
     def __repr__(self):
         return f"CutMix(alpha={self.alpha})"
+
+
+# ---- the array code the transforms share (NumPy or CuPy, by the batch) -------------
+def crop(x, oy, ox, padding):
+    """out[i] = x[i] zero-padded by `padding`, window at rows oy[i].., columns ox[i].. of x's size."""
+    xp = backend.get_array_module(x)
+    n, c, h, w = x.shape
+    p = padding
+    padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    # One gather with four broadcast index arrays (a plain contiguous source: CuPy turns it
+    # into one take; a window view of `padded` would be faster on NumPy, but CuPy's
+    # multi-array indexing may copy such an overlapping view whole first).
+    rows = (oy[:, None] + xp.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + xp.arange(w))[:, None, None, :]
+    return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None], rows, cols]
+
+
+def flip_where(x, flip):
+    """x with the images where flip[i] mirrored left-right."""
+    xp = backend.get_array_module(x)
+    return xp.where(flip[:, None, None, None], x[..., ::-1], x)
+
+
+def box_mask(h, w, y0, x0, y1, x1):
+    """(n, 1, h, w) bool: pixel (r, c) lies in box i, y0[i] <= r < y1[i] and x0[i] <= c < x1[i]."""
+    xp = backend.get_array_module(y0)
+    r = xp.arange(h)[None, :, None]
+    c = xp.arange(w)[None, None, :]
+    inside = ((r >= y0[:, None, None]) & (r < y1[:, None, None])
+              & (c >= x0[:, None, None]) & (c < x1[:, None, None]))
+    return inside[:, None]
 
 
 AUGMENTATIONS = ("crop", "flip", "noise", "cutout", "mixup", "cutmix")

@@ -13,6 +13,7 @@ from .conv import (conv1d, conv2d, conv3d,
                    conv_transpose3d_backward_data,
                    conv_transpose1d_backward_filter, conv_transpose2d_backward_filter,
                    conv_transpose3d_backward_filter)
+from .conv_fused import conv2d_bias_relu, conv2d_bias_relu_backward
 from .pool import (max_pool1d, max_pool2d, max_pool3d,
                    max_pool1d_backward, max_pool2d_backward, max_pool3d_backward,
                    avg_pool1d, avg_pool2d, avg_pool3d,

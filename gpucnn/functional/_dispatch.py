@@ -1,6 +1,7 @@
 """Picks the implementation module of an op family for an array module.
 
-CPU: conv_cpu / pool_cpu (NumPy + Numba, any of 1-3 spatial dims).
+CPU: conv_cpu / pool_cpu (NumPy + Numba, any of 1-3 spatial dims);
+     conv_fused_cpu (conv_cpu plus the fused epilogues' Numba passes).
 GPU: conv_gpu / pool_gpu run the 2-D kernels (1-D as 2-D with unit height);
      conv3d_gpu / pool3d_gpu run the 3-D kernels.
 Imports are lazy so that `import gpucnn` costs nothing for the GPU side.
@@ -21,6 +22,7 @@ from .. import precision as _precision
 HALF = np.dtype(np.float16)
 
 _GPU_MODULES = {("conv", 1): "conv_gpu", ("conv", 2): "conv_gpu", ("conv", 3): "conv3d_gpu",
+                ("conv_fused", 2): "conv_gpu",   # conv_gpu's launchers take bias/relu/relu_y/bias_grad
                 ("pool", 1): "pool_gpu", ("pool", 2): "pool_gpu", ("pool", 3): "pool3d_gpu"}
 
 

@@ -43,13 +43,20 @@ speed in every thread (measurements in docs/cpu-performance.md). Only an op
 whose work fits one sample but several threads lets the BLAS use its own
 threads.
 
-Wide rows: with stride 1 in 2-D and 1-D, im2col writes the output rows at
-the padded width Wp instead of Wo (Wp - Wo garbage columns per row, which
-the matmul computes and the copy into y drops; dY gets zeros there). Each
-(c, r, s) row of col is then one contiguous copy of Ho*Wp elements of the
-flat padded plane, instead of Ho copies of Wo: im2col measured 2.2x faster
-for 14x14 images (one core), for Wp/Wo more matmul work, so it is used
-while Wp <= _WIDE_LIMIT * Wo.
+Wide rows: with stride 1, im2col writes the output rows at the padded width
+Wp instead of Wo (Wp - Wo garbage columns per row, which the matmul computes
+and the copy into y drops; dY gets zeros there), and in 3-D each depth slice
+at Hp rows instead of Ho. Each (c, t, r, s) row of col is then one contiguous
+copy of the flat padded volume, instead of Do*Ho copies of Wo: im2col
+measured 2.2x faster for 14x14 images (one core), for Do*Hr*Wp / P more
+matmul work, so it is used while that ratio is at most _WIDE_LIMIT (LeNet's
+6->16 5x5 layer on 14x14 images, 1.4: forward 0.49 -> 0.36 ms for 32
+samples, one core; the quick suite's 3-D conv, 1.36: backward-data 0.79 ->
+0.38 ms, forward unchanged).
+
+col2im runs at wide rows too (the same runs, added instead of copied; dY's
+garbage columns are zeros, so they add nothing): LeNet's 6->16 5x5
+backward-data, 32 samples of 14x14, one core, 0.98 -> 0.43 ms.
 
 Pointwise (1x1, stride 1, no padding) convs skip im2col: col of a sample is
 x[n] viewed as (C, P), so with one sample a block (P >= 64) every product
@@ -72,11 +79,12 @@ import numba as nb
 import numpy as np
 
 from ..cpu_parallel import over_samples
+from . import winograd_cpu
 from ._args import output_shape
 
 _COL_BYTES = 512 << 10   # col buffer per block of samples ...
 _MIN_COLUMNS = 256       # ... but at least this many matmul columns (m*P)
-_WIDE_LIMIT = 1.25        # wide rows while Wp / Wo is at most this
+_WIDE_LIMIT = 1.5         # wide rows while (columns computed) / (outputs) is at most this
 _THIN_ROWS = 64           # fewer col rows per group: one sample a block on large images
 _MIN_FORWARD_CHANNELS = 16   # backward-data as a forward conv from this many input channels per group
 
@@ -127,28 +135,40 @@ def _im2col(x, kernel, stride, padding, dilation, col):
                                     _copy(rows[od, oh], src[w0:w0 + (Wo - 1) * sw + 1:sw])
 
 
+@nb.njit(inline="always")
+def fill_flat(flat, vol, padding, Hp, Wp):
+    """The volume vol (D, H, W) into a flat zero-bordered buffer of (Dp, Hp, Wp)
+    planes (also depthwise_cpu's wide rows)."""
+    D, H, W = vol.shape
+    pd, ph, pw = padding
+    for d in range(D):
+        for h in range(H):
+            o = ((pd + d) * Hp + ph + h) * Wp + pw
+            _copy(flat[o:o + W], vol[d, h])
+
+
 @nb.njit(nogil=True, cache=True)
-def _im2col_wide(x, kernel, padding, dilation, col):
-    """col (CTRS, N, Ho*Wp) from x (N, C, 1, H, W), stride 1: the output rows
-    widened to the padded width Wp, so that each (c, r, s) row of col is one
-    contiguous run of the flat padded plane (see "Wide rows" above)."""
-    N, C, _, H, W = x.shape
-    _, R, S = kernel
-    _, ph, pw = padding
-    _, dh, dw = dilation
-    Wp = W + 2 * pw
+def _im2col_wide(x, kernel, padding, dilation, Hr, col):
+    """col (CTRS, N, Do*Hr*Wp) from x (N, C, D, H, W), stride 1: the outputs
+    laid out at the padded row width Wp (and, in 3-D, Hr = Hp rows a depth
+    slice; Hr = Ho in 2-D and 1-D), so that each (c, t, r, s) row of col is one
+    contiguous run of the flat padded volume (see "Wide rows" above)."""
+    N, C, D, H, W = x.shape
+    T, R, S = kernel
+    pd, ph, pw = padding
+    dd, dh, dw = dilation
+    Hp, Wp = H + 2 * ph, W + 2 * pw
     run = col.shape[2]
-    plane = (H + 2 * ph) * Wp
-    flat = np.zeros(plane + (S - 1) * dw, x.dtype)   # border and slack stay 0
+    # border and slack (the reads of the last depth slice's rows past Ho) stay 0
+    flat = np.zeros((D + 2 * pd) * Hp * Wp + (R - 1) * dh * Wp + (S - 1) * dw, x.dtype)
     for n in range(N):
         for c in range(C):
-            for h in range(H):
-                o = (ph + h) * Wp + pw
-                _copy(flat[o:o + W], x[n, c, 0, h])
-            for r in range(R):
-                for s in range(S):
-                    o = r * dh * Wp + s * dw
-                    _copy(col[(c * R + r) * S + s, n], flat[o:o + run])
+            fill_flat(flat, x[n, c], padding, Hp, Wp)
+            for t in range(T):
+                for r in range(R):
+                    for s in range(S):
+                        o = (t * dd * Hp + r * dh) * Wp + s * dw
+                        _copy(col[((c * T + t) * R + r) * S + s, n], flat[o:o + run])
 
 
 @nb.njit(nogil=True, cache=True)
@@ -184,6 +204,33 @@ def _col2im(dcol, kernel, stride, padding, dilation, dx):
                     _copy(dx[n, c, d, h], buf[pd + d, ph + h, pw:pw + W])
 
 
+@nb.njit(nogil=True, cache=True)
+def _col2im_wide(dcol, kernel, padding, dilation, dx):
+    """_col2im for dcol (CTRS, N, Do*Hr*Wp) at wide rows (stride 1): each
+    (c, t, r, s) row is one contiguous add into the flat padded volume (its
+    garbage columns are zero: dY has zeros there)."""
+    N, C, D, H, W = dx.shape
+    T, R, S = kernel
+    pd, ph, pw = padding
+    dd, dh, dw = dilation
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    run = dcol.shape[2]
+    flat = np.empty((D + 2 * pd) * Hp * Wp + (R - 1) * dh * Wp + (S - 1) * dw, dx.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(flat.size):
+                flat[i] = 0
+            for t in range(T):
+                for r in range(R):
+                    for s in range(S):
+                        o = (t * dd * Hp + r * dh) * Wp + s * dw
+                        _add(flat[o:o + run], dcol[((c * T + t) * R + r) * S + s, n])
+            for d in range(D):
+                for h in range(H):
+                    o = ((pd + d) * Hp + ph + h) * Wp + pw
+                    _copy(dx[n, c, d, h], flat[o:o + W])
+
+
 def lift3(values, fill):
     """A length-nd geometry tuple -> length 3, unit dimensions in front
     (shared with pool_cpu: one kernel set serves 1-D, 2-D and 3-D)."""
@@ -205,18 +252,19 @@ class _Plan:
         self.rows = self.rows_g * groups
         self.dtype = np.dtype(dtype)
         Do, Ho, Wo = self.out3
-        Wp = lift3(x_shape[2:], 1)[2] + 2 * self.padding[2]
+        Hp, Wp = (n + 2 * p for n, p in zip(lift3(x_shape[2:], 1)[1:], self.padding[1:]))
         # 1x1, stride 1, no padding: col of one sample is x[n] itself (no im2col)
         self.pointwise = self.kernel == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0)
         # Thin products (few rows of col, e.g. one input channel) on large images:
         # one sample a block, the products reading col and writing y in place
         # (the copy out of a block's Y cost more than its wider product saved).
         self.thin = self.rows_g < _THIN_ROWS and self.P >= _MIN_COLUMNS
-        flat = lift3(x_shape[2:], 1)[0] == 1 and self.kernel[0] == 1 and Do == 1   # 2-D or 1-D: D = T = Do = 1
-        self.wide = wide and flat and not (self.pointwise or self.thin) and self.stride == (1, 1, 1) \
-            and Wp <= _WIDE_LIMIT * Wo
-        self.Wp = Wp if self.wide else Wo
-        self.Pc = Ho * Wp if self.wide else self.P   # col columns per sample
+        # wide rows: outputs at (Do, Hr, Wp), Hr = Ho in 2-D and 1-D (Do = 1), Hp in 3-D
+        Hr = Ho if Do == 1 else Hp
+        self.wide = wide and not (self.pointwise or self.thin) and self.stride == (1, 1, 1) \
+            and Do * Hr * Wp <= _WIDE_LIMIT * self.P
+        self.Hr, self.Wp = (Hr, Wp) if self.wide else (Ho, Wo)
+        self.Pc = Do * self.Hr * self.Wp   # col columns per sample
         fits = _COL_BYTES // (self.rows * self.Pc * self.dtype.itemsize)
         self.m = max(1, min(x_shape[0], max(fits, -(-_MIN_COLUMNS // self.Pc))))
         if (self.pointwise and self.P >= _MIN_COLUMNS // 4) or self.thin:
@@ -241,19 +289,23 @@ class _Plan:
             return x5.reshape(self.G, self.rows_g, self.P)
         if self.wide:
             col = buf[:self.rows * m * self.Pc].reshape(self.rows, m, self.Pc)
-            _im2col_wide(x5, self.kernel, self.padding, self.dilation, col)
+            _im2col_wide(x5, self.kernel, self.padding, self.dilation, self.Hr, col)
         else:
             col = buf[:self.rows * m * self.P].reshape((self.rows, m) + self.out3)
             _im2col(x5, self.kernel, self.stride, self.padding, self.dilation, col)
         return col.reshape(self.G, self.rows_g, m * self.Pc)
 
     def dcol(self, buf, m):
-        """An uninitialized dcol (G, CTRS/G, m*P) in buf."""
-        return buf[:self.rows * m * self.P].reshape(self.G, self.rows_g, m * self.P)
+        """An uninitialized dcol (G, CTRS/G, m*Pc) in buf."""
+        return buf[:self.rows * m * self.Pc].reshape(self.G, self.rows_g, m * self.Pc)
 
     def col2im(self, dcol, dx5):
-        _col2im(dcol.reshape((self.rows, dx5.shape[0]) + self.out3), self.kernel, self.stride,
-                self.padding, self.dilation, dx5)
+        if self.wide:
+            _col2im_wide(dcol.reshape(self.rows, dx5.shape[0], self.Pc), self.kernel, self.padding,
+                         self.dilation, dx5)
+        else:
+            _col2im(dcol.reshape((self.rows, dx5.shape[0]) + self.out3), self.kernel, self.stride,
+                    self.padding, self.dilation, dx5)
 
     def direct(self, m):
         """Whether a block of m samples reads and writes y/dy in place."""
@@ -268,10 +320,11 @@ class _Plan:
             return a3.reshape(self.G, self.Kg, self.P)
         t = buf[:self.K * m * self.Pc].reshape(self.K, m, self.Pc)
         if self.wide:
-            Ho, Wo = self.out3[1:]
-            t4 = t.reshape(self.K, m, Ho, self.Wp)
-            t4[..., Wo:] = 0
-            np.copyto(t4[..., :Wo], a3.reshape(m, self.K, Ho, Wo).transpose(1, 0, 2, 3))
+            Do, Ho, Wo = self.out3
+            t5 = t.reshape(self.K, m, Do, self.Hr, self.Wp)
+            t5[..., Ho:, :] = 0
+            t5[..., Wo:] = 0
+            np.copyto(t5[..., :Ho, :Wo], a3.reshape(m, self.K, Do, Ho, Wo).transpose(1, 0, 2, 3, 4))
         else:
             np.copyto(t, a3.transpose(1, 0, 2))
         return t.reshape(self.G, self.Kg, m * self.Pc)
@@ -281,8 +334,9 @@ class _Plan:
         m = out3.shape[0]
         if self.direct(m):
             return
-        Y = Y.reshape(self.K, m, -1, self.Wp)[..., :self.out3[2]]   # the whole row unless wide
-        np.copyto(out3.reshape(m, self.K, -1, self.out3[2]), Y.transpose(1, 0, 2, 3))
+        Do, Ho, Wo = self.out3
+        Y = Y.reshape(self.K, m, Do, self.Hr, self.Wp)[..., :Ho, :Wo]   # the whole unless wide
+        np.copyto(out3.reshape(m, self.K, Do, Ho, Wo), Y.transpose(1, 0, 2, 3, 4))
 
 
 def _plan(x_shape, w_shape, stride, padding, dtype, dilation=None, groups=1, wide=True):
@@ -309,6 +363,8 @@ def _depthwise(w_shape, groups):
 def forward(x, w, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w.shape, groups)):
         return dw.forward(x, w, stride, padding, dilation)
+    if winograd_cpu.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
+        return winograd_cpu.forward(x, w, padding)
     plan = _plan(x.shape, w.shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
@@ -352,7 +408,7 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
         # products would have an inner dimension of 1 (4x faster for a
         # depthwise case before depthwise_cpu took those over).
         return forward(dy, _flipped_transposed(w, groups), stride, tuple(full), dilation, groups)
-    plan = _plan(x_shape, w.shape, stride, padding, dy.dtype, dilation, groups, False)   # col2im
+    plan = _plan(x_shape, w.shape, stride, padding, dy.dtype, dilation, groups)   # col2im
     N, K = x_shape[0], w.shape[0]
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)
     w3t = plan.weight(w).transpose(0, 2, 1)
@@ -369,6 +425,11 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
 
 
 def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
+    if groups > 1 and (dw := _depthwise(w_shape, groups)) and dw.applies_backward_filter(x.shape, w_shape,
+                                                                                      stride, groups):
+        return dw.backward_filter(dy, x, w_shape, stride, padding, dilation)
+    if winograd_cpu.applies(x.shape, w_shape, stride, padding, dilation, groups, x.dtype):
+        return winograd_cpu.backward_filter(dy, x, padding)
     plan = _plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)

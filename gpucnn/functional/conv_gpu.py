@@ -30,6 +30,15 @@ gives each filter tap a block reducing over N*Ho*Wo
 (conv2d_depthwise_backward_filter_v1); the backward-data has GEMM rows
 C/G = 1 and runs v1, the direct kernel.
 The dilation/groups paths are compiled and emulated, not yet run on a GPU.
+
+Fused epilogues (issue 11; compiled and emulated, not yet run on a GPU):
+forward(bias=b, relu=True) applies + b[k] and ReLU in the v1/v2 kernels'
+stores (conv2d_forward_bias_relu_v2, ...); backward_data(relu_y=y) and
+backward_filter(relu_y=y) mask dy by y > 0 as they load it, and
+backward_filter(bias_grad=True) returns (dw, db) with db summed inside the
+kernel (written after dw in one buffer; see conv2d_backward.cu). The
+tensor-core versions and the depthwise kernels have no fused variant: there
+the same epilogue runs as array code after (or before) the kernel.
 """
 import functools
 import math
@@ -72,6 +81,20 @@ KERNELS = {
     "conv2d_depthwise_backward_filter_v1": DEPTHWISE_FILE,
     **{name: TC_FILE for by_v in TC_KERNELS.values() for names in by_v.values() for name in names.values()},
 }
+# The fused-epilogue variants of the SIMT kernels: (direction, bias, relu) per name.
+FUSED = {("forward", True, False), ("forward", False, True), ("forward", True, True),
+         ("backward_data", False, True),
+         ("backward_filter", False, True), ("backward_filter", True, False), ("backward_filter", True, True)}
+
+
+def fused_kernel(direction, version, bias=False, relu=False):
+    """The name of a SIMT kernel with a fused bias and/or ReLU (the plain one without)."""
+    return f"conv2d_{direction}{'_bias' if bias else ''}{'_relu' if relu else ''}_v{version}"
+
+
+FUSED_KERNELS = {fused_kernel(d, v, b, r): FORWARD_FILE if d == "forward" else BACKWARD_FILE
+                 for d, b, r in FUSED for v in SIMT_VERSIONS[d]}
+KERNELS.update(FUSED_KERNELS)
 FLOAT32_ONLY = frozenset(name for name, f in KERNELS.items() if f == TC_FILE)
 DW_TILE, DW_IN = 16, 48   # conv2d_depthwise.cu's output tile and largest staged input tile
 
@@ -110,8 +133,19 @@ def _plain(dilation, groups):
     return groups == 1 and all(d == 1 for d in (dilation or ()))
 
 
-def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precision="highest"):
-    """y = conv(x, w): x (N, C, H, W) or (N, C, L), w (K, C/G, R, S) or (K, C/G, S)."""
+def _epilogue_array_code(y, bias, relu):
+    """The fused epilogue's math, in place on y, for the kernels without one."""
+    if bias is not None:
+        y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+    if relu:
+        y *= y > 0
+    return y
+
+
+def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precision="highest",
+            bias=None, relu=False):
+    """y = conv(x, w) (+ bias[k], then ReLU, when asked): x (N, C, H, W) or
+    (N, C, L), w (K, C/G, R, S) or (K, C/G, S), bias (K,) or None."""
     op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
     v = _select(op, "forward", version, precision, x.dtype, w.shape[0] // groups,
                 dict(x=x.shape, w=w.shape, s=stride, p=padding, d=dilation, g=groups),
@@ -127,11 +161,13 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
     y = kernel_loader.alloc_output((N, K, Ho, Wo), x.dtype)
     depthwise = (version is None and groups > 1 and C == groups
                  and depthwise_forward_fits(R, S, stride, dilation))
+    fused = bias is not None or relu
     if depthwise and run_if_nonempty(y, x4, w4):
         tiles = -(-Ho // DW_TILE) * -(-Wo // DW_TILE)
         kernel = kernel_loader.get_typed_kernel(DEPTHWISE_FILE, "conv2d_depthwise_forward_v1", x.dtype)
         kernel_loader.launch(kernel, (tiles, min(N * K, kernel_loader.MAX_GRID_Y)), (BLOCK,), _SIG,
                              (x4, w4, y) + dims)
+        _epilogue_array_code(y, bias, relu)
     elif run_if_nonempty(y, x4, w4):
         if v in TENSOR_CORE:
             check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
@@ -141,6 +177,7 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
             kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[v][precision], x.dtype)
             kernel_loader.launch(kernel, grid, (threads,), "pppp" + "i" * 13,   # no dilation/groups
                                  (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims[:13])
+            _epilogue_array_code(y, bias, relu)
             return y if nd == 2 else y.reshape(N, K, Wo)
         if v == 1:
             grid = kernel_loader.grid_1d(y.size, BLOCK)
@@ -148,14 +185,23 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
             check_gemm_size(op, K // groups, C // groups * R * S, Ho * Wo)
             check_groups_grid(op, groups)
             grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-(K // groups) // TILE), groups)
-        kernel = kernel_loader.get_typed_kernel(FORWARD_FILE, f"conv2d_forward_v{v}", x.dtype)
-        kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (x4, w4, y) + dims)
+        kernel = kernel_loader.get_typed_kernel(FORWARD_FILE, fused_kernel("forward", v, bias is not None, relu),
+                                                x.dtype)
+        arrays = (x4, w4, y) if bias is None else (x4, w4, _contiguous_vector(bias), y)
+        kernel_loader.launch(kernel, grid, (BLOCK,), "p" * len(arrays) + _SIG[3:], arrays + dims)
+    elif fused and y.size:   # K*N*Ho*Wo > 0 but an empty sum (C = 0): y is zeros
+        _epilogue_array_code(y, bias, relu)
     return y if nd == 2 else y.reshape(N, K, Wo)
 
 
+def _contiguous_vector(a):
+    return backend.cupy.ascontiguousarray(a).reshape(-1)
+
+
 def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, version=None,
-                  precision="highest"):
-    """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C/G, R, S) (or 1-D)."""
+                  precision="highest", relu_y=None):
+    """dx of shape x_shape from dy (N, K, Ho, Wo) and w (K, C/G, R, S) (or 1-D);
+    with relu_y (the forward's output after ReLU, dy's shape), from dy * (relu_y > 0)."""
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
     v = _select(op, "backward_data", version, precision, dy.dtype, w.shape[1],
                 dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding, d=dilation, g=groups),
@@ -168,8 +214,9 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
     dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     dx = kernel_loader.alloc_output((N, C, H, W), dy.dtype)
     if run_if_nonempty(dx, dy4, w4):
-        if v in TENSOR_CORE:
-            _backward_data_tc(op, dy4, w4, dx, dims, v, precision)
+        if v in TENSOR_CORE:   # no fused variant: the ReLU mask as array code
+            _backward_data_tc(op, dy4 if relu_y is None else dy4 * (as_2d(relu_y) > 0), w4, dx, dims, v,
+                              precision)
             return dx.reshape(tuple(x_shape))
         if v == 1:
             grid = kernel_loader.grid_1d(dx.size, BLOCK)
@@ -177,8 +224,11 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
             check_gemm_size(op, C // groups, K // groups * R * S, H * W)
             check_groups_grid(op, groups)
             grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-(C // groups) // TILE), groups)
-        kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, f"conv2d_backward_data_v{v}", dy.dtype)
-        kernel_loader.launch(kernel, grid, (BLOCK,), _SIG, (dy4, w4, dx) + dims)
+        relu = relu_y is not None
+        kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, fused_kernel("backward_data", v, relu=relu),
+                                                dy.dtype)
+        arrays = (dy4, w4, as_2d(relu_y), dx) if relu else (dy4, w4, dx)
+        kernel_loader.launch(kernel, grid, (BLOCK,), "p" * len(arrays) + _SIG[3:], arrays + dims)
     return dx.reshape(tuple(x_shape))
 
 
@@ -322,9 +372,36 @@ def check_groups_grid(op, groups):
 
 
 def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, version=None,
-                    precision="highest"):
+                    precision="highest", relu_y=None, bias_grad=False):
     """dw of shape w_shape from dy (N, K, Ho, Wo) and x (N, C, H, W) (or 1-D).
-    Deterministic: no atomics, every sum in a fixed order."""
+    Deterministic: no atomics, every sum in a fixed order. With relu_y (the
+    forward's output after ReLU) dy * (relu_y > 0) stands for dy; with
+    bias_grad, returns (dw, db), db the sum of that dy over (n, i, j)."""
+    out = _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
+                                relu_y, bias_grad)
+    db = out[out.size - w_shape[0]:] if bias_grad and out is not None else None
+    if out is None:   # the depthwise kernel has no fused variant: the epilogue as array code
+        dy = dy if relu_y is None else dy * (relu_y > 0)
+        out = _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision)
+        db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim))) if bias_grad else None
+    dw = out[:int(np.prod(w_shape))].reshape(tuple(w_shape))
+    return (dw, db) if bias_grad else dw
+
+
+def backward(dy, x, w, stride, padding, relu_y=None, bias_grad=False, **kw):
+    """(dx, dw, db) of a fused conv (F.conv2d_bias_relu_backward): both backward
+    kernels with dy masked by relu_y > 0 as they load it; db (with bias_grad,
+    else None) from the backward-filter kernel. kw: dilation, groups, version, precision."""
+    out = backward_filter(dy, x, w.shape, stride, padding, relu_y=relu_y, bias_grad=bias_grad, **kw)
+    dw, db = out if bias_grad else (out, None)
+    return backward_data(dy, w, x.shape, stride, padding, relu_y=relu_y, **kw), dw, db
+
+
+def _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, version, precision,
+                          relu_y=None, bias_grad=False):
+    """The flat buffer [dw | db] (db only with bias_grad) the kernels filled,
+    or None for a fusion the chosen kernel (depthwise) does not have."""
+    fusion = relu_y is not None or bias_grad
     op = "conv2d_backward_filter" if x.ndim == 4 else "conv1d_backward_filter"
     nd = x.ndim - 2
     stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
@@ -333,36 +410,49 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1, ve
     K, Cg, R, S = (tuple(w_shape) if nd == 2 else tuple(w_shape[:2]) + (1, w_shape[2]))
     dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     Ho, Wo = dims[7], dims[8]
-    dw = kernel_loader.alloc_output((K, Cg, R, S), x.dtype)
-    if not run_if_nonempty(dw, dy4, x4):
-        return dw.reshape(tuple(w_shape))
-    if version is None and Cg == 1 and groups > 1:     # depthwise: the per-tap reduction kernel
+    depthwise = version is None and Cg == 1 and groups > 1
+    if fusion and depthwise:
+        return None
+    count = K * Cg * R * S + (K if bias_grad else 0)   # [dw | db]
+    flat = kernel_loader.alloc_output((count,), x.dtype)
+    if not run_if_nonempty(flat, dy4, x4):
+        return flat
+    if depthwise:     # the per-tap reduction kernel
         kernel = kernel_loader.get_typed_kernel(DEPTHWISE_FILE, "conv2d_depthwise_backward_filter_v1", x.dtype)
-        kernel_loader.launch(kernel, (min(dw.size, kernel_loader.MAX_GRID_Y),), (BLOCK,), _SIG,
-                             (dy4, x4, dw) + dims)
-        return dw.reshape(tuple(w_shape))
+        kernel_loader.launch(kernel, (min(flat.size, kernel_loader.MAX_GRID_Y),), (BLOCK,), _SIG,
+                             (dy4, x4, flat) + dims)
+        return flat
+    relu = relu_y is not None
+    inputs = (dy4, x4, as_2d(relu_y) if relu else dy4) if fusion else (dy4, x4)
+    sig = "p" * (len(inputs) + 1) + _SIG[3:]
     v = _select(op, "backward_filter", version, precision, x.dtype, None,
                 dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding, d=dilation, g=groups),
                 lambda v: backward_filter(dy, x, w_shape, stride, padding, dilation, groups, v, precision),
                 tc_rows=K // groups)
-    if v in TENSOR_CORE:
-        _backward_filter_tc(op, dy4, x4, dw, dims, v, precision)
-        return dw.reshape(tuple(w_shape))
+    if v in TENSOR_CORE:   # no fused variant: the mask and db as array code around the kernel
+        if relu:
+            dy4 = dy4 * (as_2d(relu_y) > 0)
+        dw = flat[:K * Cg * R * S]
+        _backward_filter_tc(op, dy4, x4, dw.reshape(K, Cg, R, S), dims, v, precision)
+        if bias_grad:
+            flat[K * Cg * R * S:] = dy4.sum(axis=(0, 2, 3))
+        return flat
+    name = fused_kernel("backward_filter", v, bias_grad, relu)
     if v == 1:
-        kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v1", x.dtype)
-        kernel_loader.launch(kernel, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), _SIG,
-                             (dy4, x4, dw) + dims)
-        return dw.reshape(tuple(w_shape))
+        kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, name, x.dtype)
+        kernel_loader.launch(kernel, kernel_loader.grid_1d(flat.size, BLOCK), (BLOCK,), sig,
+                             inputs + (flat,) + dims)
+        return flat
     crs, Kpg = Cg * R * S, K // groups
     check_gemm_size(op, Kpg, crs, Ho * Wo)
     check_groups_grid(op, groups)
     splits, chunk = filter_split(Kpg, crs, N * Ho * Wo, groups)
-    out = dw if splits == 1 else kernel_loader.alloc_output((splits, K, Cg, R, S), x.dtype)
-    kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_v2", x.dtype)
-    kernel_loader.launch(kernel, (-(-crs // TILE), -(-Kpg // TILE), splits * groups), (BLOCK,), _SIG + "l",
-                         (dy4, x4, out) + dims + (chunk,))
+    out = flat if splits == 1 else kernel_loader.alloc_output((splits, count), x.dtype)
+    kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, name, x.dtype)
+    kernel_loader.launch(kernel, (-(-crs // TILE), -(-Kpg // TILE), splits * groups), (BLOCK,), sig + "l",
+                         inputs + (out,) + dims + (chunk,))
     if splits > 1:
         reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", x.dtype)
-        kernel_loader.launch(reduce, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), "ppli",
-                             (out, dw, dw.size, splits))
-    return dw.reshape(tuple(w_shape))
+        kernel_loader.launch(reduce, kernel_loader.grid_1d(count, BLOCK), (BLOCK,), "ppli",
+                             (out, flat, count, splits))
+    return flat

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._args import output_shape
 from ..cpu_parallel import over_items
-from .conv_cpu import as5d, lift3
+from .conv_cpu import as5d, fill_flat, lift3
 
 
 def applies(w_shape, groups):
@@ -144,6 +144,137 @@ def _backward_data(dy, w, stride, padding, dilation, dx, i0, i1):
                     out[i] = src[pw + i]
 
 
+# Wide rows (stride 1, 2-D and 1-D): as conv_cpu's im2col, an output plane is
+# computed at the padded width Wp (Ho*Wp values, Wp - Wo of them per row
+# dropped), so each tap is ONE axpy over the whole plane from the flat padded
+# input at offset r*dh*Wp + s*dw, instead of Ho axpys of Wo: the per-row loops
+# of 16 elements cost more than their arithmetic. 8 x 32 planes of 16x16, 3x3,
+# one core: forward 185 -> 86 us, backward-data 184 -> 88 us, backward-filter
+# (grouped products) 250 -> 77 us; PyTorch 96, 123, 109 us.
+
+@nb.njit(nogil=True, cache=True)
+def _forward_wide(x, w, padding, dilation, y, i0, i1):
+    """_forward for stride 1 and D = T = 1 (x (N, C, 1, H, W))."""
+    N, C, _, H, W = x.shape
+    _, K, _, Ho, Wo = y.shape
+    _, _, _, R, S = w.shape
+    _, ph, pw = padding
+    _, dh, dw = dilation
+    mult = K // C
+    Wp = W + 2 * pw
+    run = Ho * Wp
+    flat = np.zeros((H + 2 * ph) * Wp + (S - 1) * dw, x.dtype)   # border and slack stay 0
+    acc = np.empty(run, x.dtype)
+    loaded = -1
+    for item in range(i0, i1):
+        n, k = item // K, item % K
+        c = k // mult
+        if n * C + c != loaded:
+            fill_flat(flat, x[n, c], padding, H + 2 * ph, Wp)
+            loaded = n * C + c
+        for i in range(run):
+            acc[i] = 0
+        for r in range(R):
+            for s in range(S):
+                o = r * dh * Wp + s * dw
+                _axpy(acc, w[k, 0, 0, r, s], flat[o:o + run])
+        out = y[n, k, 0]
+        for oh in range(Ho):
+            row, src = out[oh], acc[oh * Wp:oh * Wp + Wo]
+            for i in range(Wo):
+                row[i] = src[i]
+
+
+@nb.njit(nogil=True, cache=True)
+def _backward_data_wide(dy, w, padding, dilation, dx, i0, i1):
+    """_backward_data for stride 1 and D = T = 1: each tap adds w * (dy at
+    row width Wp, zeros in the dropped columns) into the flat padded dx."""
+    N, C, _, H, W = dx.shape
+    _, K, _, Ho, Wo = dy.shape
+    _, _, _, R, S = w.shape
+    _, ph, pw = padding
+    _, dh, dw = dilation
+    mult = K // C
+    Wp = W + 2 * pw
+    run = Ho * Wp
+    flat = np.empty((H + 2 * ph) * Wp + (S - 1) * dw, dx.dtype)
+    g = np.zeros(run, dx.dtype)   # the dropped columns stay 0
+    for item in range(i0, i1):
+        n, c = item // C, item % C
+        for i in range(flat.size):
+            flat[i] = 0
+        for k in range(c * mult, (c + 1) * mult):
+            fill_flat(g, dy[n, k], (0, 0, 0), Ho, Wp)
+            for r in range(R):
+                for s in range(S):
+                    o = r * dh * Wp + s * dw
+                    _axpy(flat[o:o + run], w[k, 0, 0, r, s], g)
+        out = dx[n, c, 0]
+        for h in range(H):
+            row, src = out[h], flat[(ph + h) * Wp + pw:(ph + h) * Wp + pw + W]
+            for i in range(W):
+                row[i] = src[i]
+
+
+@nb.njit(inline="always")
+def _dot(a, b):
+    total = a.dtype.type(0)
+    for i in range(a.size):
+        total += a[i] * b[i]
+    return total
+
+
+# fastmath reassoc: LLVM may split each dot product into vector partial sums
+# (the same split on every run and thread count, so still deterministic).
+@nb.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _backward_filter_wide(dy, x, padding, dilation, dw, k0, k1):
+    """dw[k, 0, 0, r, s] = sum over n of dy[n, k] (at row width Wp, zeros in the
+    dropped columns) dotted with the flat padded x[n, c] at offset r*dh*Wp + s*dw,
+    for the filters [k0, k1); samples summed in order."""
+    N, C, _, H, W = x.shape
+    _, K, _, Ho, Wo = dy.shape
+    _, _, _, R, S = dw.shape
+    _, ph, pw = padding
+    _, dh, ddw = dilation
+    mult = K // C
+    Wp = W + 2 * pw
+    run = Ho * Wp
+    flat = np.zeros((H + 2 * ph) * Wp + (S - 1) * ddw, x.dtype)
+    g = np.zeros(run, x.dtype)
+    for k in range(k0, k1):
+        c = k // mult
+        for r in range(R):
+            for s in range(S):
+                dw[k, 0, 0, r, s] = 0
+        for n in range(N):
+            fill_flat(flat, x[n, c], padding, H + 2 * ph, Wp)
+            fill_flat(g, dy[n, k], (0, 0, 0), Ho, Wp)
+            for r in range(R):
+                for s in range(S):
+                    o = r * dh * Wp + s * ddw
+                    dw[k, 0, 0, r, s] += _dot(g, flat[o:o + run])
+
+
+def _wide(x_shape, w_shape, stride):
+    """Whether the wide-row kernels serve: stride 1, no depth (2-D and 1-D)."""
+    return all(s == 1 for s in stride) and len(x_shape) <= 4
+
+
+def backward_filter(dy, x, w_shape, stride, padding, dilation=None):
+    """Depthwise backward-filter, wide rows only (`applies_backward_filter`)."""
+    dw = np.empty(w_shape, x.dtype)
+    _, padding, dilation = _geometry(stride, padding, dilation)
+    over_items(_backward_filter_wide, w_shape[0], dy.size * int(np.prod(w_shape[2:])),
+               as5d(dy), as5d(x), padding, dilation, as5d(dw))
+    return dw
+
+
+def applies_backward_filter(x_shape, w_shape, stride, groups):
+    """Backward-filter runs here for stride 1 in 2-D and 1-D (the strided and
+    3-D ones stay on conv_cpu's grouped products)."""
+    return applies(w_shape, groups) and _wide(x_shape, w_shape, lift3(stride, 1))
+
+
 def _geometry(stride, padding, dilation):
     return lift3(stride, 1), lift3(padding, 0), lift3(dilation or (1,) * len(stride), 1)
 
@@ -151,13 +282,22 @@ def _geometry(stride, padding, dilation):
 def forward(x, w, stride, padding, dilation=None):
     N, K = x.shape[0], w.shape[0]
     y = np.empty((N, K) + output_shape(x.shape[2:], w.shape[2:], stride, padding, dilation), x.dtype)
-    over_items(_forward, N * K, y.size * int(np.prod(w.shape[2:])),
-               as5d(x), as5d(w), *_geometry(stride, padding, dilation), as5d(y))
+    work = y.size * int(np.prod(w.shape[2:]))
+    stride, padding, dilation = _geometry(stride, padding, dilation)
+    if _wide(x.shape, w.shape, stride):
+        over_items(_forward_wide, N * K, work, as5d(x), as5d(w), padding, dilation, as5d(y))
+    else:
+        over_items(_forward, N * K, work, as5d(x), as5d(w), stride, padding, dilation, as5d(y))
     return y
 
 
 def backward_data(dy, w, x_shape, stride, padding, dilation=None):
     dx = np.empty(x_shape, dy.dtype)
-    over_items(_backward_data, x_shape[0] * x_shape[1], dy.size * int(np.prod(w.shape[2:])),
-               as5d(dy), as5d(w), *_geometry(stride, padding, dilation), as5d(dx))
+    work = dy.size * int(np.prod(w.shape[2:]))
+    stride, padding, dilation = _geometry(stride, padding, dilation)
+    if _wide(x_shape, w.shape, stride):
+        over_items(_backward_data_wide, x_shape[0] * x_shape[1], work, as5d(dy), as5d(w), padding, dilation, as5d(dx))
+    else:
+        over_items(_backward_data, x_shape[0] * x_shape[1], work, as5d(dy), as5d(w), stride, padding, dilation,
+                   as5d(dx))
     return dx

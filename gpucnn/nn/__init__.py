@@ -10,6 +10,7 @@ from . import init
 from .activation import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
 from .conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from .dropout import Dropout
+from .fusion import fuse, unfuse
 from .linear import Flatten, Linear
 from .loss import MSELoss, SoftmaxCrossEntropy, softmax
 from .module import Module, Parameter, Residual, Sequential, forward_hook, is_grad_enabled, no_grad
@@ -22,7 +23,7 @@ from .sync_batchnorm import SyncBatchNorm
 __all__ = ["ELU", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d",
            "Conv3d", "Dropout", "Flatten", "LeakyReLU", "Linear", "MSELoss", "MaxPool1d", "MaxPool2d", "MaxPool3d",
            "Maxout", "Module", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
-           "Tanh", "forward_hook", "init", "is_grad_enabled", "no_grad", "softmax",
+           "Tanh", "forward_hook", "fuse", "unfuse", "init", "is_grad_enabled", "no_grad", "softmax",
            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d",
            "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
            "SyncBatchNorm"]

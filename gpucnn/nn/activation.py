@@ -39,14 +39,23 @@ def _relu_kernels(a):
 
 
 class ReLU(Module):
+    fused = False   # set by gpucnn.nn.fuse: the layer before applies this ReLU (and its backward)
+
     def forward(self, x):
+        if self.fused:
+            return x
         y, mask = _relu_kernels(x).relu_forward(x)
         self._save(mask)
         return y
 
     def backward(self, dout):
+        if self.fused:
+            return dout
         (mask,) = self._take()
         return _relu_kernels(dout).relu_backward(dout, mask)
+
+    def extra_repr(self):
+        return "fused into the previous layer" if self.fused else ""
 
 
 class LeakyReLU(Module):

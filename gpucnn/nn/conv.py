@@ -121,8 +121,36 @@ class Conv1d(_ConvNd):
 
 class Conv2d(_ConvNd):
     """Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-    bias=True): x (N, C, H, W) -> y (N, K, Ho, Wo). groups=in_channels is a depthwise conv."""
+    bias=True): x (N, C, H, W) -> y (N, K, Ho, Wo). groups=in_channels is a depthwise conv.
+
+    fused_relu (set by gpucnn.nn.fuse when a ReLU follows): y = relu(conv(x) + b)
+    through F.conv2d_bias_relu (bias and ReLU in the conv's epilogue), and the
+    backward through F.conv2d_bias_relu_backward (the mask and db folded into
+    the backward convolutions); the ReLU layer then passes values through."""
     nd = 2
+    fused_relu = False
+
+    def forward(self, x):
+        if not self.fused_relu:
+            return super().forward(x)
+        b = None if self.bias is None else self.bias.data
+        y = F.conv2d_bias_relu(x, self.weight.data, b, *self._geometry())
+        self._save(x, y)
+        return y
+
+    def backward(self, dout):
+        if len(self._cache or ()) != 2:   # the cache of an unfused forward: (x,)
+            return super().backward(dout)
+        x, y = self._take()
+        dx, dw, db = F.conv2d_bias_relu_backward(dout, y, x, self.weight.data, *self._geometry(),
+                                                 bias=self.bias is not None)
+        self.weight.accumulate(dw)
+        if db is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return super().extra_repr() + (", fused ReLU" if self.fused_relu else "")
 
 
 class Conv3d(_ConvNd):

@@ -18,12 +18,18 @@ Per-channel sums run as a contiguous reduce over (N, C, spatial) -> (N, C)
 NumPy than reducing over axes (0, 2, 3) with fresh temporaries.
 In eval mode the layer is a fixed affine map and caches nothing (no backward).
 
+Fused ReLU (set by gpucnn.nn.fuse on a BatchNorm followed by a ReLU, issue
+11): y = relu(weight * xhat + bias) in the pass that writes y, and the
+backward starts from dout * [y > 0] in its own passes (the ReLU layer then
+passes values through). y is the unfused path's, bit for bit, and so are the
+gradients on the CPU (the same float32 values enter the same sums).
+
 Per-device implementations, chosen once per call from the arrays (one table,
 _IMPLEMENTATIONS, keyed by backend.one_device_and_dtype):
 - "gpu" (all CuPy, one dtype): the elementwise steps are fused launches
   (gpucnn.fused_gpu), the per-channel sums still taken by CuPy;
-- "cpu" (all NumPy, one dtype): training runs Numba kernels (norm_cpu: the
-  same formulas in 3 passes forward and 2 backward, sums in float64);
+- "cpu" (all NumPy, one dtype): Numba kernels (norm_cpu: the same formulas
+  in 3 passes forward and 2 backward, sums in float64; eval in 1 pass);
 - anything else (mixed dtypes): the array code of _ArrayCode, on either
   device, which promotes as NumPy does.
 """
@@ -40,16 +46,23 @@ def _channel_sum(a):
     return a.reshape(n, c, -1).sum(axis=2).sum(axis=0)
 
 
+def _relu_in_place(y):
+    """ReLU's y * [y > 0] (nn.ReLU's values), in place."""
+    y *= y > 0
+    return y
+
+
 class _ArrayCode:
     """NumPy-compatible array code: any device, any dtype mix."""
 
-    def eval_forward(self, bn, x, shape):
+    def eval_forward(self, bn, x, shape, relu=False):
         xp = backend.get_array_module(x)
         inv_std = (1.0 / xp.sqrt(bn.running_var + bn.eps)).reshape(shape)
-        return (x - bn.running_mean.reshape(shape)) * inv_std * \
+        y = (x - bn.running_mean.reshape(shape)) * inv_std * \
             bn.weight.data.reshape(shape) + bn.bias.data.reshape(shape)
+        return _relu_in_place(y) if relu else y
 
-    def train_forward(self, bn, x, shape, m):
+    def train_forward(self, bn, x, shape, m, relu=False):
         xp = backend.get_array_module(x)
         mu = _channel_sum(x) / m
         centered = x - mu.reshape(shape)
@@ -58,12 +71,16 @@ class _ArrayCode:
         xhat = centered
         xhat *= inv_std.reshape(shape)                       # in place: centered is not kept
         bn._update_running(mu, var * (m / (m - 1)))
-        bn._save(xhat, inv_std)
         y = xhat * bn.weight.data.reshape(shape)
         y += bn.bias.data.reshape(shape)
+        if relu:
+            _relu_in_place(y)
+        bn._save(xhat, inv_std, *([y] if relu else []))
         return y
 
-    def backward(self, bn, dout, xhat, inv_std, shape, m):
+    def backward(self, bn, dout, xhat, inv_std, shape, m, y=None):
+        if y is not None:
+            dout = dout * (y > 0)
         dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
         bn.weight.accumulate(dweight)
         bn.bias.accumulate(dbias)
@@ -75,16 +92,22 @@ class _ArrayCode:
 
 
 class _CpuKernels(_ArrayCode):
-    """Training forward and backward as Numba kernels (norm_cpu); eval as array code."""
+    """Training forward, backward and eval as Numba kernels (norm_cpu)."""
 
-    def train_forward(self, bn, x, shape, m):
-        y, xhat, mu, var, inv_std = norm_cpu.forward(x, bn.eps, bn.weight.data, bn.bias.data)
+    def eval_forward(self, bn, x, shape, relu=False):
+        if x.size == 0:
+            return super().eval_forward(bn, x, shape, relu)
+        inv_std = 1.0 / np.sqrt(bn.running_var + bn.eps)   # as the array code computes it
+        return norm_cpu.eval_forward(x, bn.running_mean, inv_std, bn.weight.data, bn.bias.data, relu)
+
+    def train_forward(self, bn, x, shape, m, relu=False):
+        y, xhat, mu, var, inv_std = norm_cpu.forward(x, bn.eps, bn.weight.data, bn.bias.data, relu)
         bn._update_running(mu, var * (m / (m - 1)))
-        bn._save(xhat, inv_std)
+        bn._save(xhat, inv_std, *([y] if relu else []))
         return y
 
-    def backward(self, bn, dout, xhat, inv_std, shape, m):
-        dx, dweight, dbias = norm_cpu.backward(dout, xhat, bn.weight.data, inv_std)
+    def backward(self, bn, dout, xhat, inv_std, shape, m, y=None):
+        dx, dweight, dbias = norm_cpu.backward(dout, xhat, bn.weight.data, inv_std, y)
         bn.weight.accumulate(dweight)
         bn.bias.accumulate(dbias)
         return dx
@@ -93,24 +116,30 @@ class _CpuKernels(_ArrayCode):
 class _GpuFused(_ArrayCode):
     """The elementwise steps as fused CuPy launches (gpucnn.fused_gpu)."""
 
-    def eval_forward(self, bn, x, shape):
-        return fused_gpu.batch_norm_eval(x, bn.running_mean.reshape(shape), bn.running_var.reshape(shape),
-                                         bn.eps, bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
+    def eval_forward(self, bn, x, shape, relu=False):
+        evaluate = fused_gpu.batch_norm_eval_relu if relu else fused_gpu.batch_norm_eval
+        return evaluate(x, bn.running_mean.reshape(shape), bn.running_var.reshape(shape),
+                        bn.eps, bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
 
-    def train_forward(self, bn, x, shape, m):
+    def train_forward(self, bn, x, shape, m, relu=False):
         mu = _channel_sum(x) / m
         sum_sq = _channel_sum(fused_gpu.squared_deviation(x, mu.reshape(shape)))
         factor = bn._next_factor()
         inv_std, new_mean, new_var = fused_gpu.batch_norm_stats(
             sum_sq, m, bn.eps, mu, bn.running_mean, bn.running_var, factor)
         bn._store_running(new_mean, new_var)
-        xhat, y = fused_gpu.batch_norm_normalize(x, mu.reshape(shape), inv_std.reshape(shape),
-                                                 bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
-        bn._save(xhat, inv_std)
+        normalize = fused_gpu.batch_norm_normalize_relu if relu else fused_gpu.batch_norm_normalize
+        xhat, y = normalize(x, mu.reshape(shape), inv_std.reshape(shape),
+                            bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
+        bn._save(xhat, inv_std, *([y] if relu else []))
         return y
 
-    def backward(self, bn, dout, xhat, inv_std, shape, m):
-        dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
+    def backward(self, bn, dout, xhat, inv_std, shape, m, y=None):
+        if y is None:
+            dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
+        else:   # the masked dout and its product with xhat in one launch
+            dout, product = fused_gpu.relu_grad_product(dout, y, xhat)
+            dweight, dbias = _channel_sum(product), _channel_sum(dout)
         bn.weight.accumulate(dweight)
         bn.bias.accumulate(dbias)
         return fused_gpu.batch_norm_backward(dout, xhat, dweight.reshape(shape), dbias.reshape(shape), m,
@@ -128,6 +157,7 @@ def implementation(*arrays):
 
 class _BatchNorm(Module):
     allowed_ndim = ()
+    fused_relu = False   # set by gpucnn.nn.fuse: a ReLU follows and is applied here
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=None):
         super().__init__()
@@ -152,12 +182,12 @@ class _BatchNorm(Module):
         shape = self._channel_shape(x)
         impl = implementation(x, self.weight.data, self.running_mean)
         if not self.training:
-            return impl.eval_forward(self, x, shape)
+            return impl.eval_forward(self, x, shape, self.fused_relu)
         m = x.size // x.shape[1]
         if m < 2:
             raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                              f"got input shape {tuple(x.shape)}")
-        return impl.train_forward(self, x, shape, m)
+        return impl.train_forward(self, x, shape, m, self.fused_relu)
 
     def _next_factor(self):
         """Counts the batch; the weight of its statistics in the running ones."""
@@ -180,10 +210,10 @@ class _BatchNorm(Module):
                 setattr(self, name, new)
 
     def backward(self, dout):
-        xhat, inv_std = self._take()
+        xhat, inv_std, *y = self._take()   # y: the output, when a fused ReLU needs its mask
         shape = self._channel_shape(dout)
         m = dout.size // dout.shape[1]
-        return implementation(dout, xhat, self.weight.data).backward(self, dout, xhat, inv_std, shape, m)
+        return implementation(dout, xhat, self.weight.data).backward(self, dout, xhat, inv_std, shape, m, *y)
 
     def macs(self, in_shape, out_shape):
         return 0  # a per-element scale and shift, not counted as multiply-adds

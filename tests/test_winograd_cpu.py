@@ -1,0 +1,99 @@
+"""The CPU's Winograd F(2x2, 3x3) route (gpucnn/functional/winograd_cpu.py)
+against the float64 loop reference: forward, backward-data (a forward conv
+of dy with the flipped filter) and backward-filter, through the public ops,
+over odd and even sizes, batch 1, padding 0/1/2 and asymmetric, rectangular
+images, non-contiguous inputs and blocks of several samples; which calls take
+the route; and results identical run to run at 1 and 2 threads."""
+import numba
+import numpy as np
+import pytest
+
+import gpucnn.functional as F
+from gpucnn.functional import winograd_cpu
+from gpucnn.testing import reference as ref
+
+REL_TOL = 1e-5   # the conv tests' float32 bound (relative L2 against float64)
+
+CASES = [  # (N, C, H, W, K, padding)
+    (1, 16, 8, 8, 16, (1, 1)),      # batch 1, the smallest output taken (8x8)
+    (3, 16, 9, 11, 20, (1, 1)),     # odd sizes: half tiles at the bottom and right
+    (2, 17, 10, 11, 16, (0, 0)),    # no padding, odd channels
+    (2, 16, 7, 8, 18, (2, 2)),      # padding 2 (backward-data's padding for padding 0)
+    (2, 24, 12, 11, 16, (1, 0)),    # asymmetric padding, rectangular image
+    (9, 16, 8, 9, 16, (1, 1)),      # several samples a block, a shorter last block
+    (2, 32, 28, 28, 32, (1, 1)),    # vgg_small's first 3x3 layer size, one sample a block
+]
+
+
+def _rel(out, expected):
+    return np.linalg.norm(out.astype(np.float64) - expected) / np.linalg.norm(expected)
+
+
+def _inputs(case, rng, contiguous=True):
+    N, C, H, W, K, padding = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    if not contiguous:   # a strided view of a wider array
+        x = np.repeat(x, 2, axis=3)[..., ::2]
+    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    Ho, Wo = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
+    dy = rng.standard_normal((N, K, Ho, Wo)).astype(np.float32)
+    return x, w, dy
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "view"])
+def test_winograd_matches_the_float64_reference(case, contiguous):
+    x, w, dy = _inputs(case, np.random.default_rng(3), contiguous)
+    padding = case[-1]
+    assert winograd_cpu.applies(x.shape, w.shape, (1, 1), padding, (1, 1), 1, x.dtype)
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    y = F.conv2d(x, w, padding=padding)
+    assert y.dtype == np.float32 and y.flags.c_contiguous
+    assert _rel(y, ref.conv_forward_ref(x64, w64, None, 1, padding)) <= REL_TOL
+    dx = F.conv2d_backward_data(dy, w, x.shape, padding=padding)
+    assert _rel(dx, ref.conv_backward_data_ref(dy64, w64, x.shape, 1, padding)) <= REL_TOL
+    dw = F.conv2d_backward_filter(dy, x, w.shape, padding=padding)
+    assert dw.shape == w.shape and dw.dtype == np.float32
+    assert _rel(dw, ref.conv_backward_filter_ref(dy64, x64, w.shape, 1, padding)) <= REL_TOL
+
+
+def test_winograd_kernels_directly_on_tiny_outputs():
+    """The kernels themselves down to a 1x1 output (the route takes 8x8 and up)."""
+    rng = np.random.default_rng(4)
+    for case in [(1, 16, 1, 1, 16, (1, 1)), (2, 16, 3, 3, 17, (0, 0)), (2, 16, 2, 3, 16, (1, 0))]:
+        x, w, dy = _inputs(case, rng)
+        padding = case[-1]
+        x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+        assert _rel(winograd_cpu.forward(x, w, padding), ref.conv_forward_ref(x64, w64, None, 1, padding)) <= REL_TOL
+        assert _rel(winograd_cpu.backward_filter(dy, x, padding),
+                    ref.conv_backward_filter_ref(dy64, x64, w.shape, 1, padding)) <= REL_TOL
+
+
+@pytest.mark.parametrize("args, taken", [
+    (((8, 32, 14, 14), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), True),
+    (((8, 32, 14, 14), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float64), False),   # float64: im2col
+    (((8, 32, 14, 14), (64, 32, 3, 3), (2, 2), (1, 1), (1, 1), 1, np.float32), False),   # stride 2
+    (((8, 32, 14, 14), (64, 32, 3, 3), (1, 1), (1, 1), (2, 2), 1, np.float32), False),   # dilation
+    (((8, 32, 14, 14), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2, np.float32), False),   # groups
+    (((8, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1, np.float32), False),   # 5x5
+    (((8, 8, 14, 14), (64, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),     # few channels
+    (((8, 256, 4, 4), (256, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),  # 4x4 output
+    (((8, 64, 7, 7), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),    # 7x7 output
+    (((8, 32, 14), (64, 32, 3), (1,), (1,), (1,), 1, np.float32), False),                 # 1-D
+])
+def test_which_calls_take_the_winograd_route(args, taken):
+    assert winograd_cpu.applies(*args) is taken
+
+
+def test_winograd_is_deterministic_per_thread_count():
+    x, w, dy = _inputs((6, 16, 10, 10, 16, (1, 1)), np.random.default_rng(5))
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            runs = [(winograd_cpu.forward(x, w, (1, 1)), winograd_cpu.backward_filter(dy, x, (1, 1)))
+                    for _ in range(2)]
+            for a, b in zip(*runs):
+                assert np.array_equal(a, b)
+    finally:
+        numba.set_num_threads(before)
