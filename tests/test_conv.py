@@ -20,7 +20,7 @@ REL_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 CONV_GPU_VERSIONS = (1, 2)   # swept here in every direction
 # Tensor-core versions, swept per precision in tests/test_tensor_core_emulated.py (and on a GPU there).
-TC_VERSIONS = {"forward": (3, 4)}
+TC_VERSIONS = {"forward": (3, 4), "backward_data": (3, 4), "backward_filter": (3, 4)}
 BACKENDS = ["cpu"] + [pytest.param(("gpu", v), marks=pytest.mark.gpu, id=f"gpu-v{v}")
                       for v in CONV_GPU_VERSIONS]
 # 3-D runs in conv3d_gpu / pool3d_gpu, and the pools take no version: default kernel only

@@ -49,7 +49,7 @@ def test_every_version_has_its_kernels():
     for direction, versions in conv_gpu.VERSIONS.items():
         for v in versions:
             if v in conv_gpu.TENSOR_CORE:   # one kernel per precision
-                names = conv_gpu.TC_FORWARD[v].values()
+                names = conv_gpu.TC_KERNELS[direction][v].values()
                 assert len(names) == 3 and all(n in conv_gpu.KERNELS and n.endswith(f"_v{v}") for n in names)
             else:
                 assert f"conv2d_{direction}_v{v}" in conv_gpu.KERNELS

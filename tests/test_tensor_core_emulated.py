@@ -20,7 +20,8 @@ import pytest
 
 import cuda_emulator as emu
 import gpucnn.functional as F
-from gpucnn import kernel_loader, precision
+from gpucnn import backend, kernel_loader, precision
+from gpucnn import precision as precision_mod
 from gpucnn.functional import conv_gpu
 from gpucnn.testing import reference as ref
 
@@ -114,7 +115,26 @@ extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) {name}(TC_PARAMS) {{
 """ for name, mode, plant in [("plant_lane_tf32_v3", "TC_MODE_TF32", "TC_PLANT_LANE"),
                                ("plant_lane_bf16_v3", "TC_MODE_BF16", "TC_PLANT_LANE"),
                                ("plant_no_wait_tf32_v3", "TC_MODE_TF32", "TC_PLANT_NO_WAIT"),
-                               ("plant_swizzle_tf32_v3", "TC_MODE_TF32", "TC_PLANT_SWIZZLE")])
+                               ("plant_swizzle_tf32_v3", "TC_MODE_TF32", "TC_PLANT_SWIZZLE")]) + "".join(
+    f"""
+extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) {name}({params}) {{
+    {fn}<TC_MODE_TF32, {plant}, TileV3>({args});
+}}
+""" for name, fn, params, args, plant in [
+        ("plant_phase_tf32_v3", "conv2d_backward_data_tc", "TC_BD_PARAMS", "TC_BD_ARGS", "TC_PLANT_PHASE"),
+        ("plant_split_tf32_v3", "conv2d_backward_filter_tc", "TC_BF_PARAMS", "TC_BF_ARGS", "TC_PLANT_SPLIT")])
+
+# The split-K reduction summed in reverse split order (appended to conv2d_backward.cu).
+PLANTED_REDUCE = """
+extern "C" __global__ void plant_reduce_reversed_v2(const scalar_t* __restrict__ partial,
+        scalar_t* __restrict__ dw, long long count, int splits) {
+    for (idx_t e = global_thread_id(); e < count; e += grid_stride()) {
+        scalar_t acc = 0;
+        for (int z = splits - 1; z >= 0; --z) acc += partial[(idx_t)z * count + e];
+        dw[e] = acc;
+    }
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +142,9 @@ def planted_build(cxx):
     if not emu.sanitizers_work(cxx):
         pytest.skip("no sanitizer runtime")
     source = kernel_loader.read_source(conv_gpu.TC_FILE) + PLANTED
-    return emu.build.build(sources={conv_gpu.TC_FILE: source}, dtypes=("float32",))
+    backward = kernel_loader.read_source(conv_gpu.BACKWARD_FILE) + PLANTED_REDUCE
+    return emu.build.build(sources={conv_gpu.TC_FILE: source, conv_gpu.BACKWARD_FILE: backward},
+                           dtypes=("float32",))
 
 
 @pytest.fixture
@@ -150,6 +172,225 @@ def test_emulator_catches_each_planted_bug(planted, monkeypatch, kernel, precisi
     else:
         assert err > 10 * TOL[precision], f"{kernel}: the planted bug went unnoticed (error {err:.3g})"
     assert planted.launched() == {kernel}
+
+
+# ---------------------------------------------------------------------------
+# Backward-data (phase decomposition) and backward-filter (split-K) on tensor
+# cores: the same main loop as the forward, other operand setups.
+
+# (N, C, K, spatial, kernel, stride, padding, layout[, dilation, groups])
+BACKWARD_CASES = [
+    (1, 3, 5, (7, 9), (3, 2), (2, 1), (1, 0), "transposed"),   # batch 1, odd, rectangular, pad % stride != 0
+    (2, 5, 6, (8, 7), (3, 3), 3, 1, "sliced"),                 # stride 3: nine phases of one tap each
+    (2, 70, 4, (6, 5), (3, 3), 2, 1, "contiguous"),            # C > 64: two dx row tiles, ten dw column tiles
+    (1, 4, 67, (5, 4), (2, 3), 1, (1, 1), "contiguous"),       # K > 64: 26 k-tiles for dx, two dw row tiles
+    (2, 2, 3, (13, 11), (3, 3), 1, 1, "sliced"),               # dw split-K: 18 tiles in 3 splits
+    (1, 2, 3, (11,), (2,), 3, 1, "transposed"),                # 1-D, stride > kernel: a phase without taps
+    (2, 4, 6, (9, 8), (3, 2), 2, (2, 1), "sliced", (2, 3), 2),  # dilation 2 = stride: phase 1 of h has no tap
+    (1, 6, 9, (7, 8), (3, 3), 3, 2, "contiguous", 2, 3),       # stride 3, dilation 2: one tap per phase, 3 groups
+    (2, 4, 4, (17,), (3,), 2, 2, "transposed", 3, 2),          # 1-D, dilation 3, stride 2, 2 groups
+]
+SPLIT_CASE = BACKWARD_CASES[4]
+
+
+def dil_groups(case):
+    return (tuple(case[8:]) + (1, 1))[:2] if len(case) > 8 else (1, 1)
+
+
+def backward_problem(case, seed=0):
+    n, c, k, spatial, kernel = case[:5]
+    dilation, groups = dil_groups(case)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + spatial).astype(np.float32)
+    w = rng.standard_normal((k, c // groups) + kernel).astype(np.float32)
+    y = ref.conv_forward_ref(x, w, None, case[5], case[6], dilation, groups)
+    dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+    return x, w, dy
+
+
+def backward_tc(case, direction, precision, x, w, dy, version=3):
+    name = "conv1d" if len(case[3]) == 1 else "conv2d"
+    dilation, groups = dil_groups(case)
+    geo = (case[5], case[6], dilation, groups)
+    kw = dict(layout=case[7], version=version, precision=precision)
+    if direction == "backward_data":
+        out = run(getattr(F, f"{name}_backward_data"), dy, w, x.shape, *geo, **kw)
+        return out, ref.conv_backward_data_ref(dy, w, x.shape, *geo)
+    out = run(getattr(F, f"{name}_backward_filter"), dy, x, w.shape, *geo, **kw)
+    return out, ref.conv_backward_filter_ref(dy, x, w.shape, *geo)
+
+
+def BACKWARD_ID(c):   # noqa: N802 (named like CASE_ID)
+    return CASE_ID(c) + ("-d{}-g{}".format(*dil_groups(c)).replace(" ", "") if len(c) > 8 else "")
+
+
+# v3 on every case and precision; v4 (slow to emulate) on two cases at "high".
+BACKWARD_EMULATED = [(c, d, 3, p) for c in BACKWARD_CASES for d in ("backward_data", "backward_filter")
+                     for p in TOL] + \
+    [(BACKWARD_CASES[2], "backward_data", 4, "high"), (BACKWARD_CASES[3], "backward_filter", 4, "high")]
+
+
+@pytest.mark.parametrize("case, direction, version, precision", [
+    pytest.param(c, d, v, p, id=f"{d}-v{v}-{BACKWARD_ID(c)}-{p}") for c, d, v, p in BACKWARD_EMULATED])
+def test_tensor_core_backward_within_the_precision_tolerance(dev, case, direction, version, precision):
+    x, w, dy = backward_problem(case)
+    out, expected = backward_tc(case, direction, precision, x, w, dy, version)
+    assert out.dtype == np.float32 and out.shape == expected.shape and np.all(np.isfinite(out))
+    err = rel_l2(out, expected)
+    ERRORS.setdefault((direction, precision), []).append(err)
+    assert err <= TOL[precision], f"{direction} {precision}: relative L2 error {err:.3g}"
+    assert conv_gpu.TC_KERNELS[direction][version][precision] in dev.launched()
+    if precision != "highest":   # the operands really were rounded
+        assert err > 1e-5
+
+
+def test_backward_data_runs_one_gemm_per_phase_over_only_its_taps(dev):
+    """Stride (3, 3), kernel 3x3: nine launches, each phase's Kgemm = K (one tap),
+    so no launch visits a tap that misses (the SIMT v2 visits all nine per phase)."""
+    case = BACKWARD_CASES[1]
+    x, w, dy = backward_problem(case)
+    backward_tc(case, "backward_data", "high", x, w, dy)
+    name = conv_gpu.TC_KERNELS["backward_data"][3]["high"]
+    assert dev.launches[(name, "float32")] == 9
+    phases, taps = conv_gpu._phase_tables(6, 3, 3, 3, 3, 3, 3, 1, 1, 1, backend.cupy)
+    assert [p[2] for p in phases] == [6 * i for i in range(9)] and np.asarray(taps).shape == (54,)
+    for dil, groups in [(1, 1), (2, 1), (3, 2)]:   # wt holds every (k, r, s) of c's group exactly once
+        C, K, R, S, sh, sw = 4, 6, 5, 4, 2, 3
+        w = np.arange(K * C // groups * R * S, dtype=np.float32).reshape(K, C // groups, R, S)
+        phases, taps = conv_gpu._phase_tables(K, R, S, 4, 4, sh, sw, dil, dil, groups, backend.cupy)
+        wt = np.asarray(conv_gpu._rotated_filter(backend.to_gpu(w), groups, phases))
+        Kpg, Cg = K // groups, C // groups
+        for c in range(C):
+            g = c // Cg
+            assert sorted(wt[c].tolist()) == sorted(w[g * Kpg:(g + 1) * Kpg, c - g * Cg].ravel().tolist())
+        assert len(phases) == sh * sw and np.asarray(taps).shape == (Kpg * R * S,)
+
+
+def test_backward_filter_split_k_is_deterministic_and_reduced_in_order(dev):
+    """dw equals the float32 sum of the per-split partials taken in split order,
+    bit for bit, and repeats bitwise; no atomics are involved."""
+    case = SPLIT_CASE
+    x, w, dy = backward_problem(case)
+    first, _ = backward_tc(case, "backward_filter", "high", x, w, dy)
+    again, _ = backward_tc(case, "backward_filter", "high", x, w, dy)
+    assert np.array_equal(first, again)
+    assert dev.launched() >= {conv_gpu.TC_KERNELS["backward_filter"][3]["high"], "conv2d_backward_filter_reduce_v2"}
+    partials = split_partials(case, x, dy, "high")
+    assert len(partials) == 3
+    assert np.array_equal(first, ordered_sum(partials))
+
+
+def split_partials(case, x, dy, precision, kernel=None):
+    """The split-K workspace (splits, K, C, R, S) of one backward-filter call, captured at the reduction."""
+    seen = []
+    real = kernel_loader.launch
+
+    def spy(k, grid, block, sig, args):
+        if "reduce" in k.name:
+            seen.append(np.array(args[0]))
+        return real(k, grid, block, sig, args)
+    import unittest.mock
+    with unittest.mock.patch.object(kernel_loader, "launch", spy):
+        run(F.conv2d_backward_filter, dy, x, (case[2], case[1]) + case[4], case[5], case[6], version=3,
+            precision=precision)
+    return seen[0]
+
+
+def ordered_sum(partials):
+    acc = np.zeros(partials.shape[1:], np.float32)
+    for p in partials:
+        acc = (acc + p).astype(np.float32)
+    return acc
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_default_choice_for_the_backward_directions(dev, precision):
+    case = BACKWARD_CASES[2]    # C = 70 (dx rows), K = 4 (dw rows)
+    x, w, dy = backward_problem(case)
+    run(F.conv2d_backward_data, dy, w, x.shape, 2, 1, precision=precision)
+    assert dev.launched() == {conv_gpu.TC_KERNELS["backward_data"][3][precision]}
+    dev.launches.clear()
+    run(F.conv2d_backward_filter, dy, x, w.shape, 2, 1, precision=precision)    # K = 4 rows: SIMT
+    assert not dev.launched() & conv_gpu.FLOAT32_ONLY
+    dev.launches.clear()
+    run(F.conv2d_backward_data, dy, w, x.shape, 2, 1)                          # "highest": SIMT v2
+    assert dev.launched() == {"conv2d_backward_data_v2"}
+    dev.launches.clear()
+    half = run(F.conv2d_backward_data, dy.astype(np.float16), w.astype(np.float16), x.shape, 2, 1,
+               precision=precision)                                           # float16: as float32
+    assert half.dtype == np.float16 and conv_gpu.TC_KERNELS["backward_data"][3][precision] in dev.launched()
+    assert rel_l2(half, ref.conv_backward_data_ref(dy.astype(np.float16), w.astype(np.float16), x.shape, 2, 1)) \
+        <= TOL[precision] + precision_mod.FLOAT16_TOLERANCE
+    dev.launches.clear()
+    case = BACKWARD_CASES[3]    # K = 67: dw on tensor cores (v3: 67 rows fill no 128-row tile)
+    x, w, dy = backward_problem(case)
+    run(F.conv2d_backward_filter, dy, x, w.shape, 1, (1, 1), precision=precision)
+    assert conv_gpu.TC_KERNELS["backward_filter"][3][precision] in dev.launched()
+    dev.launches.clear()
+    # dilation and groups: the backward tensor-core kernels take both (the forward ones neither)
+    case = BACKWARD_CASES[7]
+    x, w, dy = backward_problem(case)
+    run(F.conv2d_backward_filter, dy, x, w.shape, 3, 2, 2, 3, precision=precision)   # K/G = 3 rows: SIMT
+    assert not dev.launched() & conv_gpu.FLOAT32_ONLY
+    run(F.conv2d_backward_filter, dy, x, w.shape, 3, 2, 2, 3, version=3, precision=precision)
+    assert conv_gpu.TC_KERNELS["backward_filter"][3][precision] in dev.launched()
+    dev.launches.clear()
+    run(F.conv2d, x, w, None, 3, 2, 2, 3, precision=precision)
+    assert not dev.launched() & conv_gpu.FLOAT32_ONLY
+    with pytest.raises(ValueError, match="dilation or groups"):
+        run(F.conv2d, x, w, None, 3, 2, 2, 3, version=3, precision=precision)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_fused_backward_on_tensor_cores_runs_the_epilogue_as_array_code(dev, version):
+    """conv2d_bias_relu_backward with a tensor-core version: the ReLU mask and
+    db as array code around the kernels (they have no fused variants)."""
+    case = BACKWARD_CASES[7]   # stride 3, padding 2, dilation 2, 3 groups
+    x, w, dy = backward_problem(case)
+    y = np.maximum(ref.conv_forward_ref(x, w, None, 3, 2, 2, 3), 0).astype(np.float32)
+    dx, dw, db = run(F.conv2d_bias_relu_backward, dy, y, x, w, 3, 2, 2, 3, version=version, precision="high")
+    assert {conv_gpu.TC_KERNELS[d][version]["high"] for d in ("backward_data", "backward_filter")} \
+        <= dev.launched()
+    dz = dy * (y > 0)
+    assert rel_l2(dx, ref.conv_backward_data_ref(dz, w, x.shape, 3, 2, 2, 3)) <= TOL["high"]
+    assert rel_l2(dw, ref.conv_backward_filter_ref(dz, x, w.shape, 3, 2, 2, 3)) <= TOL["high"]
+    assert rel_l2(db, dz.astype(np.float64).sum(axis=(0, 2, 3))) <= 1e-6
+
+
+@pytest.mark.parametrize("kernel, direction, case", [
+    ("conv2d_backward_data_tf32_v3", "backward_data", BACKWARD_CASES[0]),       # controls
+    ("conv2d_backward_filter_tf32_v3", "backward_filter", SPLIT_CASE),
+    ("plant_phase_tf32_v3", "backward_data", BACKWARD_CASES[0]),   # phase start ignores the padding
+    ("plant_split_tf32_v3", "backward_filter", SPLIT_CASE),        # each split-K chunk drops a tile
+])
+def test_emulator_catches_planted_backward_bugs(planted, monkeypatch, kernel, direction, case):
+    monkeypatch.setitem(conv_gpu.TC_KERNELS[direction][3], "high", kernel)
+    x, w, dy = backward_problem(case)
+    out, expected = backward_tc(case, direction, "high", x, w, dy)
+    err = rel_l2(out, expected)
+    if kernel.startswith("conv2d"):
+        assert err <= TOL["high"]
+    else:
+        assert err > 10 * TOL["high"], f"{kernel}: the planted bug went unnoticed (error {err:.3g})"
+    assert kernel in planted.launched()
+
+
+def test_emulator_catches_a_reduction_in_the_wrong_order(planted, monkeypatch):
+    """A split-K reduction in reverse order is as accurate, but not the fixed
+    order: dw then differs bitwise from the in-order sum of the partials."""
+    case = SPLIT_CASE
+    x, w, dy = backward_problem(case, seed=3)
+    partials = split_partials(case, x, dy, "high")
+    assert len(partials) == 3
+    good = run(F.conv2d_backward_filter, dy, x, w.shape, case[5], case[6], version=3, precision="high")
+    assert np.array_equal(good, ordered_sum(partials))
+    real = kernel_loader.get_typed_kernel
+    monkeypatch.setattr(kernel_loader, "get_typed_kernel", lambda f, n, d: real(
+        f, "plant_reduce_reversed_v2" if n == "conv2d_backward_filter_reduce_v2" else n, d))
+    bad = run(F.conv2d_backward_filter, dy, x, w.shape, case[5], case[6], version=3, precision="high")
+    assert "plant_reduce_reversed_v2" in planted.launched()
+    assert rel_l2(bad, ref.conv_backward_filter_ref(dy, x, w.shape, case[5], case[6])) <= TOL["high"]
+    assert not np.array_equal(bad, ordered_sum(partials))
 
 
 # ---------------------------------------------------------------------------
@@ -347,4 +588,28 @@ def test_tensor_core_forward_on_the_gpu(monkeypatch, case, version, precision):
     assert rel_l2(out, ref.conv_forward_ref(x, w, None, case[5], case[6])) <= TOL[precision]
     half = fn(backend.to_gpu(x.astype(np.float16)), backend.to_gpu(w.astype(np.float16)), None,
               case[5], case[6], version=version, precision=precision)
+    assert half.dtype == np.float16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("direction", ["backward_data", "backward_filter"])
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{BACKWARD_ID(c)}")
+                                           for v in conv_gpu.TENSOR_CORE for c in BACKWARD_CASES])
+def test_tensor_core_backward_on_the_gpu(monkeypatch, case, version, direction, precision):
+    """Against the CPU reference, as the emulated sweep; float16 comes back as float16."""
+    from gpucnn import backend
+    monkeypatch.setattr(kernel_loader, "POISON_OUTPUTS", True)
+    x, w, dy = backward_problem(case)
+    name = "conv1d" if len(case[3]) == 1 else "conv2d"
+    fn = getattr(F, f"{name}_{direction}")
+    geo = (case[5], case[6]) + dil_groups(case)
+    a, b, shape = (dy, w, x.shape) if direction == "backward_data" else (dy, x, w.shape)
+    expected = (ref.conv_backward_data_ref(dy, w, x.shape, *geo) if direction == "backward_data"
+                else ref.conv_backward_filter_ref(dy, x, w.shape, *geo))
+    out = backend.to_cpu(fn(backend.to_gpu(a), backend.to_gpu(b), shape, *geo,
+                            version=version, precision=precision))
+    assert rel_l2(out, expected) <= TOL[precision]
+    half = fn(backend.to_gpu(a.astype(np.float16)), backend.to_gpu(b.astype(np.float16)), shape, *geo,
+              version=version, precision=precision)
     assert half.dtype == np.float16

@@ -94,10 +94,15 @@ def run_all(log=print):
                               y_ref, dtype, p_tol)
                     continue
                 check(f"{tag} forward v{v}", fwd(gx, gw, None, st, pd, version=v), y_ref, dtype)
-            for v in _versions(mod, "backward_data"):
-                check(f"{tag} backward_data v{v}", bd(gdy, gw, x.shape, st, pd, version=v), dx_ref, dtype)
-            for v in _versions(mod, "backward_filter"):
-                check(f"{tag} backward_filter v{v}", bf(gdy, gx, w.shape, st, pd, version=v), dw_ref, dtype)
+            for direction, call, expected in (
+                    ("backward_data", lambda v, **p: bd(gdy, gw, x.shape, st, pd, version=v, **p), dx_ref),
+                    ("backward_filter", lambda v, **p: bf(gdy, gx, w.shape, st, pd, version=v, **p), dw_ref)):
+                for v in _versions(mod, direction):
+                    if v in getattr(mod, "TENSOR_CORE", ()):   # as the forward: float32, each precision
+                        for p, p_tol in (PRECISION_TOLERANCE.items() if dtype is np.float32 else ()):
+                            check(f"{tag} {direction} v{v} {p}", call(v, precision=p), expected, dtype, p_tol)
+                        continue
+                    check(f"{tag} {direction} v{v}", call(v), expected, dtype)
 
         for N, C, sp, kern, st, pd in POOL_CASES:
             nd = len(sp)

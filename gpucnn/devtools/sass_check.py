@@ -12,7 +12,12 @@ row reports that loop's length and its counts per class:
     ldg    global loads and async copies (LDG, LDGSTS, LDGDEPBAR, DEPBAR)
     other  the rest (moves, conversions, branches, barriers)
 and math_share = (mma + fma) / all. A high int share is index math the
-hardware must issue beside the math; cuobjdump needs no GPU.
+hardware must issue beside the math; cuobjdump needs no GPU. A further
+column, div, counts the integer-division signatures inside the loop (not a
+class of its own: they are also counted above): I2F.*.RP, the reciprocal
+setup of nvcc's inline 32-bit division, and a CALL out of the loop, its
+out-of-line 64-bit division (a CALL into the loop or to the instruction
+just after it is control flow, not a division); 0 means no integer division in the main loop.
 
 cuobjdump comes with the CUDA toolkit, or with PyPI's nvidia-cuda-cuobjdump
 wheel (installed under site-packages/nvidia/<cu13 or cuda_cuobjdump>/bin).
@@ -99,25 +104,40 @@ def main_loop(instrs):
     return best
 
 
+def is_division(opcode, target_outside=True):
+    """An integer-division signature: I2F ... .RP (inline 32-bit), or a CALL
+    whose target lies outside the loop (the 64-bit division routine)."""
+    parts = opcode.split(".")
+    return (parts[0] == "I2F" and "RP" in parts[1:]) or (parts[0] == "CALL" and target_outside)
+
+
 def loop_mix(instrs):
-    """The main loop's instruction counts per class, its length and math share."""
+    """The main loop's instruction counts per class, its length, math share
+    and integer-division signatures (div)."""
     loop = main_loop(instrs)
     if loop is None:
-        return {"loop": None, "instructions": 0, "math_share": None, **{c: 0 for c in (*CLASSES, "other")}}
-    body = [o for a, o, _ in instrs if loop[0] <= a <= loop[1]]
+        return {"loop": None, "instructions": 0, "math_share": None, "div": 0,
+                **{c: 0 for c in (*CLASSES, "other")}}
+    inside = [(a, o, operands) for a, o, operands in instrs if loop[0] <= a <= loop[1]]
+    body = [o for _, o, _ in inside]
     counts = {c: 0 for c in (*CLASSES, "other")}
     for op in body:
         counts[classify(op)] += 1
+
+    def outside(operands):
+        m = _BRANCH_TARGET.search(operands)
+        return not (m and loop[0] <= int(m.group(1), 16) <= loop[1] + 0x10)   # + the loop's exit
     return {"loop": f"{loop[0]:#x}-{loop[1]:#x}", "instructions": len(body),
-            "math_share": round((counts["mma"] + counts["fma"]) / len(body), 3), **counts}
+            "math_share": round((counts["mma"] + counts["fma"]) / len(body), 3),
+            "div": sum(is_division(o, outside(operands)) for _, o, operands in inside), **counts}
 
 
 def format_table(rows):
     head = ("arch", "file", "scalar", "kernel", "regs", "smem", "spill", "loop", "n", "mma", "fma", "int",
-            "lds", "ldg", "other", "math%")
+            "lds", "ldg", "other", "math%", "div")
     body = [(r["arch"], r["file"], r["scalar"], r["kernel"], r["registers"], r["smem"],
              (r["spill_stores"] or 0) + (r["spill_loads"] or 0), r["loop"], r["instructions"], r["mma"], r["fma"],
              r["int"], r["lds"], r["ldg"], r["other"],
-             "-" if r["math_share"] is None else f"{100 * r['math_share']:.0f}") for r in rows]
+             "-" if r["math_share"] is None else f"{100 * r['math_share']:.0f}", r.get("div", "-")) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head, *body])

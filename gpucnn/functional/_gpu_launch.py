@@ -58,7 +58,7 @@ def resolve_version(table, op, version, gemm_rows=None):
 
 
 def select_version(table, op, version, *, gemm_rows=None, dtype=np.float32, precision="highest",
-                   tensor_core=(), shapes=None, run=None):
+                   tensor_core=(), shapes=None, run=None, tc_rows=None):
     """The kernel version of one GPU convolution.
 
     tensor_core: the tensor-core versions, as a sequence or as {version: rows
@@ -68,7 +68,8 @@ def select_version(table, op, version, *, gemm_rows=None, dtype=np.float32, prec
     fixed choice (resolve_version over the SIMT versions; for precision
     "high"/"medium" and at least AUTO_V1_ROWS GEMM rows, the tensor-core
     version with the largest block tile that the rows fill, else the smallest
-    one: an untimed default, no GPU has run them yet), or with
+    one: an untimed default, no GPU has run them yet; tc_rows, when given,
+    stands for gemm_rows in that choice), or with
     gpucnn.backends.autotune the measured winner among them
     (_autotune.choose: run(v) runs the op with version v; `shapes` keys the cache)."""
     float32 = np.dtype(dtype) == np.float32
@@ -81,9 +82,10 @@ def select_version(table, op, version, *, gemm_rows=None, dtype=np.float32, prec
     simt = {op: tuple(v for v in table[op] if v not in tensor_core)}
     default = resolve_version(simt, op, None, gemm_rows)
     tc = sorted(v for v in table[op] if v in tensor_core) if float32 else []
-    if tc and precision != "highest" and (gemm_rows is None or gemm_rows >= AUTO_V1_ROWS):
+    rows_tc = gemm_rows if tc_rows is None else tc_rows
+    if tc and precision != "highest" and (rows_tc is None or rows_tc >= AUTO_V1_ROWS):
         rows = tensor_core if isinstance(tensor_core, dict) else {}
-        filled = [v for v in tc if gemm_rows is None or rows.get(v, 0) <= gemm_rows]
+        filled = [v for v in tc if rows_tc is None or rows.get(v, 0) <= rows_tc]
         default = max(filled) if filled else tc[0]
     candidates = list(simt[op]) + tc
     if run is None or shapes is None:

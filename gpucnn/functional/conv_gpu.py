@@ -9,11 +9,14 @@ dtype: every kernel is written over `scalar_t` (kernels/common.cuh) and each
 .cu file is compiled once per dtype with -DSCALAR=float or -DSCALAR=double
 (kernel_loader.get_typed_kernel); the names stay plain extern "C" symbols. Sums run in the input
 dtype. Kernel versions: 1 = one thread per output element, straight from the
-formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (forward
-only) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
+formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (every
+direction) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
 (kernels/conv2d_tc.cu: TF32 for precision "high", BF16 for "medium", 3xTF32
-for "highest"; float32 only, no dilation or groups; compiled and emulated,
-not yet run on a GPU). version=None picks by
+for "highest"; float32 only; the forward takes no dilation or groups (those
+run the SIMT versions), the backward ones take both; backward-data one GEMM
+per stride phase, backward-filter split-K with the ordered reduction;
+compiled and emulated, not yet run on a GPU).
+version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
 
@@ -38,6 +41,7 @@ tensor-core versions and the depthwise kernels have no fused variant: there
 the same epilogue runs as array code after (or before) the kernel.
 """
 import functools
+import math
 
 import numpy as np
 
@@ -50,15 +54,19 @@ FORWARD_FILE = "conv2d_forward.cu"
 BACKWARD_FILE = "conv2d_backward.cu"
 DEPTHWISE_FILE = "conv2d_depthwise.cu"
 TC_FILE = "conv2d_tc.cu"
-VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2), "backward_filter": (1, 2)}
+VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2, 3, 4), "backward_filter": (1, 2, 3, 4)}
 # Versions that run on tensor cores, with the rows (K) of their block tile:
-# float32 only (float16 arrives as float32), no dilation or groups; the
-# precision picks the kernel. Compiled and emulated, not yet run on a GPU.
+# float32 only (float16 arrives as float32); dilation and groups in the
+# backward directions only; the precision picks the kernel. Compiled and
+# emulated, not yet run on a GPU.
 TENSOR_CORE = {3: 64, 4: 128}
 SIMT_VERSIONS = {d: tuple(v for v in vs if v not in TENSOR_CORE) for d, vs in VERSIONS.items()}
 TC_TILES = {3: (64, 64, 128), 4: (128, 128, 256)}   # (BM, BN, threads): kernels/conv2d_tc.cu
 _TC_TAGS = {"highest": "3xtf32", "high": "tf32", "medium": "bf16"}
-TC_FORWARD = {v: {p: f"conv2d_forward_{tag}_v{v}" for p, tag in _TC_TAGS.items()} for v in TENSOR_CORE}
+# TC_KERNELS[direction][version][precision]: the kernel name.
+TC_KERNELS = {d: {v: {p: f"conv2d_{d}_{tag}_v{v}" for p, tag in _TC_TAGS.items()} for v in TENSOR_CORE}
+              for d in VERSIONS}
+TC_FORWARD = TC_KERNELS["forward"]
 
 # Every kernel these launchers use, with its file (the tests check the names).
 KERNELS = {
@@ -71,7 +79,7 @@ KERNELS = {
     "conv2d_backward_filter_reduce_v2": BACKWARD_FILE,
     "conv2d_depthwise_forward_v1": DEPTHWISE_FILE,
     "conv2d_depthwise_backward_filter_v1": DEPTHWISE_FILE,
-    **{name: TC_FILE for names in TC_FORWARD.values() for name in names.values()},
+    **{name: TC_FILE for by_v in TC_KERNELS.values() for names in by_v.values() for name in names.values()},
 }
 # The fused-epilogue variants of the SIMT kernels: (direction, bias, relu) per name.
 FUSED = {("forward", True, False), ("forward", False, True), ("forward", True, True),
@@ -87,7 +95,7 @@ def fused_kernel(direction, version, bias=False, relu=False):
 FUSED_KERNELS = {fused_kernel(d, v, b, r): FORWARD_FILE if d == "forward" else BACKWARD_FILE
                  for d, b, r in FUSED for v in SIMT_VERSIONS[d]}
 KERNELS.update(FUSED_KERNELS)
-FLOAT32_ONLY = frozenset(name for names in TC_FORWARD.values() for name in names.values())
+FLOAT32_ONLY = frozenset(name for name, f in KERNELS.items() if f == TC_FILE)
 DW_TILE, DW_IN = 16, 48   # conv2d_depthwise.cu's output tile and largest staged input tile
 
 
@@ -111,13 +119,14 @@ def _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups):
     return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding) + tuple(dilation) + (groups,)
 
 
-def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True):
+def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True, tc_rows=None):
     """select_version for this module's table (autotune keyed by op and shapes);
-    the tensor-core versions only for a plain conv (no dilation, no groups)."""
+    plain=False (the forward with dilation or groups): no tensor-core versions."""
     if not plain and version in TENSOR_CORE:
         raise ValueError(f"{op}: kernel version {version} (tensor cores) takes no dilation or groups")
     return select_version(VERSIONS if plain else SIMT_VERSIONS, direction, version, gemm_rows=gemm_rows,
-                          dtype=dtype, precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run)
+                          dtype=dtype, precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run,
+                          tc_rows=tc_rows)
 
 
 def _plain(dilation, groups):
@@ -162,8 +171,7 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
     elif run_if_nonempty(y, x4, w4):
         if v in TENSOR_CORE:
             check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
-            if max(R, S) >= 1 << 16:
-                raise ValueError(f"{op}: kernel {(R, S)} too large for the tensor-core kernel's tap table")
+            _check_tap_fields(op, "kernel", R, S)
             bm, bn, threads = TC_TILES[v]
             grid = (kernel_loader.grid_1d(N * Ho * Wo, bn)[0], -(-K // bm))
             kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[v][precision], x.dtype)
@@ -197,8 +205,7 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
     op = "conv2d_backward_data" if dy.ndim == 4 else "conv1d_backward_data"
     v = _select(op, "backward_data", version, precision, dy.dtype, w.shape[1],
                 dict(dy=dy.shape, w=w.shape, x=x_shape, s=stride, p=padding, d=dilation, g=groups),
-                lambda v: backward_data(dy, w, x_shape, stride, padding, dilation, groups, v, precision),
-                _plain(dilation, groups))
+                lambda v: backward_data(dy, w, x_shape, stride, padding, dilation, groups, v, precision))
     nd = dy.ndim - 2
     stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
     dy4, w4 = as_2d(dy), as_2d(w)
@@ -207,6 +214,10 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
     dims = _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups)
     dx = kernel_loader.alloc_output((N, C, H, W), dy.dtype)
     if run_if_nonempty(dx, dy4, w4):
+        if v in TENSOR_CORE:   # no fused variant: the ReLU mask as array code
+            _backward_data_tc(op, dy4 if relu_y is None else dy4 * (as_2d(relu_y) > 0), w4, dx, dims, v,
+                              precision)
+            return dx.reshape(tuple(x_shape))
         if v == 1:
             grid = kernel_loader.grid_1d(dx.size, BLOCK)
         else:
@@ -219,6 +230,117 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
         arrays = (dy4, w4, as_2d(relu_y), dx) if relu else (dy4, w4, dx)
         kernel_loader.launch(kernel, grid, (BLOCK,), "p" * len(arrays) + _SIG[3:], arrays + dims)
     return dx.reshape(tuple(x_shape))
+
+
+def _check_tap_fields(op, what, *values):
+    """The tap tables hold two 16-bit fields (kernels/conv2d_tc.cu)."""
+    if max(values) >= 1 << 16:
+        raise ValueError(f"{op}: {what} {values} too large for the tensor-core kernel's tap table")
+
+
+def _phase_axis(phase, R, stride, pad, dil, H):
+    """One axis of backward-data's output phase `phase` (kernels/conv2d_tc.cu,
+    tc_phase): (r0, taps, step, shift, count): the filter taps r = r0 + t*step
+    < R (t < taps) with r*dil = phase (mod stride), the dy rows between
+    consecutive taps, and the number of dx positions h with h + pad = phase
+    (mod stride)."""
+    step = stride // math.gcd(stride, dil)
+    r0 = next((r for r in range(min(R, step)) if r * dil % stride == phase), None)
+    taps = 0 if r0 is None else (R - 1 - r0) // step + 1
+    first = (phase - pad) % stride
+    count = (H - 1 - first) // stride + 1 if first < H else 0
+    return r0, taps, step, dil // math.gcd(stride, dil), count
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_tables(K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, xp):
+    """Backward-data's phase decomposition: ((a, b, koff, (r0, Rp, step_h),
+    (s0, Sp, step_w)), ...) for every phase (a, b), koff its first kk column,
+    and the packed taps, one int64 per kk of every phase in turn (phase (a, b):
+    kk = (k*Rp + tr)*Sp + ts over the group's K/G filters, tap (r, s) =
+    (r0 + tr*step_h, s0 + ts*step_w)): (k*Ho*Wo + dh*Wo + dw) << 32 | dh << 16 | dw
+    with (dh, dw) = ((Rp-1-tr)*shift_h, (Sp-1-ts)*shift_w). xp keys the cache
+    (the tests swap in an emulator)."""
+    Kpg = K // groups
+    taps, phases, koff = [], [], 0
+    for a in range(sh):
+        r0, rp, step_h, shift_h, _ = _phase_axis(a, R, sh, 0, dil_h, 1)
+        for b in range(sw):
+            s0, sp, step_w, shift_w, _ = _phase_axis(b, S, sw, 0, dil_w, 1)
+            k, tr, ts = (g.ravel() for g in np.meshgrid(np.arange(Kpg), np.arange(rp), np.arange(sp),
+                                                        indexing="ij"))
+            dh, dw = (rp - 1 - tr) * shift_h, (sp - 1 - ts) * shift_w
+            taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
+            phases.append((a, b, koff, (r0, rp, step_h), (s0, sp, step_w)))
+            koff += k.size
+    return tuple(phases), backend.to_gpu(np.concatenate(taps).astype(np.int64))
+
+
+def _rotated_filter(w4, groups, phases):
+    """wt (C x K/G*R*S): row c holds, phase block after phase block, the taps
+    w[g*K/G + k, c - g*C/G, r, s] of c's group g in the phase's kk order
+    (strided slices of w, one copy per phase)."""
+    K, Cg, R, S = w4.shape
+    Kpg = K // groups
+    wt = kernel_loader.alloc_output((Cg * groups, Kpg * R * S), w4.dtype)
+    w5 = w4.reshape(groups, Kpg, Cg, R, S)
+    for _, _, koff, (r0, rp, step_h), (s0, sp, step_w) in phases:
+        if rp and sp:   # (G, Cg, Kpg, Rp, Sp) -> (C, Kpg*Rp*Sp)
+            block = w5[:, :, :, r0::step_h, s0::step_w].transpose(0, 2, 1, 3, 4)
+            wt[:, koff:koff + Kpg * rp * sp] = block.reshape(Cg * groups, Kpg * rp * sp)
+    return wt
+
+
+def _backward_data_tc(op, dy4, w4, dx, dims, v, precision):
+    """Backward-data on tensor cores: one implicit GEMM per output phase
+    (stride residue class of dx positions) over only the taps that hit it,
+    one group per grid z."""
+    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups = dims
+    Cg = C // groups
+    check_gemm_size(op, Cg, K // groups * R * S, H * W, K * Ho * Wo + (dil_h * (R - 1) + 1) * Wo)
+    check_groups_grid(op, groups)
+    _check_tap_fields(op, "dilated kernel extent", dil_h * (R - 1), dil_w * (S - 1))
+    phases, taps = _phase_tables(K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, backend.cupy)
+    wt = _rotated_filter(w4, groups, phases)
+    bm, bn, threads = TC_TILES[v]
+    kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_data"][v][precision], dx.dtype)
+    for a, b, koff, _, _ in phases:
+        cols = N * _phase_axis(a, R, sh, ph, dil_h, H)[4] * _phase_axis(b, S, sw, pw, dil_w, W)[4]
+        if cols:   # a phase with no taps still runs: it writes its zeros
+            kernel_loader.launch(kernel, (kernel_loader.grid_1d(cols, bn)[0], -(-Cg // bm), groups),
+                                 (threads,), "pppp" + "i" * 19, (dy4, wt, dx, taps) + tuple(dims) + (a, b, koff))
+
+
+@functools.lru_cache(maxsize=64)
+def _position_table(Ho, Wo, W, sh, sw, xp):
+    """Backward-filter's table, one int64 per output position p = i*Wo + j:
+    (i*sh*W + j*sw) << 32 | i*sh << 16 | j*sw (kernels/conv2d_tc.cu)."""
+    p = np.arange(Ho * Wo, dtype=np.int64)
+    i, j = p // Wo * sh, p % Wo * sw
+    return backend.to_gpu(((i * W + j) << 32) | (i << 16) | j)
+
+
+def _backward_filter_tc(op, dy4, x4, dw, dims, v, precision):
+    """Backward-filter on tensor cores, deterministic: split-K over the
+    (image, 16 output positions) tiles into a workspace, then the fixed-order
+    reduction conv2d_backward_filter_reduce_v2; grid z = group*splits + chunk."""
+    N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h, dil_w, groups = dims
+    Kpg, crs = K // groups, C // groups * R * S
+    check_gemm_size(op, Kpg, crs, Ho * Wo, C * H * W)
+    check_groups_grid(op, groups)
+    _check_tap_fields(op, "strided output extent", (Ho - 1) * sh, (Wo - 1) * sw)
+    bm, bn, threads = TC_TILES[v]
+    tiles = N * -(-(Ho * Wo) // TILE_K)   # TILE_K = TC_BK: the kernel's k-tile
+    splits, chunk = filter_split(Kpg, crs, tiles * TILE_K, groups)
+    out = dw if splits == 1 else kernel_loader.alloc_output((splits,) + dw.shape, dw.dtype)
+    kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_KERNELS["backward_filter"][v][precision], dw.dtype)
+    kernel_loader.launch(kernel, (-(-crs // bn), -(-Kpg // bm), splits * groups), (threads,), "pppp" + "i" * 17,
+                         (dy4, x4, out, _position_table(Ho, Wo, W, sh, sw, backend.cupy)) + tuple(dims)
+                         + (chunk // TILE_K,))
+    if splits > 1:
+        reduce = kernel_loader.get_typed_kernel(BACKWARD_FILE, "conv2d_backward_filter_reduce_v2", dw.dtype)
+        kernel_loader.launch(reduce, kernel_loader.grid_1d(dw.size, BLOCK), (BLOCK,), "ppli",
+                             (out, dw, dw.size, splits))
 
 
 @functools.lru_cache(maxsize=64)
@@ -306,7 +428,15 @@ def _backward_filter_into(dy, x, w_shape, stride, padding, dilation, groups, ver
     v = _select(op, "backward_filter", version, precision, x.dtype, None,
                 dict(dy=dy.shape, x=x.shape, w=w_shape, s=stride, p=padding, d=dilation, g=groups),
                 lambda v: backward_filter(dy, x, w_shape, stride, padding, dilation, groups, v, precision),
-                _plain(dilation, groups))
+                tc_rows=K // groups)
+    if v in TENSOR_CORE:   # no fused variant: the mask and db as array code around the kernel
+        if relu:
+            dy4 = dy4 * (as_2d(relu_y) > 0)
+        dw = flat[:K * Cg * R * S]
+        _backward_filter_tc(op, dy4, x4, dw.reshape(K, Cg, R, S), dims, v, precision)
+        if bias_grad:
+            flat[K * Cg * R * S:] = dy4.sum(axis=(0, 2, 3))
+        return flat
     name = fused_kernel("backward_filter", v, bias_grad, relu)
     if v == 1:
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, name, x.dtype)
