@@ -139,9 +139,12 @@ class EmulatedKernel:
             if p["restrict"] and not p["const"] and \
                     any(j != i and np.may_share_memory(a, b) for j, _, b in arrays):
                 self._fail(f"__restrict__ output {p['name']} overlaps another argument")
+        env = {**os.environ, **SANITIZER_ENV}
+        if self.device.misalign:
+            env["EMU_MISALIGN"] = str(self.device.misalign)
         cmd = [str(self.device.executable(self.dtype)), self.name, *map(str, grid + block),
                "reverse" if self.device.reverse else "forward", *text]
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **SANITIZER_ENV})
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode:
             report = r.stderr if len(r.stderr) < 9000 else f"{r.stderr[:6000]}\n...\n{r.stderr[-2000:]}"
             self._fail(f"emulator exit {r.returncode}:\n{report}")
@@ -154,10 +157,13 @@ class EmulatedKernel:
 class EmulatedDevice:
     """The emulator build plus a scratch directory; `launches` counts
     (kernel name, dtype) pairs. reverse=True runs blocks (and the threads of
-    barrier-free blocks) in reverse order."""
+    barrier-free blocks) in reverse order. misalign=K starts every device
+    buffer K bytes past a 16-byte boundary (emu_main.cpp's EMU_MISALIGN), as
+    a CuPy view at an element offset would be; 0 keeps malloc's alignment."""
 
-    def __init__(self, build_dir, workdir, reverse=False):
+    def __init__(self, build_dir, workdir, reverse=False, misalign=0):
         self.build_dir, self.workdir, self.reverse = Path(build_dir), Path(workdir), reverse
+        self.misalign = misalign
         self.kernels = {k["name"]: k for k in json.loads((self.build_dir / "kernels.json").read_text())}
         self.launches = Counter()
 
