@@ -135,3 +135,15 @@ def test_version_choice(dev):
     with pytest.raises(ValueError, match="version 3 does not exist"):
         run(F.avg_pool2d, x, 2, version=3)
     assert pool_gpu.VERSIONS["avg_backward"] == (1, 2)
+
+
+def test_sanitizer_driver_runs_every_pool_version(dev, monkeypatch):
+    """The compute-sanitizer driver's pool cases (conv cases left out here)
+    run v1 and v2 of every 2-D/1-D pool op and match the reference."""
+    from gpucnn import backend
+    from gpucnn.devtools import sanitizer_driver
+    monkeypatch.setattr(sanitizer_driver, "CONV_CASES", ())
+    monkeypatch.setattr(backend, "synchronize", lambda *a: None)
+    assert sanitizer_driver.run_all(log=lambda line: None) == []
+    assert {f"{op}_v{v}" for op in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+                                    "avg_pool2d_backward") for v in (1, 2)} <= dev.launched()
