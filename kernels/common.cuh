@@ -338,6 +338,43 @@ __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREA
 }
 
 // ---------------------------------------------------------------------------
+// Storage type (pool2d v2). storage_t is the element type in global memory,
+// scalar_t the one the kernel computes in; they are the same except in the
+// float16 build (-DSCALAR=float -DSTORAGE_HALF): float16 arrays, float
+// arithmetic. f16_t holds the IEEE half bits (NVRTC has no cuda_fp16.h
+// here); load_value widens exactly (cvt.f32.f16), store_value rounds to
+// nearest even (cvt.rn.f16.f32). The CPU emulator (no PTX) has the same
+// conversions in tests/cuda_emulator/cuda_emu.h.
+#ifdef STORAGE_HALF
+struct f16_t {
+    unsigned short bits;
+};
+typedef f16_t storage_t;
+__device__ __forceinline__ float load_value(f16_t h) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+    return f;
+#else
+    return emu_cvt_f32_f16(h.bits);
+#endif
+}
+__device__ __forceinline__ f16_t store_value(float f) {
+    f16_t h;
+#ifdef __CUDA_ARCH__
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#else
+    h.bits = emu_cvt_rn_f16_f32(f);
+#endif
+    return h;
+}
+#else
+typedef scalar_t storage_t;
+__device__ __forceinline__ scalar_t load_value(scalar_t v) { return v; }
+__device__ __forceinline__ scalar_t store_value(scalar_t v) { return v; }
+#endif
+
+// ---------------------------------------------------------------------------
 // Vector memory access (pool2d v2). VecBytes<T, B> is B bytes of T loaded or
 // stored by one instruction (B = 16: LDG.E.128 / STG.E.128, B = 8: .64) when
 // the address is B-byte aligned; `aligned` tests that at run time, since a

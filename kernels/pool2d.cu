@@ -165,10 +165,11 @@ extern "C" __global__ void avg_pool2d_backward_v1(
 // max pooling).
 #define POOL_RUN 4
 
-// tap(k, v, at) for each in-image element v = xp[at] (at = h*W + c) of the
+// tap(k, v, at) for each in-image element v = xp[at] (at = h*W + c, widened
+// to scalar_t) of the
 // windows of outputs j0 + k, k < n, of output row i; per k in (r, s) order.
 template <typename Tap>
-__device__ __forceinline__ void for_each_in_windows_of_run(const scalar_t* __restrict__ xp,
+__device__ __forceinline__ void for_each_in_windows_of_run(const storage_t* __restrict__ xp,
                                                            const Axis& ah, const Axis& aw, int i,
                                                            int j0, int n, Tap tap) {
     const int h0 = i * ah.stride - ah.pad, v0 = j0 * aw.stride - aw.pad;
@@ -177,7 +178,8 @@ __device__ __forceinline__ void for_each_in_windows_of_run(const scalar_t* __res
     for (int r = 0; r < ah.win; ++r) {
         const int h = h0 + r;
         if (!in_range(h, ah.in)) continue;
-        for_each_in_row(xp + (idx_t)h * aw.in, c0, c1, [&](int c, scalar_t v) {
+        for_each_in_row(xp + (idx_t)h * aw.in, c0, c1, [&](int c, storage_t stored) {
+            const scalar_t v = load_value(stored);
 #pragma unroll
             for (int k = 0; k < POOL_RUN; ++k)
                 if (k < n && in_range(c - v0 - k * aw.stride, aw.win)) tap(k, v, h * aw.in + c);
@@ -202,6 +204,12 @@ __device__ __forceinline__ void for_each_window_of_run(const Axis& ah, const Axi
 
 // The run of a thread: element `first` .. first+n-1 of row `row` of plane
 // `plane` in a (planes, rows, cols) array, from the flat run index idx.
+// The run's values rounded to storage_t, for store_run.
+__device__ __forceinline__ void to_storage(const scalar_t (&v)[POOL_RUN], storage_t (&out)[POOL_RUN]) {
+#pragma unroll
+    for (int k = 0; k < POOL_RUN; ++k) out[k] = store_value(v[k]);
+}
+
 struct RowRun {
     idx_t plane;
     int row, first, n;
@@ -221,7 +229,7 @@ __device__ __forceinline__ idx_t row_runs(idx_t planes, int rows, int cols) {
 
 // ---------------------------------------------------------------------------
 extern "C" __global__ void max_pool2d_forward_v2(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
+    const storage_t* __restrict__ x, storage_t* __restrict__ y, int* __restrict__ argmax,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
     const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
@@ -243,14 +251,16 @@ extern "C" __global__ void max_pool2d_forward_v2(
             }
         });
         const idx_t out = (t.plane * Ho + t.row) * Wo + t.first;
-        store_run(y + out, best, t.n);
+        storage_t stored[POOL_RUN];
+        to_storage(best, stored);
+        store_run(y + out, stored, t.n);
         store_run(argmax + out, best_at, t.n);
     }
 }
 
 // ---------------------------------------------------------------------------
 extern "C" __global__ void max_pool2d_backward_v2(
-    const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
+    const storage_t* __restrict__ dy, const int* __restrict__ argmax, storage_t* __restrict__ dx,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
     const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
@@ -264,18 +274,20 @@ extern "C" __global__ void max_pool2d_backward_v2(
         for (int k = 0; k < POOL_RUN; ++k) acc[k] = 0;
         for_each_window_of_run(ah, aw, t.row, t.first, t.n, [&](idx_t o, int s0) {
             const int a = argmax[base + o];
-            const scalar_t g = dy[base + o];
+            const scalar_t g = load_value(dy[base + o]);
 #pragma unroll
             for (int k = 0; k < POOL_RUN; ++k)
                 if (k < t.n && in_range(s0 + k, S) && a == here + k) acc[k] += g;
         });
-        store_run(dx + (t.plane * H + t.row) * W + t.first, acc, t.n);
+        storage_t stored[POOL_RUN];
+        to_storage(acc, stored);
+        store_run(dx + (t.plane * H + t.row) * W + t.first, stored, t.n);
     }
 }
 
 // ---------------------------------------------------------------------------
 extern "C" __global__ void avg_pool2d_forward_v2(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+    const storage_t* __restrict__ x, storage_t* __restrict__ y,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
     const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
@@ -290,13 +302,15 @@ extern "C" __global__ void avg_pool2d_forward_v2(
                                    [&](int k, scalar_t v, int) { acc[k] += v; });
 #pragma unroll
         for (int k = 0; k < POOL_RUN; ++k) acc[k] /= divisor;
-        store_run(y + (t.plane * Ho + t.row) * Wo + t.first, acc, t.n);
+        storage_t stored[POOL_RUN];
+        to_storage(acc, stored);
+        store_run(y + (t.plane * Ho + t.row) * Wo + t.first, stored, t.n);
     }
 }
 
 // ---------------------------------------------------------------------------
 extern "C" __global__ void avg_pool2d_backward_v2(
-    const scalar_t* __restrict__ dy, scalar_t* __restrict__ dx,
+    const storage_t* __restrict__ dy, storage_t* __restrict__ dx,
     int N, int C, int H, int W, int Ho, int Wo, int R, int S, int sh, int sw, int ph, int pw)
 {
     const Axis ah{H, Ho, R, sh, ph}, aw{W, Wo, S, sw, pw};
@@ -304,18 +318,20 @@ extern "C" __global__ void avg_pool2d_backward_v2(
     const scalar_t divisor = (scalar_t)(R * S);
     for (idx_t idx = global_thread_id(); idx < total; idx += grid_stride()) {
         const RowRun t = row_run(idx, H, W);
-        const scalar_t* dyp = dy + t.plane * Ho * Wo;
+        const storage_t* dyp = dy + t.plane * Ho * Wo;
         scalar_t acc[POOL_RUN];
 #pragma unroll
         for (int k = 0; k < POOL_RUN; ++k) acc[k] = 0;
         for_each_window_of_run(ah, aw, t.row, t.first, t.n, [&](idx_t o, int s0) {
-            const scalar_t g = dyp[o];
+            const scalar_t g = load_value(dyp[o]);
 #pragma unroll
             for (int k = 0; k < POOL_RUN; ++k)
                 if (k < t.n && in_range(s0 + k, S)) acc[k] += g;
         });
 #pragma unroll
         for (int k = 0; k < POOL_RUN; ++k) acc[k] /= divisor;
-        store_run(dx + (t.plane * H + t.row) * W + t.first, acc, t.n);
+        storage_t stored[POOL_RUN];
+        to_storage(acc, stored);
+        store_run(dx + (t.plane * H + t.row) * W + t.first, stored, t.n);
     }
 }

@@ -147,3 +147,62 @@ def test_sanitizer_driver_runs_every_pool_version(dev, monkeypatch):
     assert sanitizer_driver.run_all(log=lambda line: None) == []
     assert {f"{op}_v{v}" for op in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
                                     "avg_pool2d_backward") for v in (1, 2)} <= dev.launched()
+
+
+# ---------------------------------------------------------------------------
+# float16 I/O: the v2 kernels' float16 build (-DSTORAGE_HALF: float16 arrays,
+# float arithmetic) against v1 on arrays widened to float32 and narrowed back.
+
+@pytest.fixture(scope="module")
+def half_build(emulator_build):
+    from gpucnn import kernel_loader
+    import cuda_emulator as emu
+    return emu.build.build(sources={"pool2d.cu": kernel_loader.read_source("pool2d.cu")}, dtypes=("float16",))
+
+
+@pytest.fixture
+def half_dev(dev, half_build):
+    dev.extra_builds = (half_build,)
+    return dev
+
+
+@pytest.mark.parametrize("fill", ["normal", "nan"])
+@pytest.mark.parametrize("misalign", [0, 4])   # 2 would misalign the int32 argmax (UBSan)
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[6], CASES[8]], ids=_id)
+def test_pool_v2_float16_io_matches_widened_v1(half_dev, case, misalign, fill):
+    """v2 reads and writes float16 (no widening pass); its y, argmax and dx
+    are the bits of v1 on float32 copies rounded back to float16 (both sum in
+    float in the same order and round once, to nearest even), and within
+    FLOAT16_TOLERANCE of the float64 reference."""
+    from gpucnn.precision import FLOAT16_TOLERANCE
+    half_dev.misalign = misalign
+    n, c, spatial, kernel, stride, padding = case
+    max_fwd, max_bwd, avg_fwd, avg_bwd = OPS[len(spatial)]
+    geom = (kernel, stride, padding)
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((n, c) + spatial).astype(np.float16)
+    if fill == "nan":
+        x[rng.random(x.shape) < 0.2] = np.nan
+        x[rng.random(x.shape) < 0.2] = -np.inf
+    (y1, a1), (y2, a2) = _both_versions(max_fwd, x, *geom)
+    y_ref, a_ref = ref.max_pool_ref(x, *geom)
+    assert y2.dtype == np.float16 and a2.dtype == np.int32
+    np.testing.assert_array_equal(a2, a_ref)
+    np.testing.assert_array_equal(y2, y_ref.astype(np.float16))   # max is exact; NaN == NaN here
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(a2, a1)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float16)
+    dx1, dx2 = _both_versions(max_bwd, dy, a_ref, x.shape, kernel_size=kernel, stride=stride, padding=padding)
+    assert dx2.dtype == np.float16 and dx2.tobytes() == dx1.tobytes()
+    np.testing.assert_array_equal(dx2, ref.max_pool_backward_ref(dy, a_ref, x.shape).astype(np.float16))
+    finite = np.where(np.isfinite(x), x, 0).astype(np.float16)
+    v1, v2 = _both_versions(avg_fwd, finite, *geom)
+    assert v2.dtype == np.float16 and v2.tobytes() == v1.tobytes()
+    g1, g2 = _both_versions(avg_bwd, dy, x.shape, *geom)
+    assert g2.dtype == np.float16 and g2.tobytes() == g1.tobytes()
+    for got, want in ((v2, ref.avg_pool_ref(finite, *geom)), (g2, ref.avg_pool_backward_ref(dy, x.shape, *geom))):
+        err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want)
+        assert err <= FLOAT16_TOLERANCE, err
+    assert {(k, "float16") for k in ("max_pool2d_forward_v2", "max_pool2d_backward_v2", "avg_pool2d_forward_v2",
+                                     "avg_pool2d_backward_v2")} <= set(half_dev.launches)
+    assert ("avg_pool2d_forward_v1", "float16") not in half_dev.launches   # v1 ran widened

@@ -17,12 +17,19 @@ for either version). v2 is an untimed default: no GPU has run it yet.
 """
 from .. import kernel_loader
 from ._args import output_shape
+from ._dispatch import HALF, narrow, widen
 from ._gpu_launch import BLOCK, as_2d, check_plane, geometry_2d, resolve_version
 from .adaptive_pool_gpu import adaptive_avg_backward, adaptive_avg_forward, adaptive_max_forward  # noqa: F401
 
 POOL_FILE = "pool2d.cu"
 VERSIONS = {"max_forward": (1, 2), "max_backward": (1, 2), "avg_forward": (1, 2), "avg_backward": (1, 2)}
 ROUTE_KERNEL = "max_pool2d_backward_route_v1"   # the max backward without geometry, any version
+# float16 arrays are taken as they are (the front does not widen them): the
+# v2 kernels read and write float16 (storage_t, float arithmetic); v1 and the
+# route kernel get them widened to float32 here and narrowed back, bit for
+# bit the same results (the float sums are the same; both round once, to
+# nearest even).
+HALF_IO = True
 
 # Every kernel these launchers use, with its file (the tests check the names).
 KERNELS = {
@@ -77,6 +84,8 @@ def max_forward(x, kernel_size, stride, padding, dilation=None, version=None):
     if dilated and v != 1:
         raise ValueError(f"max_forward: kernel version {v} has no dilation (dilation {tuple(dilation)}); "
                          f"use version 1 or None")
+    if v == 1 and x.dtype == HALF:
+        return narrow(max_forward(*widen(x)[0], kernel_size, stride, padding, dilation, 1), True)
     check_plane("max_pool_forward", x.shape)
     shape, out, geom, dilation = _geometry(x.shape, kernel_size, stride, padding, dilation)
     y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
@@ -95,6 +104,8 @@ def max_backward(dy, argmax, x_shape, geometry, version=None):
     """dx: dy routed to argmax. geometry (kernel, stride, padding) selects the
     gather kernel (parallel over dx); None the plane-serial route kernel."""
     v = resolve_version(VERSIONS, "max_backward", version)
+    if (v == 1 or geometry is None) and dy.dtype == HALF:
+        return narrow(max_backward(*widen(dy)[0], argmax, x_shape, geometry, v), True)
     check_plane("max_pool_backward", x_shape)
     dy4 = as_2d(dy)
     argmax4 = as_2d(argmax)
@@ -117,6 +128,8 @@ def max_backward(dy, argmax, x_shape, geometry, version=None):
 def avg_forward(x, kernel_size, stride, padding, version=None):
     """Window means, zero padding counted in the divisor R*S."""
     v = resolve_version(VERSIONS, "avg_forward", version)
+    if v == 1 and x.dtype == HALF:
+        return narrow(avg_forward(*widen(x)[0], kernel_size, stride, padding, 1), True)
     shape, out, geom, _ = _geometry(x.shape, kernel_size, stride, padding)
     y = kernel_loader.alloc_output(shape[:2] + out, x.dtype)
     kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_forward_v{v}", x.dtype)
@@ -127,6 +140,8 @@ def avg_forward(x, kernel_size, stride, padding, version=None):
 def avg_backward(dy, x_shape, kernel_size, stride, padding, version=None):
     """dx[h, w] = sum of dy over the windows containing (h, w), / (R*S)."""
     v = resolve_version(VERSIONS, "avg_backward", version)
+    if v == 1 and dy.dtype == HALF:
+        return narrow(avg_backward(*widen(dy)[0], x_shape, kernel_size, stride, padding, 1), True)
     shape, _, geom, _ = _geometry(x_shape, kernel_size, stride, padding)
     dx = kernel_loader.alloc_output(shape, dy.dtype)
     kernel = kernel_loader.get_typed_kernel(POOL_FILE, f"avg_pool2d_backward_v{v}", dy.dtype)

@@ -112,7 +112,9 @@ class EmulatedKernel:
         """The emulator's text for one argument, after checking it against the parameter."""
         what = f"argument {i} ({param['name']})"
         ctype = param["type"]
-        want = self.dtype.type if ctype == "scalar_t" else np.dtype(TYPES[ctype]).type
+        # scalar_t is float in the float16 build; storage_t is the array dtype
+        want = {"scalar_t": np.float32 if self.dtype == np.float16 else self.dtype.type,
+                "storage_t": self.dtype.type}.get(ctype) or np.dtype(TYPES[ctype]).type
         if param["pointer"]:
             if not isinstance(arg, DeviceArray):
                 self._fail(f"{what} must be a device array, got {type(arg).__name__}")
@@ -159,16 +161,24 @@ class EmulatedDevice:
     (kernel name, dtype) pairs. reverse=True runs blocks (and the threads of
     barrier-free blocks) in reverse order. misalign=K starts every device
     buffer K bytes past a 16-byte boundary (emu_main.cpp's EMU_MISALIGN), as
-    a CuPy view at an element offset would be; 0 keeps malloc's alignment."""
+    a CuPy view at an element offset would be; 0 keeps malloc's alignment.
+    extra_builds: variant build directories searched for an emu_<dtype> the
+    main build lacks (emu_float16 for the storage_t kernels)."""
 
-    def __init__(self, build_dir, workdir, reverse=False, misalign=0):
+    def __init__(self, build_dir, workdir, reverse=False, misalign=0, extra_builds=()):
         self.build_dir, self.workdir, self.reverse = Path(build_dir), Path(workdir), reverse
+        self.extra_builds = tuple(Path(d) for d in extra_builds)
         self.misalign = misalign
         self.kernels = {k["name"]: k for k in json.loads((self.build_dir / "kernels.json").read_text())}
         self.launches = Counter()
 
     def executable(self, dtype):
-        return self.build_dir / f"emu_{np.dtype(dtype).name}"
+        name = f"emu_{np.dtype(dtype).name}"
+        for d in (self.build_dir, *self.extra_builds):
+            if (d / name).is_file():
+                return d / name
+        raise EmulatorError(f"no emulator build for {np.dtype(dtype).name} (a float16 kernel needs a "
+                            f"variant build with dtypes=('float16',), passed as extra_builds)")
 
     def get_typed_kernel(self, filename, name, dtype):
         """kernel_loader.get_typed_kernel on the emulator: the name must be a
