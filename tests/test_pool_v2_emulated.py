@@ -151,31 +151,19 @@ def test_sanitizer_driver_runs_every_pool_version(dev, monkeypatch):
 
 # ---------------------------------------------------------------------------
 # float16 I/O: the v2 kernels' float16 build (-DSTORAGE_HALF: float16 arrays,
-# float arithmetic) against v1 on arrays widened to float32 and narrowed back.
-
-@pytest.fixture(scope="module")
-def half_build(emulator_build):
-    from gpucnn import kernel_loader
-    import cuda_emulator as emu
-    return emu.build.build(sources={"pool2d.cu": kernel_loader.read_source("pool2d.cu")}, dtypes=("float16",))
-
-
-@pytest.fixture
-def half_dev(dev, half_build):
-    dev.extra_builds = (half_build,)
-    return dev
-
+# float arithmetic; the emulator builds it on first use) against v1 on arrays
+# widened to float32 and narrowed back.
 
 @pytest.mark.parametrize("fill", ["normal", "nan"])
 @pytest.mark.parametrize("misalign", [0, 4])   # 2 would misalign the int32 argmax (UBSan)
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[6], CASES[8]], ids=_id)
-def test_pool_v2_float16_io_matches_widened_v1(half_dev, case, misalign, fill):
+def test_pool_v2_float16_io_matches_widened_v1(dev, case, misalign, fill):
     """v2 reads and writes float16 (no widening pass); its y, argmax and dx
     are the bits of v1 on float32 copies rounded back to float16 (both sum in
     float in the same order and round once, to nearest even), and within
     FLOAT16_TOLERANCE of the float64 reference."""
     from gpucnn.precision import FLOAT16_TOLERANCE
-    half_dev.misalign = misalign
+    dev.misalign = misalign
     n, c, spatial, kernel, stride, padding = case
     max_fwd, max_bwd, avg_fwd, avg_bwd = OPS[len(spatial)]
     geom = (kernel, stride, padding)
@@ -204,5 +192,5 @@ def test_pool_v2_float16_io_matches_widened_v1(half_dev, case, misalign, fill):
         err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want)
         assert err <= FLOAT16_TOLERANCE, err
     assert {(k, "float16") for k in ("max_pool2d_forward_v2", "max_pool2d_backward_v2", "avg_pool2d_forward_v2",
-                                     "avg_pool2d_backward_v2")} <= set(half_dev.launches)
-    assert ("avg_pool2d_forward_v1", "float16") not in half_dev.launches   # v1 ran widened
+                                     "avg_pool2d_backward_v2")} <= set(dev.launches)
+    assert ("avg_pool2d_forward_v1", "float16") not in dev.launches   # v1 ran widened

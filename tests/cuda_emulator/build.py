@@ -237,3 +237,11 @@ def build(root=None, sources=None, dtypes=DEFAULT_DTYPES):
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out
+
+
+def half_build(root=None):
+    """The float16 variant build (emu_float16) of the kernel files that have
+    storage_t kernels (their own text names storage_t), built on first use."""
+    sources = {p.name: kernel_loader.read_source(p.name) for p in kernel_loader.kernel_files()
+               if re.search(r"\bstorage_t\b", re.sub(r"//[^\n]*", "", p.read_text()))}
+    return build(root, sources, dtypes=("float16",))

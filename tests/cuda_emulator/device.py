@@ -28,6 +28,7 @@ import numpy as np
 
 from gpucnn import backend, kernel_loader
 
+from . import build
 from .build import TYPES
 
 SANITIZER_ENV = {
@@ -163,7 +164,8 @@ class EmulatedDevice:
     buffer K bytes past a 16-byte boundary (emu_main.cpp's EMU_MISALIGN), as
     a CuPy view at an element offset would be; 0 keeps malloc's alignment.
     extra_builds: variant build directories searched for an emu_<dtype> the
-    main build lacks (emu_float16 for the storage_t kernels)."""
+    main build lacks; emu_float16 (the storage_t kernels) is built on first
+    use (build.half_build) next to the main build."""
 
     def __init__(self, build_dir, workdir, reverse=False, misalign=0, extra_builds=()):
         self.build_dir, self.workdir, self.reverse = Path(build_dir), Path(workdir), reverse
@@ -177,8 +179,10 @@ class EmulatedDevice:
         for d in (self.build_dir, *self.extra_builds):
             if (d / name).is_file():
                 return d / name
-        raise EmulatorError(f"no emulator build for {np.dtype(dtype).name} (a float16 kernel needs a "
-                            f"variant build with dtypes=('float16',), passed as extra_builds)")
+        if np.dtype(dtype) == np.float16:   # the storage_t kernels' float16 build, on first use
+            self.extra_builds += (build.half_build(self.build_dir.parent),)
+            return self.extra_builds[-1] / name
+        raise EmulatorError(f"no emulator build for {np.dtype(dtype).name}")
 
     def get_typed_kernel(self, filename, name, dtype):
         """kernel_loader.get_typed_kernel on the emulator: the name must be a
