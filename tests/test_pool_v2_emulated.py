@@ -139,7 +139,8 @@ def test_version_choice(dev):
 
 def test_sanitizer_driver_runs_every_pool_version(dev, monkeypatch):
     """The compute-sanitizer driver's pool cases (conv cases left out here)
-    run v1 and v2 of every 2-D/1-D pool op and match the reference."""
+    run v1 and v2 of every 2-D/1-D pool op, in float16 too, and match the
+    reference."""
     from gpucnn import backend
     from gpucnn.devtools import sanitizer_driver
     monkeypatch.setattr(sanitizer_driver, "CONV_CASES", ())
@@ -147,6 +148,7 @@ def test_sanitizer_driver_runs_every_pool_version(dev, monkeypatch):
     assert sanitizer_driver.run_all(log=lambda line: None) == []
     assert {f"{op}_v{v}" for op in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
                                     "avg_pool2d_backward") for v in (1, 2)} <= dev.launched()
+    assert ("max_pool2d_forward_v2", "float16") in dev.launches   # float16 through the v2 kernels
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from .. import backend, kernel_loader
-from ..precision import TOLERANCE as PRECISION_TOLERANCE
+from ..precision import FLOAT16_TOLERANCE, TOLERANCE as PRECISION_TOLERANCE
 from ..testing import reference as ref
 
 # (N, C, spatial, K, kernel, stride, padding); 1-D, 2-D and 3-D cases
@@ -61,7 +61,7 @@ def run_all(log=print):
     from .. import functional as F
     rng = np.random.default_rng(0)
     failures = []
-    tol = {np.float32: 1e-4, np.float64: 1e-10}
+    tol = {np.float32: 1e-4, np.float64: 1e-10, np.float16: FLOAT16_TOLERANCE}
 
     def check(label, got, want, dtype, tolerance=None):
         err = _rel_err(got, want)
@@ -101,12 +101,14 @@ def run_all(log=print):
             for v in _versions(mod, "backward_filter"):
                 check(f"{tag} backward_filter v{v}", bf(gdy, gx, w.shape, st, pd, version=v), dw_ref, dtype)
 
+    # float16 too: pool_gpu's v2 kernels read and write it (v1 and 3-D widen)
+    for dtype in (np.float32, np.float64, np.float16):
         for N, C, sp, kern, st, pd in POOL_CASES:
             nd = len(sp)
             if _gpu_module("pool", nd) is None:
                 log(f"skip pool{nd}d: no GPU module")
                 continue
-            # distinct values: no ties, so argmax is unambiguous
+            # distinct values (exact in float16 too: fewer than 2048): no ties, so argmax is unambiguous
             x = rng.permutation(N * C * int(np.prod(sp))).reshape((N, C) + sp).astype(dtype)
             y_ref, a_ref = ref.max_pool_ref(x, kern, st, pd)
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
