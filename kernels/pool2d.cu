@@ -2,10 +2,13 @@
 // with H = R = 1).
 //
 // Build and launch: at run time through gpucnn.kernel_loader (NVRTC via
-// cupy.RawModule, options --std=c++17 -lineinfo -DSCALAR=float|double); the
-// launchers are gpucnn/functional/pool_gpu.py. Standalone compile check:
+// cupy.RawModule, options --std=c++17 -lineinfo -DSCALAR=float|double, or
+// -DSCALAR=float -DSTORAGE_HALF for float16 arrays); the launchers are
+// gpucnn/functional/pool_gpu.py. Standalone compile check:
 //     nvcc -arch=sm_90 -cubin -I kernels -DSCALAR=float kernels/pool2d.cu
-// Status: verified on an H100 (GPU tests + compute-sanitizer, bench/results/gpu-h100-2026-11-24).
+// Status: v1 verified on an H100 (GPU tests + compute-sanitizer,
+// bench/results/gpu-h100-2026-11-24) before dilation was added; v2 compiled
+// and emulated, not yet run on a GPU.
 //
 // Math. x (N, C, H, W), window R x S, stride (sh, sw), padding (ph, pw) with
 // 2 ph <= R and 2 pw <= S (every window holds a real element), y (N, C, Ho, Wo),
@@ -19,7 +22,7 @@
 //   avg:  y[n,c,i,j] = (sum over the window, padding = 0) / (R*S);
 //         dx[n,c,h,w] = sum of dy[n,c,i,j] over the windows containing (h, w), / (R*S).
 //
-// Versions (all one thread per element, grid-stride loops, 1-D grids of 256 threads):
+// Versions (grid-stride loops, 1-D grids of 256 threads; v1 one thread per element):
 //   max_pool2d_forward_v1         one thread per output (dilation: taps dil apart)
 //   max_pool2d_backward_v1        one thread per input element, gathers from the
 //                                 windows containing it (needs the geometry)
@@ -29,6 +32,18 @@
 //                                 plane is skipped
 //   avg_pool2d_forward_v1         one thread per output
 //   avg_pool2d_backward_v1        one thread per input element, gather
+//   max_pool2d_forward_v2         POOL_RUN = 4 consecutive outputs of a row per
+//                                 thread, the windows' input rows read once each
+//                                 with 16/8-byte vector loads; stores of whole
+//                                 runs as one vector (no dilation)
+//   max_pool2d_backward_v2        4 consecutive inputs of a row per thread; each
+//                                 covering window's dy and argmax loaded once
+//   avg_pool2d_forward_v2         as max_pool2d_forward_v2
+//   avg_pool2d_backward_v2        as max_pool2d_backward_v2
+// v2's arrays are storage_t (common.cuh): scalar_t, or float16 with float
+// arithmetic in the -DSTORAGE_HALF build. v2 gives v1's results bit for bit
+// (same per-element order of the max and of the sums); in float16, the bits
+// of v1 on float32 copies rounded to float16.
 // Every backward is deterministic: each dx element is summed by one thread,
 // over the windows in row-major order (the order the CPU path scatters in).
 
