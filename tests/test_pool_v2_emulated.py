@@ -132,6 +132,8 @@ def test_version_choice(dev):
     np.testing.assert_array_equal(arg, ref.max_pool_ref(x, 2, 1, 0, 2)[1])
     with pytest.raises(ValueError, match="version 2 has no dilation"):
         run(F.max_pool2d, x, 2, 1, 0, 2, version=2)
+    with pytest.raises(ValueError, match="version 2 has no dilation"):
+        F.max_pool2d(x, 2, 1, 0, 2, version=2)   # on the CPU: refused there too
     with pytest.raises(ValueError, match="version 3 does not exist"):
         run(F.avg_pool2d, x, 2, version=3)
     assert pool_gpu.VERSIONS["avg_backward"] == (1, 2)

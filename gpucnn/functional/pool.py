@@ -32,6 +32,8 @@ max_pool's argmax encoding and tie/NaN rules, and its backward is
 max_pool's routing (adaptive_max_pool*d_backward(dy, argmax, x_shape)).
 Global average pooling is adaptive_avg_pool2d(x, 1).
 """
+import numpy as np
+
 from .. import backend
 from . import _args
 from ._dispatch import gpu_kwargs, implementation, narrow, widen, widen_for
@@ -43,6 +45,9 @@ def _max_forward(op, nd, x, kernel_size, stride, padding, dilation, version):
     kw = gpu_kwargs(xp, version, "pool", nd, "max_forward")
     if any(d != 1 for d in a.dilation):
         kw["dilation"] = a.dilation
+        if xp is np and version is not None and nd < 3:   # refused on the CPU as on the GPU
+            from .pool_gpu import max_forward_version
+            max_forward_version(version, a.dilation)
     impl = implementation("pool", xp, nd)
     (x,), half = widen_for(impl, x)
     return narrow(impl.max_forward(x, a.kernel, a.stride, a.padding, **kw), half)

@@ -74,16 +74,22 @@ def _y_shape(x_shape, out):
     return tuple(x_shape[:2]) + (out if len(x_shape) == 4 else out[1:])
 
 
-def max_forward(x, kernel_size, stride, padding, dilation=None, version=None):
-    """(y, argmax int32): max over each window (taps `dilation` apart), first
-    maximum / first NaN wins."""
+def max_forward_version(version, dilation):
+    """The max-pool forward's kernel version: v2 has adjacent taps only, so a
+    dilated pooling runs v1 (None) or is refused (an explicit 2). The CPU
+    front asks too, so a version refused here is refused there."""
     dilated = dilation is not None and any(d != 1 for d in dilation)
-    if dilated and version is None:
-        version = 1
-    v = resolve_version(VERSIONS, "max_forward", version)
+    v = resolve_version(VERSIONS, "max_forward", 1 if dilated and version is None else version)
     if dilated and v != 1:
         raise ValueError(f"max_forward: kernel version {v} has no dilation (dilation {tuple(dilation)}); "
                          f"use version 1 or None")
+    return v
+
+
+def max_forward(x, kernel_size, stride, padding, dilation=None, version=None):
+    """(y, argmax int32): max over each window (taps `dilation` apart), first
+    maximum / first NaN wins."""
+    v = max_forward_version(version, dilation)
     if v == 1 and x.dtype == HALF:
         return narrow(max_forward(*widen(x)[0], kernel_size, stride, padding, dilation, 1), True)
     check_plane("max_pool_forward", x.shape)
