@@ -86,18 +86,23 @@ def elementwise_kernel(name, in_params, out_params, body):
 
 # Each .cu is written over `scalar_t` (kernels/common.cuh) and compiled once
 # per dtype with -DSCALAR=float or -DSCALAR=double; names stay extern "C".
-_SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# float16: -DSCALAR=float -DSTORAGE_HALF, for the kernels whose arrays are
+# `storage_t` (float16 in memory, float arithmetic; pool2d.cu's v2 only).
+_SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.float16): "half"}
+_SCALAR_OPTIONS = {"float": ("-DSCALAR=float",), "double": ("-DSCALAR=double",),
+                   "half": ("-DSCALAR=float", "-DSTORAGE_HALF")}
 
 
 def get_typed_kernel(filename, name, dtype):
-    """The kernel `name` of kernels/<filename> built for float32 or float64
-    (looked up once per (file, name, dtype): launches stay cheap)."""
+    """The kernel `name` of kernels/<filename> built for float32, float64 or
+    (storage_t kernels) float16; looked up once per (file, name, dtype):
+    launches stay cheap."""
     return _typed_kernel(filename, name, _SCALAR_TYPES[np.dtype(dtype)])
 
 
 @functools.lru_cache(maxsize=None)
 def _typed_kernel(filename, name, scalar):
-    return get_kernel(filename, name, options=COMPILE_OPTIONS + (f"-DSCALAR={scalar}",))
+    return get_kernel(filename, name, options=COMPILE_OPTIONS + _SCALAR_OPTIONS[scalar])
 
 
 _CASTS = {"i": np.int32, "l": np.int64, "f": np.float32, "d": np.float64}

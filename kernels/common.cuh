@@ -375,4 +375,115 @@ __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREA
     }
 }
 
+// ---------------------------------------------------------------------------
+// Storage type (pool2d v2). storage_t is the element type in global memory,
+// scalar_t the one the kernel computes in; they are the same except in the
+// float16 build (-DSCALAR=float -DSTORAGE_HALF): float16 arrays, float
+// arithmetic. f16_t holds the IEEE half bits (NVRTC has no cuda_fp16.h
+// here); load_value widens exactly (cvt.f32.f16), store_value rounds to
+// nearest even (cvt.rn.f16.f32). The CPU emulator (no PTX) has the same
+// conversions in tests/cuda_emulator/cuda_emu.h.
+#ifdef STORAGE_HALF
+struct f16_t {
+    unsigned short bits;
+};
+typedef f16_t storage_t;
+__device__ __forceinline__ float load_value(f16_t h) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+    return f;
+#else
+    return emu_cvt_f32_f16(h.bits);
+#endif
+}
+__device__ __forceinline__ f16_t store_value(float f) {
+    f16_t h;
+#ifdef __CUDA_ARCH__
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#else
+    h.bits = emu_cvt_rn_f16_f32(f);
+#endif
+    return h;
+}
+#else
+typedef scalar_t storage_t;
+__device__ __forceinline__ scalar_t load_value(scalar_t v) { return v; }
+__device__ __forceinline__ scalar_t store_value(scalar_t v) { return v; }
+#endif
+
+// ---------------------------------------------------------------------------
+// Vector memory access (pool2d v2). VecBytes<T, B> is B bytes of T loaded or
+// stored by one instruction (B = 16: LDG.E.128 / STG.E.128, B = 8: .64) when
+// the address is B-byte aligned; `aligned` tests that at run time, since a
+// row's start depends on W, the plane and any array offset.
+template <typename T, int B>
+struct __align__(B) VecBytes {
+    T v[B / sizeof(T)];
+};
+template <int B>
+__device__ __forceinline__ bool aligned(const void* p) {
+    return ((unsigned long long)p & (B - 1)) == 0;
+}
+
+// f(c, row[c]) for c = c0 .. c1-1 in increasing order (the caller clips
+// [c0, c1) to the row), each element loaded once: scalar loads up to the
+// first 8-byte boundary, one 8-byte load (4-byte T) or scalar ones up to the
+// first 16-byte one, 16-byte loads for the bulk, then an 8-byte and scalar
+// tail.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_in_row(const T* __restrict__ row, int c0, int c1, F f) {
+    constexpr int V8 = 8 / sizeof(T), V16 = 16 / sizeof(T);
+    int c = c0;
+    for (; c < c1 && !aligned<8>(row + c); ++c) f(c, row[c]);
+    if (V8 > 1 && c + V8 <= c1 && !aligned<16>(row + c)) {
+        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
+        c += V8;
+    }
+    for (; c < c1 && !aligned<16>(row + c); ++c) f(c, row[c]);  // 8-byte T; or a short row
+    for (; c + V16 <= c1; c += V16) {
+        const VecBytes<T, 16> q = *reinterpret_cast<const VecBytes<T, 16>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V16; ++e) f(c + e, q.v[e]);
+    }
+    if (V8 > 1 && c + V8 <= c1) {
+        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
+        c += V8;
+    }
+    for (; c < c1; ++c) f(c, row[c]);
+}
+
+// row[0 .. n) = v[0 .. n), n <= K: with 16-byte (else 8-byte) stores when all
+// K are written and the start is so aligned, else one element at a time.
+// v is indexed by constants only, so it stays in registers.
+template <typename T, int K>
+__device__ __forceinline__ void store_run(T* __restrict__ row, const T (&v)[K], int n) {
+    constexpr int V16 = 16 / sizeof(T), V8 = 8 / sizeof(T);
+    if (K % V16 == 0 && n == K && aligned<16>(row)) {
+#pragma unroll
+        for (int q = 0; q < K / V16; ++q) {
+            VecBytes<T, 16> w;
+#pragma unroll
+            for (int e = 0; e < V16; ++e) w.v[e] = v[q * V16 + e];
+            reinterpret_cast<VecBytes<T, 16>*>(row)[q] = w;
+        }
+    } else if (V8 > 1 && K % V8 == 0 && n == K && aligned<8>(row)) {
+#pragma unroll
+        for (int q = 0; q < K / V8; ++q) {
+            VecBytes<T, 8> w;
+#pragma unroll
+            for (int e = 0; e < V8; ++e) w.v[e] = v[q * V8 + e];
+            reinterpret_cast<VecBytes<T, 8>*>(row)[q] = w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+            if (k < n) row[k] = v[k];
+    }
+}
+
 #endif  // GPUCNN_COMMON_CUH

@@ -137,7 +137,8 @@ def test_messages_carry_the_shapes(call, shapes):
     (lambda: F.conv3d_backward_filter(np.ones((1, 1, 1, 1, 1), np.float32), np.ones((1, 1, 2, 2, 2), np.float32),
                                       (1, 1, 2, 2, 2), version=2), r"backward_filter: kernel version 2 does not exist"),
     (lambda: F.max_pool2d(X, 2, version="1"), r"max_forward: kernel version '1' does not exist"),
-    (lambda: F.avg_pool1d(X[:, :, 0], 2, version=2), r"avg_forward: kernel version 2 does not exist"),
+    (lambda: F.avg_pool1d(X[:, :, 0], 2, version=3), r"avg_forward: kernel version 3 does not exist"),
+    (lambda: F.max_pool2d(X, 2, 1, 0, 2, version=2), r"max_forward: kernel version 2 has no dilation"),
 ])
 def test_an_invalid_version_is_refused_on_the_cpu_as_on_the_gpu(call, message):
     with pytest.raises(ValueError, match=message):

@@ -10,7 +10,7 @@ import gpucnn.functional as F
 from gpucnn.testing import reference as ref
 from test_conv import BACKENDS_DEFAULT, assert_close, make, numerical_grad, run  # noqa: F401 (fixture)
 
-POOL_GPU_VERSIONS = (1,)   # must equal gpucnn.functional.pool_gpu.VERSIONS[...]
+POOL_GPU_VERSIONS = (1, 2)   # must equal gpucnn.functional.pool_gpu.VERSIONS[...]
 
 OPS = {nd: {name: getattr(F, f"{name.replace('_pool', f'_pool{nd}d')}")
             for name in ("max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")}
@@ -188,6 +188,52 @@ def test_max_pool_backward_rejects_out_of_range_argmax():
     arg = np.array([[[[0, 1], [2, 16]]]], np.int32)
     with pytest.raises(ValueError, match=r"max_pool2d_backward.*argmax.*\(1, 1, 4, 4\)"):
         F.max_pool2d_backward(dy, arg, (1, 1, 4, 4))
+
+
+# v2 (the default) against v1 on the GPU: a few rows per shape class, plus a
+# misaligned array start (a contiguous view one element into its buffer).
+V2_GPU_CASES = [
+    (2, 3, (8, 8), (2, 2), None, (0, 0)), (2, 4, (9, 9), (3, 3), 2, (1, 1)),
+    (1, 2, (6, 10), (2, 2), 2, (0, 0)), (2, 3, (7, 11), (3, 3), 1, (1, 1)),
+    (1, 3, (9, 13), (2, 3), (1, 2), (1, 1)), (2, 2, (33,), (3,), 2, (1,)),
+    (2, 16, (56, 56), (3, 3), 2, (1, 1)),     # stem-like pool, several blocks
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])   # float16: v2 half I/O, v1 widened
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("case", V2_GPU_CASES, ids=lambda c: "N{}C{}-x{}-k{}-s{}-p{}".format(*c))
+def test_pool_v2_matches_v1_bitwise_on_gpu(case, offset, dtype):
+    from gpucnn import backend as B
+    n, c, spatial, kernel, stride, padding = case
+    nd = len(spatial)
+    ops = OPS[nd]
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, c) + spatial).astype(dtype)
+    buf = B.cupy.empty(x.size + offset, dtype)
+    gx = buf[offset:].reshape(x.shape)
+    gx[...] = B.to_gpu(x)
+    y_ref, a_ref = ref.max_pool_ref(x, kernel, stride, padding)
+    dy = B.to_gpu(rng.standard_normal(y_ref.shape).astype(dtype))
+    geom = dict(kernel_size=kernel, stride=stride, padding=padding)
+    out = {}
+    for v in (1, 2):
+        y, a = ops["max_pool"](gx, kernel, stride, padding, version=v)
+        out[v] = [B.to_cpu(t) for t in (
+            y, a, ops["max_pool_backward"](dy, a, x.shape, version=v, **geom),
+            ops["avg_pool"](gx, kernel, stride, padding, version=v),
+            ops["avg_pool_backward"](dy, x.shape, kernel, stride, padding, version=v))]
+    np.testing.assert_array_equal(out[2][1], a_ref)
+    np.testing.assert_array_equal(out[2][0], y_ref.astype(dtype))
+    for t1, t2 in zip(out[1], out[2]):
+        assert t1.tobytes() == t2.tobytes()
+    want = ref.avg_pool_ref(x, kernel, stride, padding)
+    if dtype == np.float16:
+        from gpucnn.precision import FLOAT16_TOLERANCE
+        assert np.linalg.norm(out[2][3].astype(np.float64) - want) <= FLOAT16_TOLERANCE * np.linalg.norm(want)
+    else:
+        assert_close(out[2][3], want, dtype)
 
 
 def test_pool_gpu_versions_are_all_tested():  # a registry check: no GPU needed

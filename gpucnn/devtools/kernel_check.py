@@ -28,6 +28,10 @@ from . import sass_check
 
 NVCC_FLAGS = ("-cubin", "--std=c++17", "-lineinfo", "-Xptxas", "-v,-warn-spills,-warn-lmem-usage")
 SCALARS = ("float", "double")
+# nvcc flags of each build; "half" is the float16 build of the storage_t
+# kernels (kernels/common.cuh: float arithmetic, float16 arrays).
+SCALAR_FLAGS = {"float": ("-DSCALAR=float",), "double": ("-DSCALAR=double",),
+                "half": ("-DSCALAR=float", "-DSTORAGE_HALF")}
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -51,10 +55,12 @@ def find_nvcc():
 
 def scalar_variants(path):
     """('float', 'double') when the file is written over scalar_t (honours
-    -DSCALAR), else (None,): a float-only file such as conv2d_tc.cu, which
+    -DSCALAR), plus 'half' when it has storage_t kernels, else (None,): a float-only file such as conv2d_tc.cu, which
     includes common.cuh but never names scalar_t, is compiled once."""
     own = re.sub(r"//[^\n]*", "", path.read_text())
-    return SCALARS if re.search(r"\b(?:scalar_t|SCALAR)\b", own) else (None,)
+    if not re.search(r"\b(?:scalar_t|SCALAR)\b", own):
+        return (None,)
+    return SCALARS + (("half",) if re.search(r"\bstorage_t\b", own) else ())
 
 
 def parse_ptxas(text):
@@ -88,7 +94,7 @@ def compile_unit(path, arch, scalar, nvcc, cuobjdump=None):
         cmd = [nvcc, f"-arch={arch}", *NVCC_FLAGS, "-I", str(path.parent),
                "-o", str(Path(tmp) / "out.cubin"), str(path)]
         if scalar:
-            cmd.insert(1, f"-DSCALAR={scalar}")
+            cmd[1:1] = SCALAR_FLAGS[scalar]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         sass = {}
         if cuobjdump and proc.returncode == 0:

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from .. import backend, kernel_loader
-from ..precision import TOLERANCE as PRECISION_TOLERANCE
+from ..precision import FLOAT16_TOLERANCE, TOLERANCE as PRECISION_TOLERANCE
 from ..testing import reference as ref
 
 # (N, C, spatial, K, kernel, stride, padding); 1-D, 2-D and 3-D cases
@@ -31,6 +31,8 @@ POOL_CASES = (
     (1, 2, (7, 7), (2, 3), (2, 1), (0, 1)),
     (2, 2, (13,), (3,), (2,), (1,)),
     (1, 2, (5, 6, 4), (2, 2, 2), (2, 2, 2), (1, 0, 1)),
+    (2, 3, (6, 12), (2, 2), (2, 2), (0, 0)),        # 2x2/2, W % 4 == 0: v2's 16-byte loads/stores
+    (1, 2, (4, 10), (3, 3), (2, 2), (1, 1)),        # W = 10: v2's 8-byte path
 )
 
 
@@ -59,7 +61,7 @@ def run_all(log=print):
     from .. import functional as F
     rng = np.random.default_rng(0)
     failures = []
-    tol = {np.float32: 1e-4, np.float64: 1e-10}
+    tol = {np.float32: 1e-4, np.float64: 1e-10, np.float16: FLOAT16_TOLERANCE}
 
     def check(label, got, want, dtype, tolerance=None):
         err = _rel_err(got, want)
@@ -104,12 +106,14 @@ def run_all(log=print):
                         continue
                     check(f"{tag} {direction} v{v}", call(v), expected, dtype)
 
+    # float16 too: pool_gpu's v2 kernels read and write it (v1 and 3-D widen)
+    for dtype in (np.float32, np.float64, np.float16):
         for N, C, sp, kern, st, pd in POOL_CASES:
             nd = len(sp)
             if _gpu_module("pool", nd) is None:
                 log(f"skip pool{nd}d: no GPU module")
                 continue
-            # distinct values: no ties, so argmax is unambiguous
+            # distinct values (exact in float16 too: fewer than 2048): no ties, so argmax is unambiguous
             x = rng.permutation(N * C * int(np.prod(sp))).reshape((N, C) + sp).astype(dtype)
             y_ref, a_ref = ref.max_pool_ref(x, kern, st, pd)
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
@@ -120,18 +124,24 @@ def run_all(log=print):
             maxb = {1: F.max_pool1d_backward, 2: F.max_pool2d_backward, 3: F.max_pool3d_backward}[nd]
             avgp = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
             avgb = {1: F.avg_pool1d_backward, 2: F.avg_pool2d_backward, 3: F.avg_pool3d_backward}[nd]
-            y, a = maxp(gx, kern, st, pd)
-            check(f"{tag} max forward", y, y_ref, dtype)
-            if not np.array_equal(backend.to_cpu(a), a_ref):
-                failures.append(f"{tag} max forward: argmax differs")
-                log(f"FAIL {tag} max forward: argmax differs")
+            mod = _gpu_module("pool", nd)
+            for v in _versions(mod, "max_forward"):
+                y, a = maxp(gx, kern, st, pd, version=v)
+                check(f"{tag} max forward v{v}", y, y_ref, dtype)
+                if not np.array_equal(backend.to_cpu(a), a_ref):
+                    failures.append(f"{tag} max forward v{v}: argmax differs")
+                    log(f"FAIL {tag} max forward v{v}: argmax differs")
             ga = backend.to_gpu(a_ref)
-            check(f"{tag} max backward (gather)",
-                  maxb(gdy, ga, x.shape, kernel_size=kern, stride=st, padding=pd), dx_ref, dtype)
-            check(f"{tag} max backward (route)", maxb(gdy, ga, x.shape), dx_ref, dtype)
-            check(f"{tag} avg forward", avgp(gx, kern, st, pd), ref.avg_pool_ref(x, kern, st, pd), dtype)
-            check(f"{tag} avg backward", avgb(gdy, x.shape, kern, st, pd),
-                  ref.avg_pool_backward_ref(dy, x.shape, kern, st, pd), dtype)
+            for v in _versions(mod, "max_backward"):
+                check(f"{tag} max backward v{v} (gather)",
+                      maxb(gdy, ga, x.shape, kernel_size=kern, stride=st, padding=pd, version=v), dx_ref, dtype)
+                check(f"{tag} max backward v{v} (route)", maxb(gdy, ga, x.shape, version=v), dx_ref, dtype)
+            for v in _versions(mod, "avg_forward"):
+                check(f"{tag} avg forward v{v}", avgp(gx, kern, st, pd, version=v),
+                      ref.avg_pool_ref(x, kern, st, pd), dtype)
+            for v in _versions(mod, "avg_backward"):
+                check(f"{tag} avg backward v{v}", avgb(gdy, x.shape, kern, st, pd, version=v),
+                      ref.avg_pool_backward_ref(dy, x.shape, kern, st, pd), dtype)
     backend.synchronize(backend.cupy)
     return failures
 

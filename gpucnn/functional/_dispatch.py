@@ -11,7 +11,9 @@ accumulating in float32. The implementations only know float32 and float64,
 so `widen` casts float16 inputs to float32 (one NumPy/CuPy astype each) and
 `narrow` casts the float32 result back: the sums then run in float32 as
 asked, at the cost of one extra pass over the inputs and the output. The GPU
-kernels stay float32-only (no half I/O kernel yet: see docs/precision.md).
+kernels stay float32-only, except pool_gpu (HALF_IO): its v2 kernels read
+and write float16 (`widen_for` leaves its arrays as they are; see
+docs/precision.md).
 """
 import importlib
 
@@ -65,6 +67,14 @@ def widen(*arrays):
     if not half:
         return arrays, False
     return tuple(None if a is None else a.astype(np.float32) for a in arrays), True
+
+
+def widen_for(impl, *arrays):
+    """widen(arrays), unless the implementation module takes float16 arrays
+    itself (HALF_IO = True: pool_gpu, whose v2 kernels read and write float16)."""
+    if getattr(impl, "HALF_IO", False):
+        return arrays, False
+    return widen(*arrays)
 
 
 def narrow(result, half):

@@ -14,7 +14,9 @@ windows accumulate, in a fixed order (deterministic).
 `version` picks the GPU kernel version (None = the default); ignored on the CPU.
 
 float16 arrays are accepted (computed in float32, float16 result; max
-pooling is exact, since float16 -> float32 is).
+pooling is exact, since float16 -> float32 is). On the GPU the 1-D/2-D v2
+kernels read and write float16 directly; elsewhere the arrays are widened
+to float32 and the result narrowed (the same bits).
 
 Average pooling: padding counts as zeros and is included in the divisor
 (R*S, count_include_pad in PyTorch's terms).
@@ -30,9 +32,11 @@ max_pool's argmax encoding and tie/NaN rules, and its backward is
 max_pool's routing (adaptive_max_pool*d_backward(dy, argmax, x_shape)).
 Global average pooling is adaptive_avg_pool2d(x, 1).
 """
+import numpy as np
+
 from .. import backend
 from . import _args
-from ._dispatch import gpu_kwargs, implementation, narrow, widen
+from ._dispatch import gpu_kwargs, implementation, narrow, widen, widen_for
 
 
 def _max_forward(op, nd, x, kernel_size, stride, padding, dilation, version):
@@ -41,8 +45,12 @@ def _max_forward(op, nd, x, kernel_size, stride, padding, dilation, version):
     kw = gpu_kwargs(xp, version, "pool", nd, "max_forward")
     if any(d != 1 for d in a.dilation):
         kw["dilation"] = a.dilation
-    (x,), half = widen(x)
-    return narrow(implementation("pool", xp, nd).max_forward(x, a.kernel, a.stride, a.padding, **kw), half)
+        if xp is np and version is not None and nd < 3:   # refused on the CPU as on the GPU
+            from .pool_gpu import max_forward_version
+            max_forward_version(version, a.dilation)
+    impl = implementation("pool", xp, nd)
+    (x,), half = widen_for(impl, x)
+    return narrow(impl.max_forward(x, a.kernel, a.stride, a.padding, **kw), half)
 
 
 def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, dilation, version):
@@ -59,24 +67,27 @@ def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, dil
                                          dilation)
         dilated = any(d != 1 for d in a.dilation)
         x_shape, geometry = a.x_shape, None if dilated else (a.kernel, a.stride, a.padding)
-    (dy,), half = widen(dy)
-    return narrow(implementation("pool", xp, nd).max_backward(
+    impl = implementation("pool", xp, nd)
+    (dy,), half = widen_for(impl, dy)
+    return narrow(impl.max_backward(
         dy, argmax, x_shape, geometry, **gpu_kwargs(xp, version, "pool", nd, "max_backward")), half)
 
 
 def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
     x = backend.dlpack_or_same(x)
     xp, a = _args.pool_forward_args(op, nd, x, kernel_size, stride, padding)
-    (x,), half = widen(x)
-    return narrow(implementation("pool", xp, nd).avg_forward(x, a.kernel, a.stride, a.padding,
+    impl = implementation("pool", xp, nd)
+    (x,), half = widen_for(impl, x)
+    return narrow(impl.avg_forward(x, a.kernel, a.stride, a.padding,
                                                              **gpu_kwargs(xp, version, "pool", nd, "avg_forward")), half)
 
 
 def _avg_backward(op, nd, dy, x_shape, kernel_size, stride, padding, version):
     dy = backend.dlpack_or_same(dy)
     xp, a = _args.pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding)
-    (dy,), half = widen(dy)
-    return narrow(implementation("pool", xp, nd).avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
+    impl = implementation("pool", xp, nd)
+    (dy,), half = widen_for(impl, dy)
+    return narrow(impl.avg_backward(dy, a.x_shape, a.kernel, a.stride, a.padding,
                                                               **gpu_kwargs(xp, version, "pool", nd, "avg_backward")), half)
 
 
@@ -164,8 +175,9 @@ def _adaptive_max_backward(op, nd, dy, argmax, x_shape):
     """max_pool's route: dy to argmax, accumulating, in output order."""
     dy, argmax = map(backend.dlpack_or_same, (dy, argmax))
     xp, x_shape = _args.max_pool_backward_args(op, nd, dy, argmax, x_shape)
-    (dy,), half = widen(dy)
-    return narrow(implementation("pool", xp, nd).max_backward(dy, argmax, x_shape, None), half)
+    impl = implementation("pool", xp, nd)
+    (dy,), half = widen_for(impl, dy)
+    return narrow(impl.max_backward(dy, argmax, x_shape, None), half)
 
 
 def adaptive_avg_pool1d(x, output_size):

@@ -29,11 +29,15 @@ from gpucnn import kernel_loader
 HERE = Path(__file__).resolve().parent
 CXXFLAGS = ("-std=c++17", "-O1", "-g", "-pthread", "-fno-omit-frame-pointer",
             "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
-SCALARS = {"float32": "float", "float64": "double"}
+SCALARS = {"float32": "float", "float64": "double", "float16": "float"}
+# float16: storage_t kernels (float16 arrays, float arithmetic: common.cuh's
+# STORAGE_HALF); not in the default build, a variant build asks for it.
+EXTRA_FLAGS = {"float16": ("-DSTORAGE_HALF",)}
+DEFAULT_DTYPES = ("float32", "float64")
 # C parameter types the emulator understands, with their NumPy dtype
 # (scalar_t: the build's dtype). Pointers may point to any of them.
 TYPES = {"int": "int32", "long long": "int64", "idx_t": "int64",
-         "float": "float32", "double": "float64", "scalar_t": "scalar"}
+         "float": "float32", "double": "float64", "scalar_t": "scalar", "storage_t": "storage"}
 
 
 def find_cxx():
@@ -184,7 +188,7 @@ def _key(cxx, sources, extra=()):
 def _compile(cxx, workdir, final, dtype):
     """emu_<dtype> in workdir; debug paths name `final`, where workdir will be."""
     exe = workdir / f"emu_{dtype}"
-    cmd = [cxx, *CXXFLAGS, f"-DSCALAR={SCALARS[dtype]}", f"-fdebug-prefix-map={workdir}={final}",
+    cmd = [cxx, *CXXFLAGS, f"-DSCALAR={SCALARS[dtype]}", *EXTRA_FLAGS.get(dtype, ()), f"-fdebug-prefix-map={workdir}={final}",
            "-I", str(HERE), "-I", str(workdir), str(HERE / "emu_main.cpp"), "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -197,7 +201,7 @@ def cache_root():
     return Path(env) if env else Path.home() / ".cache" / "gpucnn-emu"
 
 
-def build(root=None, sources=None, dtypes=tuple(SCALARS)):
+def build(root=None, sources=None, dtypes=DEFAULT_DTYPES):
     """The emulator build for the current kernel sources (built on first use):
     a directory with emu_<dtype> for each dtype and kernels.json. `sources`
     ({file name: text}, default: every kernels/*.cu as NVRTC gets it) makes
@@ -233,3 +237,11 @@ def build(root=None, sources=None, dtypes=tuple(SCALARS)):
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out
+
+
+def half_build(root=None):
+    """The float16 variant build (emu_float16) of the kernel files that have
+    storage_t kernels (their own text names storage_t), built on first use."""
+    sources = {p.name: kernel_loader.read_source(p.name) for p in kernel_loader.kernel_files()
+               if re.search(r"\bstorage_t\b", re.sub(r"//[^\n]*", "", p.read_text()))}
+    return build(root, sources, dtypes=("float16",))

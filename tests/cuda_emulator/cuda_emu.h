@@ -246,6 +246,36 @@ inline unsigned emu_pack_bf16x2(float lo, float hi) {
 inline float emu_tf32_operand(unsigned bits) { return __uint_as_float(bits & 0xffffe000u); }
 inline float emu_bf16_operand(unsigned short bits) { return __uint_as_float((unsigned)bits << 16); }
 
+// float16 <-> float (PTX cvt.f32.f16: exact; cvt.rn.f16.f32: nearest even,
+// overflow to infinity, subnormals kept). A NaN stays a quiet NaN of the
+// same sign; its payload is not modelled.
+inline float emu_cvt_f32_f16(unsigned short h) {
+    const unsigned sign = (unsigned)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0) {
+        const float v = (float)m * 5.9604644775390625e-8f;   // m * 2^-24, exact
+        return sign ? -v : v;
+    }
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+inline unsigned short emu_cvt_rn_f16_f32(float f) {
+    const unsigned x = __float_as_uint(f), sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);             // NaN
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);            // >= 65520: infinity
+    if (a >= 0x38800000u) {                                                   // normal half
+        const unsigned b = a - 0x38000000u, low = b & 0x1fffu;
+        unsigned h = b >> 13;
+        if (low > 0x1000u || (low == 0x1000u && (h & 1u))) ++h;
+        return (unsigned short)(sign | h);
+    }
+    if (a < 0x33000000u) return (unsigned short)sign;                         // < 2^-25: zero
+    const unsigned e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;  // subnormal half
+    unsigned h = m >> shift;
+    const unsigned rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return (unsigned short)(sign | h);
+}
+
 struct EmuMmaFragments {
     unsigned a[4], b[2];
 };

@@ -28,6 +28,7 @@ import numpy as np
 
 from gpucnn import backend, kernel_loader
 
+from . import build
 from .build import TYPES
 
 SANITIZER_ENV = {
@@ -112,7 +113,9 @@ class EmulatedKernel:
         """The emulator's text for one argument, after checking it against the parameter."""
         what = f"argument {i} ({param['name']})"
         ctype = param["type"]
-        want = self.dtype.type if ctype == "scalar_t" else np.dtype(TYPES[ctype]).type
+        # scalar_t is float in the float16 build; storage_t is the array dtype
+        want = {"scalar_t": np.float32 if self.dtype == np.float16 else self.dtype.type,
+                "storage_t": self.dtype.type}.get(ctype) or np.dtype(TYPES[ctype]).type
         if param["pointer"]:
             if not isinstance(arg, DeviceArray):
                 self._fail(f"{what} must be a device array, got {type(arg).__name__}")
@@ -139,9 +142,12 @@ class EmulatedKernel:
             if p["restrict"] and not p["const"] and \
                     any(j != i and np.may_share_memory(a, b) for j, _, b in arrays):
                 self._fail(f"__restrict__ output {p['name']} overlaps another argument")
+        env = {**os.environ, **SANITIZER_ENV}
+        if self.device.misalign:
+            env["EMU_MISALIGN"] = str(self.device.misalign)
         cmd = [str(self.device.executable(self.dtype)), self.name, *map(str, grid + block),
                "reverse" if self.device.reverse else "forward", *text]
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **SANITIZER_ENV})
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode:
             report = r.stderr if len(r.stderr) < 9000 else f"{r.stderr[:6000]}\n...\n{r.stderr[-2000:]}"
             self._fail(f"emulator exit {r.returncode}:\n{report}")
@@ -154,15 +160,29 @@ class EmulatedKernel:
 class EmulatedDevice:
     """The emulator build plus a scratch directory; `launches` counts
     (kernel name, dtype) pairs. reverse=True runs blocks (and the threads of
-    barrier-free blocks) in reverse order."""
+    barrier-free blocks) in reverse order. misalign=K starts every device
+    buffer K bytes past a 16-byte boundary (emu_main.cpp's EMU_MISALIGN), as
+    a CuPy view at an element offset would be; 0 keeps malloc's alignment.
+    extra_builds: variant build directories searched for an emu_<dtype> the
+    main build lacks; emu_float16 (the storage_t kernels) is built on first
+    use (build.half_build) next to the main build."""
 
-    def __init__(self, build_dir, workdir, reverse=False):
+    def __init__(self, build_dir, workdir, reverse=False, misalign=0, extra_builds=()):
         self.build_dir, self.workdir, self.reverse = Path(build_dir), Path(workdir), reverse
+        self.extra_builds = tuple(Path(d) for d in extra_builds)
+        self.misalign = misalign
         self.kernels = {k["name"]: k for k in json.loads((self.build_dir / "kernels.json").read_text())}
         self.launches = Counter()
 
     def executable(self, dtype):
-        return self.build_dir / f"emu_{np.dtype(dtype).name}"
+        name = f"emu_{np.dtype(dtype).name}"
+        for d in (self.build_dir, *self.extra_builds):
+            if (d / name).is_file():
+                return d / name
+        if np.dtype(dtype) == np.float16:   # the storage_t kernels' float16 build, on first use
+            self.extra_builds += (build.half_build(self.build_dir.parent),)
+            return self.extra_builds[-1] / name
+        raise EmulatorError(f"no emulator build for {np.dtype(dtype).name}")
 
     def get_typed_kernel(self, filename, name, dtype):
         """kernel_loader.get_typed_kernel on the emulator: the name must be a
