@@ -15,7 +15,7 @@ from gpucnn.testing import reference as ref
 REL_TOL = 1e-5   # the conv tests' float32 bound (relative L2 against float64)
 
 CASES = [  # (N, C, H, W, K, padding)
-    (1, 16, 8, 8, 16, (1, 1)),      # batch 1, the smallest output taken (8x8)
+    (1, 16, 6, 6, 16, (1, 1)),      # batch 1, the smallest output every direction takes (6x6)
     (3, 16, 9, 11, 20, (1, 1)),     # odd sizes: half tiles at the bottom and right
     (2, 17, 10, 11, 16, (0, 0)),    # no padding, odd channels
     (2, 16, 7, 8, 18, (2, 2)),      # padding 2 (backward-data's padding for padding 0)
@@ -58,7 +58,7 @@ def test_winograd_matches_the_float64_reference(case, contiguous):
 
 
 def test_winograd_kernels_directly_on_tiny_outputs():
-    """The kernels themselves down to a 1x1 output (the route takes 8x8 and up)."""
+    """The kernels themselves down to a 1x1 output (the route takes 4x4 and up)."""
     rng = np.random.default_rng(4)
     for case in [(1, 16, 1, 1, 16, (1, 1)), (2, 16, 3, 3, 17, (0, 0)), (2, 16, 2, 3, 16, (1, 0))]:
         x, w, dy = _inputs(case, rng)
@@ -77,12 +77,18 @@ def test_winograd_kernels_directly_on_tiny_outputs():
     (((8, 32, 14, 14), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2, np.float32), False),   # groups
     (((8, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1, np.float32), False),   # 5x5
     (((8, 8, 14, 14), (64, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),     # few channels
-    (((8, 256, 4, 4), (256, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),  # 4x4 output
-    (((8, 64, 7, 7), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),    # 7x7 output
+    (((8, 256, 2, 2), (256, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), False),  # 2x2 output
+    (((8, 64, 7, 7), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32), True),     # 7x7 output
     (((8, 32, 14), (64, 32, 3), (1,), (1,), (1,), 1, np.float32), False),                 # 1-D
 ])
 def test_which_calls_take_the_winograd_route(args, taken):
     assert winograd_cpu.applies(*args) is taken
+
+
+def test_backward_filter_needs_a_larger_output():
+    args = ((8, 256, 4, 4), (256, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32)
+    assert winograd_cpu.applies(*args) and not winograd_cpu.applies(*args, "backward_filter")
+    assert winograd_cpu.applies((8, 64, 6, 6), *args[1:], "backward_filter")
 
 
 def test_winograd_is_deterministic_per_thread_count():

@@ -428,7 +428,7 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w_shape, groups)) and dw.applies_backward_filter(x.shape, w_shape,
                                                                                       stride, groups):
         return dw.backward_filter(dy, x, w_shape, stride, padding, dilation)
-    if winograd_cpu.applies(x.shape, w_shape, stride, padding, dilation, groups, x.dtype):
+    if winograd_cpu.applies(x.shape, w_shape, stride, padding, dilation, groups, x.dtype, "backward_filter"):
         return winograd_cpu.backward_filter(dy, x, padding)
     plan = _plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]

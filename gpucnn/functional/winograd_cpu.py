@@ -49,20 +49,28 @@ from ..cpu_parallel import over_samples
 _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds both)
 _STAGGER = 4096 // 16 + 64   # bytes between the 16 point matrices beyond whole pages
 _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is as fast
-_MIN_OUTPUT = 8          # smaller outputs: im2col's product (7x7, 128 channels: backward 1.3-2x slower here;
-                         # 6x6 and 4x4 with 256 channels: 2.5-3x)
+# Smaller outputs run im2col's product. Measured on one core (ms, im2col -> here):
+# 7x7, 64->128, batch 128: fwd 10.6 -> 7.1, bwd-data 13.2 -> 7.8, bwd-filter 11.9 -> 9.4;
+# 6x6, 256->256, batch 16: 7.0 -> 5.9, 9.4 -> 6.7, 9.8 -> 6.3; 4x4, 256->256, batch 16:
+# 3.5 -> 2.1, 3.9 -> 2.6, but bwd-filter 3.9 -> 11 (4 tiles a plane: the (16, K, C)
+# sums outweigh the products), hence its own floor.
+_MIN_OUTPUT = 4
+_MIN_FILTER_OUTPUT = 6
+_MIN_FILTER_COLUMNS = 256   # tiles a backward-filter block takes at least
 
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 _GG = np.kron(_G, _G)   # (16, 9): G w G^T of every (k, c) as one product, point i*4 + j, tap r*3 + s
 
 
-def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype):
+def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype, direction="forward"):
     """Whether a conv call runs here: float32, 2-D, 3x3, stride 1, no dilation,
-    one group, enough channels for the products to dominate."""
+    one group, enough channels for the products to dominate, and an output of
+    at least _MIN_OUTPUT (backward-filter: _MIN_FILTER_OUTPUT) a side."""
+    smallest = _MIN_FILTER_OUTPUT if direction == "backward_filter" else _MIN_OUTPUT
     return (np.dtype(dtype) == np.float32 and len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3)
             and tuple(stride) == (1, 1) and all(d == 1 for d in (dilation or (1, 1))) and groups == 1
             and min(w_shape[0], w_shape[1]) >= _MIN_CHANNELS
-            and min(x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]) - 2 >= _MIN_OUTPUT)
+            and min(x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]) - 2 >= smallest)
 
 
 class _Tiles:
@@ -81,9 +89,14 @@ class _Tiles:
         self.tiles = self.th * self.tw   # columns per sample
         per_sample = 16 * (C + K) * self.tiles * 4
         self.m = int(max(1, min(N, _BLOCK_BYTES // per_sample)))
+        # backward-filter: each block's 16 products (K, cols) @ (cols, C) are added into
+        # the (16, K, C) sums, so a block needs enough columns for the products to
+        # outweigh that addition (few tiles and many channels: 1.7-3x slower otherwise)
+        self.m_filter = int(min(N, max(self.m, -(-_MIN_FILTER_COLUMNS // self.tiles))))
 
-    def blocks(self, n0, n1):
-        return [(a, min(n1, a + self.m)) for a in range(n0, n1, self.m)]
+    def blocks(self, n0, n1, m=None):
+        m = m or self.m
+        return [(a, min(n1, a + m)) for a in range(n0, n1, m)]
 
 
 @functools.lru_cache(maxsize=256)
@@ -299,9 +312,9 @@ def backward_filter(dy, x, padding):
     def part(n0, n1):
         Q = np.zeros((16, K, C), np.float32)
         product = np.empty_like(Q)
-        full = min(t.m, n1 - n0) * t.tiles
+        full = min(t.m_filter, n1 - n0) * t.tiles
         V_, D_ = _points(C, full), _points(K, full)
-        for a, b in t.blocks(n0, n1):                        # block order: deterministic
+        for a, b in t.blocks(n0, n1, t.m_filter):            # block order: deterministic
             V, D = V_[:, :, :(b - a) * t.tiles], D_[:, :, :(b - a) * t.tiles]
             _input_transform(x[a:b], t.ph, t.pw, t.th, t.tw, V)
             _gradient_transform(dy[a:b], t.th, t.tw, D)
