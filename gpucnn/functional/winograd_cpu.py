@@ -44,7 +44,7 @@ import functools
 import numba as nb
 import numpy as np
 
-from ..cpu_parallel import over_samples
+from ..cpu_parallel import blas_threads, over_samples
 
 _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds both)
 _STAGGER = 4096 // 16 + 64   # bytes between the 16 point matrices beyond whole pages
@@ -286,7 +286,8 @@ def forward(x, w, padding):
     K = w.shape[0]
     t = _tiles(N, C, K, H, W, tuple(padding))
     # U = G w G^T per (k, c), as 16 matrices (K, C)
-    U = (_GG @ np.ascontiguousarray(w).reshape(K * C, 9).T).reshape(16, K, C)
+    with blas_threads(1):   # a BLAS call at several threads leaves its pool spinning through the parts
+        U = (_GG @ np.ascontiguousarray(w).reshape(K * C, 9).T).reshape(16, K, C)
     x = np.ascontiguousarray(x)
     y = np.empty((N, K, t.Ho, t.Wo), np.float32)
 
@@ -325,4 +326,5 @@ def backward_filter(dy, x, padding):
     for p in parts[1:]:                                      # thread order: deterministic
         Q += p
     # dw = G^T Q G per (k, c)
-    return np.ascontiguousarray((Q.reshape(16, K * C).T @ _GG).reshape(K, C, 3, 3))
+    with blas_threads(1):
+        return np.ascontiguousarray((Q.reshape(16, K * C).T @ _GG).reshape(K, C, 3, 3))
