@@ -162,7 +162,7 @@ def run_e2e(model_name=None, batch=128, repeats=5, warmup=2, use_torch=True, ima
             if device == "gpu":
                 model.to_gpu()
                 return gpucnn_step(model, nn, optim, backend.to_gpu(x), backend.to_gpu(y))
-            return gpucnn_step(model, nn, optim, x, y)
+            return gpucnn_step(nn.fuse(model), nn, optim, x, y)   # as `gpucnn train --fuse auto` on the CPU
         return make
 
     def theirs(device):
