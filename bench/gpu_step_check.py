@@ -31,12 +31,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpucnn import backend, models, nn, optim  # noqa: E402
+from gpucnn import backend, models, optim  # noqa: E402
 from gpucnn import random as grandom  # noqa: E402
-from gpucnn.benchmark.e2e import torch_mirror  # noqa: E402
+from gpucnn.benchmark import step_modes  # noqa: E402
 from gpucnn.trainer import Trainer  # noqa: E402
 
-LR, MOMENTUM = 0.05, 0.9
+LR, MOMENTUM = step_modes.LR, step_modes.MOMENTUM
 DEVICE = "gpu"
 
 
@@ -102,58 +102,28 @@ def host_reads_per_epoch(graph):
     return {"graph": graph, "steps": len(data), "blocking_reads_in_epoch": counts["reads"]}
 
 
-def gpucnn_step_time(name, batch, steps, mode, precision="fp32", fuse=False):
-    import cupy
-    model = _model(name)
-    if fuse:
-        nn.fuse(model)
-    trainer = Trainer(model, _optimizer("sgd", model), device=DEVICE, precision=precision,
-                      sync="step" if mode == "per-step reads" else "deferred", cuda_graph=mode == "graph")
-    rng = np.random.default_rng(0)
-    x = cupy.asarray(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32))
-    y = cupy.asarray(rng.integers(0, 10, batch))
-    data = [(x, y)] * steps
-    trainer.train_epoch(data)
-    times = [trainer.train_epoch(data)["seconds"] / steps for _ in range(5)]
+def _median_step(run, steps):
+    run()                                   # warm-up: compiles, captures
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) / steps)
     return statistics.median(times)
+
+
+def gpucnn_step_time(name, batch, steps, mode, precision="fp32", fuse=False):
+    """Our step in gpucnn.benchmark.step_modes' mode ("per-step reads" = its eager)."""
+    x, y = step_modes.batch((batch, 1, 28, 28))
+    return _median_step(step_modes.ours(_model(name), x, y, "eager" if mode == "per-step reads" else mode,
+                                        precision, DEVICE, steps, fuse), steps)
 
 
 def torch_step_time(name, batch, steps, graph):
     import torch
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    tmodel = torch_mirror(torch, _model(name)).cuda().train()
-    opt = torch.optim.SGD(tmodel.parameters(), lr=LR, momentum=MOMENTUM)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x = torch.randn(batch, 1, 28, 28, device="cuda")
-    y = torch.randint(0, 10, (batch,), device="cuda")
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(tmodel(x), y).backward()
-        opt.step()
-    run = step
-    if graph:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(g):
-            loss_fn(tmodel(x), y).backward()
-            opt.step()
-        run = g.replay
-    times = []
-    for _ in range(6):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            run()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times[1:])
+    x, y = step_modes.batch((batch, 1, 28, 28))
+    return _median_step(step_modes.theirs(torch, _model(name), x, y, "graph" if graph else "eager",
+                                          "fp32", "cuda", steps), steps)
 
 
 def main():

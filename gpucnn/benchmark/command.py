@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..commands.errors import CommandError, positive_int
 from ..models import DEFAULT_MODEL, MODELS
-from . import report, sweep
+from . import report, step_modes, sweep
 from .env import cpu_threads, import_torch
 from .ops import OPS
 from .profile_step import profile_text, profile_step
@@ -49,7 +49,21 @@ def add_parser(subparsers):
                    help="GPU runs: do not time (or check against) our CPU path")
     p.add_argument("--e2e", choices=("off", "on", "only"), default="off",
                    help="also (or only) time a training step of the default model")
-    p.add_argument("--e2e-batch", type=positive_int, default=128, help="batch size of the --e2e training step")
+    p.add_argument("--e2e-batch", type=positive_int, nargs="+", default=[128], metavar="N",
+                   help="batch sizes of the --e2e training step, each timed (default 128)")
+    p.add_argument("--e2e-precision", nargs="+", default=["fp32"], metavar="P",
+                   help=f"precisions of the --e2e step: {', '.join(step_modes.PRECISIONS)} (ours: gpucnn.amp; "
+                   "PyTorch: torch.autocast) (default fp32)")
+    p.add_argument("--e2e-mode", nargs="+", default=list(step_modes.MODES), metavar="MODE",
+                   help="GPU step modes of the --e2e step (docs/gpu-step.md): eager, deferred, graph (ours), "
+                   "eager, graph, compile (PyTorch's); a mode one side lacks is not run for it "
+                   f"(default: all of {', '.join(step_modes.MODES)}; the CPU steps are eager)")
+    p.add_argument("--e2e-steps", type=positive_int, default=20,
+                   help="steps per timed run of a GPU --e2e variant (default 20)")
+    p.add_argument("--e2e-epoch", type=positive_int, nargs="?", const=0, default=None, metavar="IMAGES",
+                   help="with --e2e: also images/s of one whole training epoch over the real data "
+                   "(Fashion-MNIST, else the digits), ours and PyTorch's (gpucnn.benchmark.epoch); "
+                   "IMAGES: only the first that many training images (default: off; given alone: all)")
     p.add_argument("--e2e-model", nargs="+", choices=MODELS, default=[DEFAULT_MODEL], metavar="MODEL",
                    help=f"models of the --e2e training step (default {DEFAULT_MODEL}): {', '.join(MODELS)}")
     p.add_argument("--profile", action="store_true",
@@ -88,7 +102,18 @@ def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _check_choices(args):
+    """--e2e-precision / --e2e-mode values: a clear usage error (exit 2) naming the choices."""
+    for option, values, allowed in (("--e2e-precision", args.e2e_precision, step_modes.PRECISIONS),
+                                    ("--e2e-mode", args.e2e_mode, step_modes.MODES)):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise CommandError(f"{option}: unknown value(s) {', '.join(map(repr, bad))}; "
+                               f"choose from {', '.join(allowed)}")
+
+
 def run(args):
+    _check_choices(args)
     if args.compare:
         a, b = (report.load(p) for p in args.compare)
         print(report.compare_report(a, b, names=args.compare))
@@ -150,13 +175,19 @@ def _one_run(args, threads):
         from .e2e import run_e2e
         torch = import_torch()[0] if not args.no_torch else None
         with cpu_threads(runner.threads, torch):
-            doc["e2e_models"] = [run_e2e(model, batch=args.e2e_batch, log=_log, use_torch=not args.no_torch,
+            doc["e2e_models"] = [run_e2e(model, batch=batch, log=_log, use_torch=not args.no_torch,
                                          repeats=runner.repeats if runner.device == "cpu"
-                                         else min(runner.repeats, 20), warmup=runner.warmup)
-                                 for model in args.e2e_model]
+                                         else min(runner.repeats, 20), warmup=runner.warmup,
+                                         precisions=args.e2e_precision, modes=args.e2e_mode,
+                                         gpu_steps=args.e2e_steps)
+                                 for model in args.e2e_model for batch in args.e2e_batch]
             doc["e2e"] = doc["e2e_models"][0]
+            if args.e2e_epoch is not None:
+                from .epoch import run_epochs
+                doc["e2e_epoch"] = [run_epochs(model, batch, torch=torch, images=args.e2e_epoch or None, log=_log)
+                                    for model in args.e2e_model for batch in args.e2e_batch]
             if args.profile and runner.device == "cpu":
-                doc["profile"] = [profile_step(model, batch=args.e2e_batch, torch=torch,
+                doc["profile"] = [profile_step(model, batch=args.e2e_batch[0], torch=torch,
                                                repeats=max(3, runner.repeats), warmup=runner.warmup)
                                   for model in args.e2e_model]
     return doc

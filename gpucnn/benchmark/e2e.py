@@ -2,17 +2,23 @@
 
 A step is forward, softmax cross-entropy, backward and an SGD update
 (momentum 0.9), on a fixed random batch (the data pipeline is not timed).
-It is timed with the wall clock, the GPU synchronized at the end of each
-step (ours and PyTorch's CPU steps called in turn, a, b, a, b, so that load
-from other processes hits both alike), on every device at hand: gpucnn on the CPU and the GPU, and the same
-architecture in PyTorch (CPU; CUDA with TF32 off) when importable, built
-layer by layer from the gpucnn model with its weights copied in.
-The GPU runs ran on an H100 (bench/results/gpu-h100-2026-11-24).
+On the CPU: our step (fused, as `gpucnn train` runs it) and PyTorch's, eager,
+called in turn (a, b, a, b, so that load from other processes hits both
+alike), timed one step at a time with the wall clock. On the GPU: every
+variant of step_modes (ours: eager / deferred / graph; PyTorch, TF32 off:
+eager / CUDA graph / torch.compile), each timed as runs of several steps with
+the device waited for at the end of a run only. Each precision (fp32, bf16:
+gpucnn.amp against torch.autocast) is timed alike. The same architecture in
+PyTorch is built layer by layer from the gpucnn model, its weights copied in.
+`ratios` holds our time over PyTorch's per (device, precision, our mode) and
+PyTorch mode. The fp32 eager GPU runs ran on an H100
+(bench/results/gpu-h100-2026-11-24); the modes and bf16: not yet run on a GPU.
 """
 import numpy as np
 
 from .. import backend
 from .env import import_torch
+from . import step_modes
 from .timing import time_cpu, time_cpu_interleaved
 
 LR, MOMENTUM = 0.05, 0.9
@@ -28,17 +34,20 @@ def _images_per_s(batch, timing):
     return batch / timing["median_s"]
 
 
-def gpucnn_step(model, nn, optim, x, y, opt=None):
+def gpucnn_step(model, nn, optim, x, y, opt=None, precision="fp32"):
     """A zero-argument training step of a gpucnn model on (x, y), with `opt`
-    (default: SGD, LR and MOMENTUM)."""
+    (default: SGD, LR and MOMENTUM), at `precision` (gpucnn.amp)."""
+    from .. import amp
     loss_fn = nn.SoftmaxCrossEntropy()
+    if precision != "fp32":
+        amp.autocast(model, precision)   # installed on the model for its lifetime here
     opt = opt if opt is not None else optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     xp = backend.get_array_module(x)
     model.train()
 
     def step():
         opt.zero_grad()
-        _, dlogits = loss_fn(model(x), y)
+        _, dlogits = loss_fn(model(x).astype(np.float32, copy=False), y)
         model.backward_params(dlogits)   # as the trainer: no gradient of the input
         opt.step()
         backend.synchronize(xp)
@@ -97,7 +106,7 @@ def _torch_residual(torch):
     return Residual
 
 
-def torch_step(torch, model, x, y, device):
+def torch_step(torch, model, x, y, device, precision="fp32"):
     tmodel = torch_mirror(torch, model)
     state = {k: torch.from_numpy(np.asarray(backend.to_cpu(v))) for k, v in model.state_dict().items()}
     tmodel.load_state_dict(state)  # strict: the mirror has the same keys
@@ -109,18 +118,45 @@ def torch_step(torch, model, x, y, device):
 
     def step():
         opt.zero_grad()
-        loss_fn(tmodel(tx), ty).backward()
+        with step_modes.autocast(torch, device, precision):
+            loss = loss_fn(tmodel(tx), ty)
+        loss.backward()
         opt.step()
         sync()
     return step
 
 
+def _name(base, mode="eager", precision="fp32"):
+    """'gpucnn-gpu', 'gpucnn-gpu graph', 'torch-cuda compile bf16', ...: the
+    fp32 eager names are those of the runs before modes and precisions."""
+    return " ".join([base] + ([mode] if mode != "eager" else []) + ([precision] if precision != "fp32" else []))
+
+
+def ratios(runs):
+    """Our time over PyTorch's, per (device, precision, our mode) and PyTorch mode."""
+    timed = [r for r in runs if "time" in r]
+    out = []
+    for r in timed:
+        if r["side"] != "gpucnn":
+            continue
+        vs = {t["mode"]: r["time"]["median_s"] / t["time"]["median_s"] for t in timed
+              if t["side"] == "torch" and t["device"] == r["device"] and t["precision"] == r["precision"]}
+        out.append({"device": r["device"], "precision": r["precision"], "mode": r["mode"],
+                    "ours_s": r["time"]["median_s"], "vs_torch": vs})
+    return out
+
+
 def run_e2e(model_name=None, batch=128, repeats=5, warmup=2, use_torch=True, image_size=28,
-            in_channels=1, num_classes=10, log=print):
-    """{'model', 'batch', 'input_shape', 'runs': [{name, device, time, images_per_s} or
-    {name, skipped}]} for gpucnn and PyTorch on the CPU and (if usable) the GPU."""
+            in_channels=1, num_classes=10, log=print, precisions=("fp32",), modes=step_modes.MODES,
+            gpu_steps=20):
+    """{'model', 'batch', 'input_shape', 'precisions', 'modes', 'runs': [{name, side,
+    device, mode, precision, time, images_per_s} or {..., skipped}], 'ratios'} for
+    gpucnn and PyTorch on the CPU (eager, ours and PyTorch's steps interleaved) and
+    the GPU (every mode in `modes` that the side has; a GPU timing is a run of
+    `gpu_steps` steps over gpu_steps, the device waited for at its end only)."""
     shape = (batch, in_channels, image_size, image_size)
-    out = {"model": model_name, "batch": batch, "input_shape": list(shape), "runs": []}
+    out = {"model": model_name, "batch": batch, "input_shape": list(shape), "precisions": list(precisions),
+           "modes": list(modes), "runs": []}
     try:
         models, nn, optim = _gpucnn_parts()
     except ImportError as exc:
@@ -133,59 +169,70 @@ def run_e2e(model_name=None, batch=128, repeats=5, warmup=2, use_torch=True, ima
     torch, why = import_torch() if use_torch else (None, "disabled (--no-torch)")
     gpu = backend.gpu_available()
 
-    def record(name, device, make):
-        log(f"e2e: {name} ...")
-        try:
-            t = time_cpu(make(), repeats, warmup)
-            out["runs"].append({"name": name, "device": device, "time": t,
-                                "images_per_s": _images_per_s(batch, t)})
-        except Exception as exc:  # keep the other runs
-            out["runs"].append({"name": name, "device": device, "skipped": f"{type(exc).__name__}: {exc}"})
+    def entry(side, device, mode, precision):
+        base = {"gpucnn": "gpucnn-", "torch": "torch-"}[side] + \
+            ("cpu" if device == "cpu" else "gpu" if side == "gpucnn" else "cuda")
+        return {"name": _name(base, mode, precision), "side": side, "device": device, "mode": mode,
+                "precision": precision}
 
-    def record_side_by_side(named_makers):
+    def timed(e, t):
+        out["runs"].append(dict(e, time=t, images_per_s=_images_per_s(batch, t)))
+
+    def skipped(e, reason):
+        out["runs"].append(dict(e, skipped=reason))
+
+    def side_by_side(precision):
         """CPU steps called in turn (a, b, a, b, ...): load from other
         processes hits both alike (timing.time_cpu_interleaved)."""
-        log(f"e2e: {', '.join(n for n, _ in named_makers)} side by side ...")
-        steps, names = [], []
-        for name, make in named_makers:
+        makers = [(entry("gpucnn", "cpu", "eager", precision), ours_cpu(precision))]
+        if torch is not None:
+            makers.append((entry("torch", "cpu", "eager", precision), theirs_cpu(precision)))
+        log(f"e2e: {model_name} batch {batch}: {', '.join(e['name'] for e, _ in makers)} side by side ...")
+        steps, entries = [], []
+        for e, make in makers:
             try:
                 steps.append(make())
-                names.append(name)
+                entries.append(e)
             except Exception as exc:
-                out["runs"].append({"name": name, "device": "cpu", "skipped": f"{type(exc).__name__}: {exc}"})
-        for name, t in zip(names, time_cpu_interleaved(steps, repeats, warmup)):
-            out["runs"].append({"name": name, "device": "cpu", "time": t, "images_per_s": _images_per_s(batch, t)})
+                skipped(e, f"{type(exc).__name__}: {exc}")
+        for e, t in zip(entries, time_cpu_interleaved(steps, repeats, warmup) if steps else []):
+            timed(e, t)
+        if torch is None:
+            skipped(entry("torch", "cpu", "eager", precision), why)
 
-    def ours(device):
-        def make():
-            model = models.build(model_name, in_channels, num_classes, image_size)
-            if device == "gpu":
-                model.to_gpu()
-                return gpucnn_step(model, nn, optim, backend.to_gpu(x), backend.to_gpu(y))
-            return gpucnn_step(nn.fuse(model), nn, optim, x, y)   # as `gpucnn train --fuse auto` on the CPU
+    def ours_cpu(precision):
+        def make():   # fused as `gpucnn train --fuse auto` runs it on the CPU
+            model = nn.fuse(models.build(model_name, in_channels, num_classes, image_size))
+            return gpucnn_step(model, nn, optim, x, y, precision=precision)
         return make
 
-    def theirs(device):
+    def theirs_cpu(precision):
         def make():
-            if device == "cuda":
-                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
             return torch_step(torch, models.build(model_name, in_channels, num_classes, image_size),
-                              x, y, device)
+                              x, y, "cpu", precision=precision)
         return make
 
-    if torch is not None:
-        record_side_by_side([("gpucnn-cpu", ours("cpu")), ("torch-cpu", theirs("cpu"))])
-    else:
-        record("gpucnn-cpu", "cpu", ours("cpu"))
-        out["runs"].append({"name": "torch-cpu", "device": "cpu", "skipped": why})
-    if gpu:
-        record("gpucnn-gpu", "gpu", ours("gpu"))
-        if torch is not None and torch.cuda.is_available():
-            record("torch-cuda", "gpu", theirs("cuda"))
-        else:
-            out["runs"].append({"name": "torch-cuda", "device": "gpu",
-                                "skipped": why or "PyTorch has no usable CUDA device"})
-    else:
-        out["runs"].append({"name": "gpucnn-gpu", "device": "gpu",
-                            "skipped": f"no usable GPU: {backend.gpu_unavailable_reason()}"})
+    def gpu_variant(side, mode, precision):
+        e = entry(side, "gpu", mode, precision)
+        if not gpu:
+            return skipped(e, f"no usable GPU: {backend.gpu_unavailable_reason()}")
+        if side == "torch" and torch is None:
+            return skipped(e, why)
+        log(f"e2e: {model_name} batch {batch}: {e['name']} ...")
+        try:
+            model = step_modes.build(model_name, 0, in_channels, num_classes, image_size)
+            run = (step_modes.ours(model, x, y, mode, precision, "gpu", gpu_steps) if side == "gpucnn" else
+                   step_modes.theirs(torch, model, x, y, mode, precision, "cuda", gpu_steps))
+            timed(e, step_modes.per_step(time_cpu(run, repeats, max(1, warmup)), gpu_steps))
+        except Exception as exc:  # keep the other runs; the reason is the result
+            skipped(e, f"{type(exc).__name__}: {exc}".strip())
+
+    for precision in precisions:
+        side_by_side(precision)
+    for precision in precisions:
+        for side, side_modes in (("gpucnn", step_modes.OUR_MODES), ("torch", step_modes.TORCH_MODES)):
+            for mode in modes:
+                if mode in side_modes:
+                    gpu_variant(side, mode, precision)
+    out["ratios"] = ratios(out["runs"])
     return out

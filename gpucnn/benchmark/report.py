@@ -112,8 +112,12 @@ def text_report(doc):
         parts += ["", "FAILED correctness checks: " + ", ".join(doc["summary"]["failed_checks"])]
     if doc["summary"].get("crashed"):
         parts += ["", "CRASHED kernel versions: " + "; ".join(doc["summary"]["crashed"])]
-    if doc.get("e2e"):
-        parts += ["", e2e_text(doc["e2e"])]
+    for e2e in _e2e_docs(doc):
+        parts += ["", e2e_text(e2e)]
+    if any(e.get("ratios") for e in _e2e_docs(doc)):
+        parts += ["", "end to end, our step time / PyTorch's:", text_table(*e2e_ratio_rows(doc))]
+    for ep in doc.get("e2e_epoch") or []:
+        parts += ["", epoch_text(ep)]
     return "\n".join(parts)
 
 
@@ -129,19 +133,48 @@ def markdown_report(doc):
         parts += ["", "**Failed correctness checks:** " + ", ".join(doc["summary"]["failed_checks"])]
     if doc["summary"].get("crashed"):
         parts += ["", "**Crashed kernel versions:** " + "; ".join(doc["summary"]["crashed"])]
-    if doc.get("e2e"):
-        parts += ["", "## End to end", "", "```", e2e_text(doc["e2e"]), "```"]
+    if _e2e_docs(doc):
+        parts += ["", "## End to end", "", "```", "\n\n".join(e2e_text(e) for e in _e2e_docs(doc)), "```"]
+    if any(e.get("ratios") for e in _e2e_docs(doc)):
+        parts += ["", "Our step time / PyTorch's (below 1: gpucnn faster), per PyTorch mode:", "",
+                  markdown_table(*e2e_ratio_rows(doc))]
+    if doc.get("e2e_epoch"):
+        parts += ["", "## Whole epochs", "", "```", "\n\n".join(epoch_text(e) for e in doc["e2e_epoch"]), "```"]
     return "\n".join(parts) + "\n"
+
+
+def _e2e_docs(doc):
+    return doc.get("e2e_models") or ([doc["e2e"]] if doc.get("e2e") else [])
+
+
+def e2e_ratio_rows(doc):
+    """(header, rows): one row per (model, batch, device, precision, our mode)."""
+    torch_modes = ("eager", "graph", "compile")
+    header = ["model", "batch", "device", "precision", "our mode", "ours ms"] + [f"vs torch {m}" for m in torch_modes]
+    rows = []
+    for e in _e2e_docs(doc):
+        for r in e.get("ratios") or []:
+            rows.append([e["model"], str(e["batch"]), r["device"], r["precision"], r["mode"], _ms(r["ours_s"])]
+                        + [_fmt(r["vs_torch"].get(m)) for m in torch_modes])
+    return header, rows
+
+
+def epoch_text(ep):
+    lines = [f"whole epoch: {ep['model']}, batch {ep['batch']}, {ep['images']} {ep['dataset']} images"]
+    for r in ep["runs"]:
+        lines.append(f"  {r['name']:<22} " + (f"{r['seconds']:.2f} s  {r['images_per_s']:.0f} images/s"
+                                             if "seconds" in r else f"skipped: {r['skipped']}"))
+    return "\n".join(lines)
 
 
 def e2e_text(e2e):
     lines = [f"end to end: {e2e.get('model')} training step, batch {e2e.get('batch')}"]
     for r in e2e.get("runs", []):
         if "time" in r:
-            lines.append(f"  {r['name']:<16} {_ms(r['time']['median_s'])} ms/step  "
+            lines.append(f"  {r['name']:<26} {_ms(r['time']['median_s'])} ms/step  "
                          f"{r['images_per_s']:.0f} images/s")
         else:
-            lines.append(f"  {r['name']:<16} skipped: {r['skipped']}")
+            lines.append(f"  {r['name']:<26} skipped: {r['skipped']}")
     return "\n".join(lines)
 
 

@@ -24,7 +24,10 @@ our throughput as a fraction of a measured machine ceiling):
                                  geomean_min[vs_<ref>] the same from the fastest calls,
                                  entries, failed_checks, crashed (versions that raised)
     e2e (optional)               end-to-end training-step timings (e2e.py), the first model's
-    e2e_models (optional)        the same for every --e2e-model
+    e2e_models (optional)        the same for every --e2e-model and --e2e-batch; each run has
+                                 side, device, mode, precision; `ratios` our time over PyTorch's
+                                 per (device, precision, our mode) and PyTorch mode
+    e2e_epoch (optional)         images/s of a whole epoch over real data (epoch.py)
     profile (optional)           per-phase, per-layer step profiles (profile_step.py)
 """
 
@@ -140,6 +143,7 @@ SCHEMA = {
                 "crashed": {"type": "array", "items": {"type": "string"}}}},
         "e2e": {"type": "object"},
         "e2e_models": {"type": "array", "items": {"type": "object"}},
+        "e2e_epoch": {"type": "array", "items": {"type": "object"}},
         "profile": {"type": "array", "items": {"type": "object"}},
     },
 }
