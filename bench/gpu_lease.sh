@@ -11,8 +11,10 @@
 #                   which outlasts a 10-minute call; none for no benchmark)
 #   train:NAME:ARGS gpucnn train --device gpu ARGS (ARGS comma-separated),
 #                   log, metrics and plot to OUT_DIR/train_NAME.{log,json,png}
-#   stepcheck       bash bench/gpu_step_check.sh OUT_DIR/step_check (issue 11:
+#   stepcheck       bash bench/gpu_step_check.sh OUT_DIR/step_check check (issue 11:
 #                   graphs, host reads, step times vs PyTorch, bf16/fp16 accuracy)
+#   measure         bash bench/gpu_step_check.sh OUT_DIR/measure e2e tta (issue 11 item 6:
+#                   bench --e2e modes x precisions x batches, whole epochs, time to 93%)
 #   bench:SUITE[:ARGS] gpucnn bench --suite SUITE ARGS, at most BENCH_MAX_SECONDS
 #                   (default 3) per measurement, to OUT_DIR/bench_SUITE.{log,json}
 # Timings are only meaningful from steps that ran alone.
@@ -46,7 +48,9 @@ run_step() {
         --json "$out/bench_$suite.json" ${args//,/ } > "$out/bench_$suite.log" 2>&1
       echo "== $step: exit $?" ;;
     stepcheck)
-      bash bench/gpu_step_check.sh "$out/step_check"; echo "== $step: exit $?" ;;
+      bash bench/gpu_step_check.sh "$out/step_check" check; echo "== $step: exit $?" ;;
+    measure)
+      bash bench/gpu_step_check.sh "$out/measure" e2e tta; echo "== $step: exit $?" ;;
     *) echo "unknown step $step" ;;
   esac
 }

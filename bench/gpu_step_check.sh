@@ -2,7 +2,12 @@
 # Issue 11 (GPU training step): the exact GPU commands that confirm or refute
 # what the CPU tests emulate. Not yet run on a GPU. From the repository root:
 #
-#   bash bench/gpu_step_check.sh OUT_DIR        # about 7-9 minutes on an H200 (estimate)
+#   bash bench/gpu_step_check.sh OUT_DIR [PART...]
+#
+# PART: check (items 1-3 below, about 7-9 minutes on an H200, estimate), e2e
+# (item 4, about 5-6 minutes), tta (item 5, about 4-7 minutes); default: all
+# three. The device lease is 15 minutes, so run `check` and `e2e tta` in two
+# leases if one does not fit.
 #
 # 1. bench/gpu_step_check.py: graph == eager bitwise (SGD momentum, Adam +
 #    StepLR, a pool-stress variant for cupy#9655), blocking host reads per
@@ -21,13 +26,29 @@
 #    fp32_graph, which has the pipeline on by default), and --augment crop flip
 #    cutout with the augmentations on the GPU and on the CPU (accuracy and
 #    epoch seconds side by side). Adds about 2 minutes (estimate).
-# Each step has its own time limit (STEP_TIMEOUT, default 150 s).
+# 4. Issue 11 item 6, `gpucnn bench --e2e` side by side in one run (docs/gpu-step.md,
+#    "Measurements"): lenet_bn and vgg_small at batch 128 and 512, fp32 and
+#    bf16; ours eager / deferred / graph against PyTorch eager and PyTorch
+#    with the whole step in a CUDA graph; plus images/s of one whole
+#    Fashion-MNIST epoch per (model, batch), ours and PyTorch's
+#    -> OUT/e2e_modes.{json,md}; then torch.compile (its compile time is long)
+#    for each model at batch 128, fp32 and bf16 -> OUT/e2e_compile_<model>.{json,md}.
+# 5. Time to 93% Fashion-MNIST test accuracy, the README's best recipe
+#    (vgg_small, 30 epochs, crop flip, cosine, label smoothing 0.1), gpucnn then
+#    a PyTorch script of the same recipe, each stopping at the target
+#    -> OUT/time_to_accuracy.json (bench/time_to_accuracy.py).
+# Each step has its own time limit (STEP_TIMEOUT, default 150 s; the
+# measurements' limits are stated at each).
 set -u
 out=${1:?usage: bash bench/gpu_step_check.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 GPUCNN_DATA_DIR=${GPUCNN_DATA_DIR:-$PWD/.data/fashion-mnist}
 limit=${STEP_TIMEOUT:-150}
 py=python3
+shift
+parts=${*:-check e2e tta}
+has() { case " $parts " in *" $1 "*) return 0;; esac; return 1; }
+if has check; then
 echo "== gpu_step_check.py ($(date +%T))"
 timeout $((limit * 2 + 60)) $py bench/gpu_step_check.py --out "$out" --steps 100 > "$out/gpu_step.log" 2>&1
 echo "== exit $?"; tail -6 "$out/gpu_step.log"
@@ -63,3 +84,26 @@ for name in ("fp32_eager", "fp32_graph", "bf16_graph", "fp16", "fp32_graph_no_pi
     else:
         print(f"{name:>11}: no metrics (see train_{name}.log)")
 PY
+fi
+if has e2e; then
+  echo "== bench --e2e: models x batches x precisions x modes, whole epochs ($(date +%T))"
+  timeout 300 $py -m gpucnn bench --device gpu --e2e only --no-cpu-baseline --e2e-model lenet_bn vgg_small \
+    --e2e-batch 128 512 --e2e-precision fp32 bf16 --e2e-mode eager deferred graph --repeats 10 --warmup 2 \
+    --e2e-steps 20 --e2e-epoch --e2e-data-dir "$GPUCNN_DATA_DIR" --json "$out/e2e_modes.json" --markdown "$out/e2e_modes.md" \
+    > "$out/e2e_modes.log" 2>&1
+  echo "== exit $?"; grep -A12 "our step time / PyTorch" "$out/e2e_modes.log"
+  for model in lenet_bn vgg_small; do
+    echo "== bench --e2e torch.compile $model ($(date +%T))"
+    timeout 150 $py -m gpucnn bench --device gpu --e2e only --no-cpu-baseline --e2e-model $model \
+      --e2e-batch 128 --e2e-precision fp32 bf16 --e2e-mode eager graph compile --repeats 10 --warmup 2 \
+      --json "$out/e2e_compile_$model.json" --markdown "$out/e2e_compile_$model.md" \
+      > "$out/e2e_compile_$model.log" 2>&1
+    echo "== exit $?"; grep -A6 "our step time / PyTorch" "$out/e2e_compile_$model.log"
+  done
+fi
+if has tta; then
+  echo "== time to 93% test accuracy, gpucnn then PyTorch ($(date +%T))"
+  timeout 480 $py bench/time_to_accuracy.py --out "$out/time_to_accuracy.json" --device gpu \
+    --dataset fashion-mnist --data-dir "$GPUCNN_DATA_DIR" > "$out/time_to_accuracy.log" 2>&1
+  echo "== exit $?"; tail -3 "$out/time_to_accuracy.log"
+fi

@@ -46,7 +46,7 @@ def add_parser(subparsers):
                    "(BF16); each GPU result records its \"precision\" (default: highest)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparisons")
     p.add_argument("--no-cpu-baseline", action="store_true",
-                   help="GPU runs: do not time (or check against) our CPU path")
+                   help="GPU runs: do not time (or check against) our CPU path, nor the CPU --e2e steps")
     p.add_argument("--e2e", choices=("off", "on", "only"), default="off",
                    help="also (or only) time a training step of the default model")
     p.add_argument("--e2e-batch", type=positive_int, nargs="+", default=[128], metavar="N",
@@ -64,6 +64,9 @@ def add_parser(subparsers):
                    help="with --e2e: also images/s of one whole training epoch over the real data "
                    "(Fashion-MNIST, else the digits), ours and PyTorch's (gpucnn.benchmark.epoch); "
                    "IMAGES: only the first that many training images (default: off; given alone: all)")
+    p.add_argument("--e2e-data-dir", metavar="DIR", default=None,
+                   help="Fashion-MNIST IDX files for --e2e-epoch (default: /usr/share/datasets/fashion-mnist, "
+                   "else the digits)")
     p.add_argument("--e2e-model", nargs="+", choices=MODELS, default=[DEFAULT_MODEL], metavar="MODEL",
                    help=f"models of the --e2e training step (default {DEFAULT_MODEL}): {', '.join(MODELS)}")
     p.add_argument("--profile", action="store_true",
@@ -179,12 +182,14 @@ def _one_run(args, threads):
                                          repeats=runner.repeats if runner.device == "cpu"
                                          else min(runner.repeats, 20), warmup=runner.warmup,
                                          precisions=args.e2e_precision, modes=args.e2e_mode,
-                                         gpu_steps=args.e2e_steps)
+                                         gpu_steps=args.e2e_steps,
+                                         cpu_steps=not (args.no_cpu_baseline and runner.device == "gpu"))
                                  for model in args.e2e_model for batch in args.e2e_batch]
             doc["e2e"] = doc["e2e_models"][0]
             if args.e2e_epoch is not None:
                 from .epoch import run_epochs
-                doc["e2e_epoch"] = [run_epochs(model, batch, torch=torch, images=args.e2e_epoch or None, log=_log)
+                doc["e2e_epoch"] = [run_epochs(model, batch, torch=torch, images=args.e2e_epoch or None,
+                                               data_dir=args.e2e_data_dir, log=_log)
                                     for model in args.e2e_model for batch in args.e2e_batch]
             if args.profile and runner.device == "cpu":
                 doc["profile"] = [profile_step(model, batch=args.e2e_batch[0], torch=torch,

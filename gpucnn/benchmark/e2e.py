@@ -148,12 +148,13 @@ def ratios(runs):
 
 def run_e2e(model_name=None, batch=128, repeats=5, warmup=2, use_torch=True, image_size=28,
             in_channels=1, num_classes=10, log=print, precisions=("fp32",), modes=step_modes.MODES,
-            gpu_steps=20):
+            gpu_steps=20, cpu_steps=True):
     """{'model', 'batch', 'input_shape', 'precisions', 'modes', 'runs': [{name, side,
     device, mode, precision, time, images_per_s} or {..., skipped}], 'ratios'} for
     gpucnn and PyTorch on the CPU (eager, ours and PyTorch's steps interleaved) and
     the GPU (every mode in `modes` that the side has; a GPU timing is a run of
-    `gpu_steps` steps over gpu_steps, the device waited for at its end only)."""
+    `gpu_steps` steps over gpu_steps, the device waited for at its end only).
+    cpu_steps=False: no CPU steps (recorded as skipped)."""
     shape = (batch, in_channels, image_size, image_size)
     out = {"model": model_name, "batch": batch, "input_shape": list(shape), "precisions": list(precisions),
            "modes": list(modes), "runs": []}
@@ -228,7 +229,11 @@ def run_e2e(model_name=None, batch=128, repeats=5, warmup=2, use_torch=True, ima
             skipped(e, f"{type(exc).__name__}: {exc}".strip())
 
     for precision in precisions:
-        side_by_side(precision)
+        if cpu_steps:
+            side_by_side(precision)
+        else:
+            for side in ("gpucnn", "torch"):
+                skipped(entry(side, "cpu", "eager", precision), "not asked for (--no-cpu-baseline)")
     for precision in precisions:
         for side, side_modes in (("gpucnn", step_modes.OUR_MODES), ("torch", step_modes.TORCH_MODES)):
             for mode in modes:
