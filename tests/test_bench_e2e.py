@@ -89,6 +89,9 @@ def test_gpu_variants_record_why_they_did_not_run(monkeypatch):
                for m in step_modes.TORCH_MODES)
     assert all(gpu[("gpucnn", m)]["skipped"] for m in step_modes.OUR_MODES)
     assert {r["name"] for r in out["runs"] if "time" in r} == {"gpucnn-cpu", "torch-cpu"}
+    out = e2e.run_e2e("lenet5", batch=2, repeats=1, warmup=0, log=lambda m: None, cpu_steps=False)
+    cpu = [r for r in out["runs"] if r["device"] == "cpu"]   # --no-cpu-baseline on a GPU run
+    assert len(cpu) == 2 and all(r["skipped"] == "not asked for (--no-cpu-baseline)" for r in cpu)
 
 
 def test_torch_graph_needs_cuda():

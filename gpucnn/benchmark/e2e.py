@@ -11,8 +11,9 @@ the device waited for at the end of a run only. Each precision (fp32, bf16:
 gpucnn.amp against torch.autocast) is timed alike. The same architecture in
 PyTorch is built layer by layer from the gpucnn model, its weights copied in.
 `ratios` holds our time over PyTorch's per (device, precision, our mode) and
-PyTorch mode. The fp32 eager GPU runs ran on an H100
-(bench/results/gpu-h100-2026-11-24); the modes and bf16: not yet run on a GPU.
+PyTorch mode. An earlier GPU step (gpucnn_step with the model's dropout,
+against PyTorch eager) ran on an H100 (bench/results/gpu-h100-2026-11-24);
+the step_modes variants on the GPU, fp32 and bf16: not yet run on a GPU.
 """
 import numpy as np
 

@@ -60,6 +60,7 @@ def ours(model, x, y, mode, precision="fp32", device="gpu", steps=1, fuse=False)
     if fuse:
         model = nn.fuse(model)
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    # input_pipeline off: the batch is already on the device; the step alone is timed
     trainer = Trainer(model, opt, device=device, precision=precision, input_pipeline=False,
                       sync="step" if mode == "eager" else "deferred", cuda_graph=mode == "graph")
     to = backend.to_gpu if trainer.device == "gpu" else (lambda a: a)
@@ -70,12 +71,14 @@ def ours(model, x, y, mode, precision="fp32", device="gpu", steps=1, fuse=False)
     return run
 
 
-def autocast(torch, device, precision):
-    """PyTorch's autocast to bfloat16 on `device` ('cpu' or 'cuda'), or nothing for fp32."""
+def autocast(torch, device, precision, cache=True):
+    """PyTorch's autocast to bfloat16 on `device` ('cpu' or 'cuda'), or nothing for fp32.
+    cache=False inside a CUDA graph capture (PyTorch's documented requirement:
+    its cast-weight cache must not outlive the captured step)."""
     if precision == "fp32":
         import contextlib
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def torch_mirror_of(torch, model, device):
@@ -107,7 +110,7 @@ def theirs(torch, model, x, y, mode, precision="fp32", device="cuda", steps=1):
 
     def step():
         opt.zero_grad(set_to_none=mode != "graph")   # a graph keeps its .grad buffers
-        with autocast(torch, device, precision):
+        with autocast(torch, device, precision, cache=mode != "graph"):
             loss = loss_fn(net(tx), ty)
         loss.backward()
         opt.step()

@@ -22,12 +22,16 @@ from .report import _ms, markdown_table, text_table
 
 
 def _step_times(doc):
-    """{model: {'ours': s, 'torch': s}} of a run's e2e steps (CPU)."""
+    """{model: {'ours': s, 'torch': s}} of a run's fp32 e2e steps (CPU); the key
+    is 'model batch N' when the run timed several batch sizes."""
     out = {}
-    for e2e in doc.get("e2e_models") or ([doc["e2e"]] if doc.get("e2e") else []):
+    e2es = doc.get("e2e_models") or ([doc["e2e"]] if doc.get("e2e") else [])
+    several = len({e.get("batch") for e in e2es}) > 1
+    for e2e in e2es:
         times = {r["name"]: r["time"]["median_s"] for r in e2e.get("runs", []) if "time" in r}
         if "gpucnn-cpu" in times:
-            out[e2e["model"]] = {"ours": times["gpucnn-cpu"], "torch": times.get("torch-cpu")}
+            key = f"{e2e['model']} batch {e2e['batch']}" if several else e2e["model"]
+            out[key] = {"ours": times["gpucnn-cpu"], "torch": times.get("torch-cpu")}
     return out
 
 
