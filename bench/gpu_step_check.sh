@@ -5,7 +5,8 @@
 #   bash bench/gpu_step_check.sh OUT_DIR [PART...]
 #
 # PART: check (items 1-3 below, about 7-9 minutes on an H200, estimate), e2e
-# (item 4, about 5-6 minutes), tta (item 5, about 4-7 minutes); default: all
+# (item 4, about 5-6 minutes, at most 11 by its limits), tta (item 5, about
+# 4-7 minutes, at most 8); all estimates; default: all
 # three. The device lease is 15 minutes, so run `check` and `e2e tta` in two
 # leases if one does not fit.
 #
@@ -26,17 +27,19 @@
 #    fp32_graph, which has the pipeline on by default), and --augment crop flip
 #    cutout with the augmentations on the GPU and on the CPU (accuracy and
 #    epoch seconds side by side). Adds about 2 minutes (estimate).
-# 4. Issue 11 item 6, `gpucnn bench --e2e` side by side in one run (docs/gpu-step.md,
-#    "Measurements"): lenet_bn and vgg_small at batch 128 and 512, fp32 and
+# 4. Issue 11 item 6, `gpucnn bench --e2e`, every variant side by side in one
+#    run per model (docs/gpu-step.md section 7): lenet_bn and vgg_small at batch 128 and 512, fp32 and
 #    bf16; ours eager / deferred / graph against PyTorch eager and PyTorch
 #    with the whole step in a CUDA graph; plus images/s of one whole
 #    Fashion-MNIST epoch per (model, batch), ours and PyTorch's
-#    -> OUT/e2e_modes.{json,md}; then torch.compile (its compile time is long)
-#    for each model at batch 128, fp32 and bf16 -> OUT/e2e_compile_<model>.{json,md}.
+#    -> OUT/e2e_modes_<model>.{json,md} (limit 200 s each); then torch.compile
+#    (its compile time is long) for each model at batch 128, fp32 and bf16 -> OUT/e2e_compile_<model>.{json,md}
+#    (limit 150 s each).
 # 5. Time to 93% Fashion-MNIST test accuracy, the README's best recipe
 #    (vgg_small, 30 epochs, crop flip, cosine, label smoothing 0.1), gpucnn then
 #    a PyTorch script of the same recipe, each stopping at the target
-#    -> OUT/time_to_accuracy.json (bench/time_to_accuracy.py).
+#    -> OUT/time_to_accuracy.json (bench/time_to_accuracy.py; limit 480 s; the
+#    JSON is written after each side).
 # Each step has its own time limit (STEP_TIMEOUT, default 150 s; the
 # measurements' limits are stated at each).
 set -u
@@ -86,12 +89,14 @@ for name in ("fp32_eager", "fp32_graph", "bf16_graph", "fp16", "fp32_graph_no_pi
 PY
 fi
 if has e2e; then
-  echo "== bench --e2e: models x batches x precisions x modes, whole epochs ($(date +%T))"
-  timeout 300 $py -m gpucnn bench --device gpu --e2e only --no-cpu-baseline --e2e-model lenet_bn vgg_small \
-    --e2e-batch 128 512 --e2e-precision fp32 bf16 --e2e-mode eager deferred graph --repeats 10 --warmup 2 \
-    --e2e-steps 20 --e2e-epoch --e2e-data-dir "$GPUCNN_DATA_DIR" --json "$out/e2e_modes.json" --markdown "$out/e2e_modes.md" \
-    > "$out/e2e_modes.log" 2>&1
-  echo "== exit $?"; grep -A12 "our step time / PyTorch" "$out/e2e_modes.log"
+  for model in lenet_bn vgg_small; do   # one run per model: a time-out loses only that model's JSON
+    echo "== bench --e2e $model: batches x precisions x modes, whole epochs ($(date +%T))"
+    timeout 200 $py -m gpucnn bench --device gpu --e2e only --no-cpu-baseline --e2e-model $model \
+      --e2e-batch 128 512 --e2e-precision fp32 bf16 --e2e-mode eager deferred graph --repeats 10 --warmup 2 \
+      --e2e-steps 20 --e2e-epoch --e2e-data-dir "$GPUCNN_DATA_DIR" \
+      --json "$out/e2e_modes_$model.json" --markdown "$out/e2e_modes_$model.md" > "$out/e2e_modes_$model.log" 2>&1
+    echo "== exit $?"; grep -A12 "our step time / PyTorch" "$out/e2e_modes_$model.log"
+  done
   for model in lenet_bn vgg_small; do
     echo "== bench --e2e torch.compile $model ($(date +%T))"
     timeout 150 $py -m gpucnn bench --device gpu --e2e only --no-cpu-baseline --e2e-model $model \

@@ -78,7 +78,7 @@ def _side_result(epochs, target, started):
             "total_s": time.perf_counter() - started}
 
 
-def run_gpucnn(args, ds, data, device):
+def run_gpucnn(args, ds, data, device, on_epoch=lambda epochs: None):
     trainer = recipes.make_trainer(args.model, ds.input_shape, ds.num_classes, optimizer=args.optimizer,
                                    lr=args.lr, label_smoothing=args.label_smoothing, schedule=args.schedule,
                                    epochs=args.epochs, device=device, seed=args.seed)
@@ -93,6 +93,7 @@ def run_gpucnn(args, ds, data, device):
         epochs.append({"epoch": epoch, "train_seconds": rec["seconds"], "train_loss": rec["loss"],
                        "test_accuracy": acc, "elapsed_s": time.perf_counter() - started})
         print(f"gpucnn epoch {epoch}: test accuracy {acc:.4f}, {epochs[-1]['elapsed_s']:.1f} s", flush=True)
+        on_epoch(epochs)
         if acc >= args.target and not args.all_epochs:
             break
     out = _side_result(epochs, args.target, started)
@@ -116,7 +117,7 @@ def _torch_scheduler(torch, name, opt, epochs):
     return None
 
 
-def run_torch(args, ds, data, device):
+def run_torch(args, ds, data, device, on_epoch=lambda epochs: None):
     import torch
     from gpucnn import models
     from gpucnn import random as grandom
@@ -164,6 +165,7 @@ def run_torch(args, ds, data, device):
         epochs.append({"epoch": epoch, "train_seconds": train_seconds, "train_loss": train_loss,
                        "test_accuracy": acc, "elapsed_s": time.perf_counter() - started})
         print(f"torch  epoch {epoch}: test accuracy {acc:.4f}, {epochs[-1]['elapsed_s']:.1f} s", flush=True)
+        on_epoch(epochs)
         if acc >= args.target and not args.all_epochs:
             break
     return _side_result(epochs, args.target, started)
@@ -184,9 +186,15 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1, default=str)
+    def partial(side):   # the epochs so far, on disk: a run cut off by a time limit keeps them
+        def on_epoch(epochs):
+            result["sides"][side] = {"status": "running (cut off here if this stays)", "epochs": epochs}
+            save()
+        return on_epoch
     for side in args.sides:
         try:
-            result["sides"][side] = (run_gpucnn if side == "gpucnn" else run_torch)(args, ds, data, device)
+            result["sides"][side] = (run_gpucnn if side == "gpucnn" else run_torch)(args, ds, data, device,
+                                                                                   partial(side))
         except Exception as exc:   # keep the other side's result
             result["sides"][side] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         save()
