@@ -179,3 +179,18 @@ def test_the_sweep_launched_every_fused_kernel_in_both_dtypes(request):
         pytest.skip("part of this file was deselected")
     wanted = {(name, dt) for name in conv_gpu.FUSED_KERNELS for dt in ("float32", "float64")}
     assert wanted - set(LAUNCHED) == set()
+
+
+def test_sanitizer_driver_runs_the_fused_kernels(dev, monkeypatch):
+    """The compute-sanitizer driver's conv cases include the fused epilogues:
+    bias + ReLU forward and the masked backward (dx, dw, db), v1 and v2,
+    against the float64 reference (one small 2-D case here, pools left out)."""
+    from gpucnn import backend
+    from gpucnn.devtools import sanitizer_driver
+    monkeypatch.setattr(sanitizer_driver, "CONV_CASES", ((2, 3, (9, 7), 5, (3, 2), (1, 1), (1, 0)),))
+    monkeypatch.setattr(sanitizer_driver, "POOL_CASES", ())
+    monkeypatch.setattr(backend, "synchronize", lambda *a: None)
+    lines = []
+    assert sanitizer_driver.run_all(log=lines.append) == []
+    assert sum("bias_relu" in line for line in lines) == 2 * 2 * 4   # 2 dtypes x 2 versions x (y, dx, dw, db)
+    assert {"conv2d_forward_bias_relu_v1", "conv2d_forward_bias_relu_v2"} <= dev.launched()

@@ -105,6 +105,19 @@ def run_all(log=print):
                             check(f"{tag} {direction} v{v} {p}", call(v, precision=p), expected, dtype, p_tol)
                         continue
                     check(f"{tag} {direction} v{v}", call(v), expected, dtype)
+            if nd == 2:   # the fused epilogues (bias + ReLU, the ReLU mask and db in the backward)
+                b = rng.standard_normal(K).astype(dtype)
+                y_f = np.maximum(y_ref + b.reshape(1, K, 1, 1), 0)
+                dy_f = dy * (y_f > 0)
+                want = (ref.conv_backward_data_ref(dy_f, w, x.shape, st, pd),
+                        ref.conv_backward_filter_ref(dy_f, x, w.shape, st, pd), dy_f.sum(axis=(0, 2, 3)))
+                gy_f = backend.to_gpu(y_f.astype(dtype))
+                for v in (1, 2):
+                    check(f"{tag} bias_relu forward v{v}",
+                          F.conv2d_bias_relu(gx, gw, backend.to_gpu(b), st, pd, version=v), y_f, dtype)
+                    got = F.conv2d_bias_relu_backward(gdy, gy_f, gx, gw, st, pd, version=v)
+                    for name, g, e in zip(("dx", "dw", "db"), got, want):
+                        check(f"{tag} bias_relu backward v{v} {name}", g, e, dtype)
 
     # float16 too: pool_gpu's v2 kernels read and write it (v1 and 3-D widen)
     for dtype in (np.float32, np.float64, np.float16):
