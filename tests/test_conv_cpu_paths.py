@@ -28,7 +28,8 @@ CASES = [  # (x shape, K, kernel, stride, padding, dilation, groups)
     ((2, 8, 40), 4, (5,), (1,), (2,), (1,), 2),                 # wide rows in 1-D, groups
     ((2, 6, 12, 20), 4, (3, 3), (1, 1), (2, 1), (2, 1), 1),    # wide rows, dilation, few channels
     ((3, 16, 9, 8), 20, (1, 1), (1, 1), (0, 0), (1, 1), 2),    # pointwise, one sample a block (views)
-    ((3, 2, 17, 16), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # thin: one sample a block, y written in place
+    ((3, 2, 17, 16), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # thin: blocks of per-sample products, y in place
+    ((3, 4, 17, 16), 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),    # thin with groups: one sample a block
     ((3, 1, 1, 1, 1), 1, (2, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1), 1),   # 3-D with Do = 1 but D = T = 2
     ((2, 3, 2, 5, 6), 4, (2, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1),   # 3-D, D = T: not wide rows
     ((3, 1, 1, 1, 1), 1, (1, 1, 1), (1, 1, 1), (1, 1, 0), (1, 1, 1), 1),   # 3-D, D = T = 1 but Do = 3
@@ -55,7 +56,8 @@ def test_cpu_conv_routes_match_the_reference(case):
     Hp, Wp = (n + 2 * p for n, p in zip(conv_cpu.lift3(shape[2:], 1)[1:], conv_cpu.lift3(padding, 0)[1:]))
     wide = Do * (Ho if Do == 1 else Hp) * Wp <= conv_cpu._WIDE_LIMIT * plan.P and \
         set(stride) == {1} and not pointwise and not thin
-    assert plan.m == 1 or not thin
+    assert plan.stacked == (thin and groups == 1)   # thin, one group: blocks of per-sample products
+    assert plan.m == 1 or not thin or plan.stacked
     assert plan.pointwise == pointwise and (plan.m == 1 or not pointwise or plan.P < 64)
     assert plan.wide == wide
     x, w, dy = _inputs(case)

@@ -269,6 +269,14 @@ class _Plan:
         self.m = max(1, min(x_shape[0], max(fits, -(-_MIN_COLUMNS // self.Pc))))
         if (self.pointwise and self.P >= _MIN_COLUMNS // 4) or self.thin:
             self.m = 1   # per-sample products straight from x (or col) into y: no copies
+        # Thin with one group: a block of samples is still written in place, by one
+        # stacked product W @ col[n] for each n of the block (NumPy loops over the
+        # samples in C): one Python iteration per block, not per sample. Per sample,
+        # Python's share held the GIL long enough that 2 threads ran slower than 1
+        # (lenet_bn's first conv, 1 -> 32 channels at 28x28: forward 1.5 -> 2.2 ms).
+        self.stacked = self.thin and groups == 1
+        if self.stacked:
+            self.m = max(1, min(x_shape[0], _COL_BYTES // (self.rows * self.P * self.dtype.itemsize)))
         self.flops = 2 * x_shape[0] * w_shape[0] * self.rows_g * self.P
 
     def weight(self, w):
@@ -310,6 +318,10 @@ class _Plan:
     def direct(self, m):
         """Whether a block of m samples reads and writes y/dy in place."""
         return m == 1 and not self.wide
+
+    def per_sample(self, cols, m):
+        """col (1, rows, m*P) of a stacked block as m matrices (m, rows, P) (a view)."""
+        return cols.reshape(self.rows, m, self.P).transpose(1, 0, 2)
 
     def to_blocked(self, a3, buf):
         """A block a3 (m, K, P) of dy as (G, K/G, m*Pc): a view for one
@@ -375,6 +387,9 @@ def forward(x, w, stride, padding, dilation=None, groups=1):
         blocks, col, ybuf = plan.blocks(n0, n1)
         for a, b in blocks:
             cols = plan.im2col(x5[a:b], col)
+            if plan.stacked:
+                np.matmul(w3[0], plan.per_sample(cols, b - a), out=y3[a:b])
+                continue
             out = y3[a].reshape(plan.G, plan.Kg, plan.P) if plan.direct(b - a) else \
                 ybuf[:K * (b - a) * plan.Pc].reshape(plan.G, plan.Kg, (b - a) * plan.Pc)
             plan.from_blocked(np.matmul(w3, cols, out=out), y3[a:b])
@@ -441,6 +456,9 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
         blocks, col, dybuf = plan.blocks(n0, n1)
         for a, b in blocks:                                  # block order: deterministic
             cols = plan.im2col(x5[a:b], col)
+            if plan.stacked:   # the block's per-sample products, then their sum in sample order
+                dw[0] += np.matmul(dy3[a:b], plan.per_sample(cols, b - a).transpose(0, 2, 1)).sum(axis=0)
+                continue
             dw += np.matmul(plan.to_blocked(dy3[a:b], dybuf), cols.transpose(0, 2, 1), out=product)
         return dw
     parts = over_samples(part, N, plan.flops)
