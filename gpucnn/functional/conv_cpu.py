@@ -136,6 +136,19 @@ def _im2col(x, kernel, stride, padding, dilation, col):
 
 
 @nb.njit(inline="always")
+def flat_buffer(vol_shape, kernel, padding, dilation, like):
+    """A zeroed flat buffer for one zero-padded (Dp, Hp, Wp) volume plus the
+    slack that the wide-row runs of the last taps read past its end (also
+    depthwise_cpu's wide rows)."""
+    D, H, W = vol_shape
+    _, R, S = kernel
+    pd, ph, pw = padding
+    _, dh, dw = dilation
+    Wp = W + 2 * pw
+    return np.zeros((D + 2 * pd) * (H + 2 * ph) * Wp + (R - 1) * dh * Wp + (S - 1) * dw, like.dtype)
+
+
+@nb.njit(inline="always")
 def fill_flat(flat, vol, padding, Hp, Wp):
     """The volume vol (D, H, W) into a flat zero-bordered buffer of (Dp, Hp, Wp)
     planes (also depthwise_cpu's wide rows)."""
@@ -159,8 +172,7 @@ def _im2col_wide(x, kernel, padding, dilation, Hr, col):
     dd, dh, dw = dilation
     Hp, Wp = H + 2 * ph, W + 2 * pw
     run = col.shape[2]
-    # border and slack (the reads of the last depth slice's rows past Ho) stay 0
-    flat = np.zeros((D + 2 * pd) * Hp * Wp + (R - 1) * dh * Wp + (S - 1) * dw, x.dtype)
+    flat = flat_buffer((D, H, W), kernel, padding, dilation, x)   # border and slack stay 0
     for n in range(N):
         for c in range(C):
             fill_flat(flat, x[n, c], padding, Hp, Wp)
@@ -215,7 +227,7 @@ def _col2im_wide(dcol, kernel, padding, dilation, dx):
     dd, dh, dw = dilation
     Hp, Wp = H + 2 * ph, W + 2 * pw
     run = dcol.shape[2]
-    flat = np.empty((D + 2 * pd) * Hp * Wp + (R - 1) * dh * Wp + (S - 1) * dw, dx.dtype)
+    flat = flat_buffer((D, H, W), kernel, padding, dilation, dx)
     for n in range(N):
         for c in range(C):
             for i in range(flat.size):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._args import output_shape
 from ..cpu_parallel import over_items
-from .conv_cpu import as5d, fill_flat, lift3
+from .conv_cpu import as5d, fill_flat, flat_buffer, lift3
 
 
 def applies(w_shape, groups):
@@ -163,7 +163,7 @@ def _forward_wide(x, w, padding, dilation, y, i0, i1):
     mult = K // C
     Wp = W + 2 * pw
     run = Ho * Wp
-    flat = np.zeros((H + 2 * ph) * Wp + (S - 1) * dw, x.dtype)   # border and slack stay 0
+    flat = flat_buffer((1, H, W), (1, R, S), padding, dilation, x)   # border and slack stay 0
     acc = np.empty(run, x.dtype)
     loaded = -1
     for item in range(i0, i1):
@@ -197,7 +197,7 @@ def _backward_data_wide(dy, w, padding, dilation, dx, i0, i1):
     mult = K // C
     Wp = W + 2 * pw
     run = Ho * Wp
-    flat = np.empty((H + 2 * ph) * Wp + (S - 1) * dw, dx.dtype)
+    flat = flat_buffer((1, H, W), (1, R, S), padding, dilation, dx)
     g = np.zeros(run, dx.dtype)   # the dropped columns stay 0
     for item in range(i0, i1):
         n, c = item // C, item % C
@@ -239,7 +239,7 @@ def _backward_filter_wide(dy, x, padding, dilation, dw, k0, k1):
     mult = K // C
     Wp = W + 2 * pw
     run = Ho * Wp
-    flat = np.zeros((H + 2 * ph) * Wp + (S - 1) * ddw, x.dtype)
+    flat = flat_buffer((1, H, W), (1, R, S), padding, dilation, x)
     g = np.zeros(run, x.dtype)
     for k in range(k0, k1):
         c = k // mult
