@@ -50,7 +50,7 @@ _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds bo
 _STAGGER = 4096 // 16 + 64   # bytes between the 16 point matrices beyond whole pages
 _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is as fast
 # Smaller outputs run im2col's product. Measured on one core (ms, im2col -> here):
-# 7x7, 64->128, batch 128: fwd 10.6 -> 7.1, bwd-data 13.2 -> 7.8, bwd-filter 11.9 -> 9.4;
+# 7x7, 64->128, batch 128: fwd 11.1 -> 7.1, bwd-data 13.2 -> 7.8, bwd-filter 11.9 -> 9.4;
 # 6x6, 256->256, batch 16: 7.0 -> 5.9, 9.4 -> 6.7, 9.8 -> 6.3; 4x4, 256->256, batch 16:
 # 3.5 -> 2.1, 3.9 -> 2.6, but bwd-filter 3.9 -> 11 (4 tiles a plane: the (16, K, C)
 # sums outweigh the products), hence its own floor.
