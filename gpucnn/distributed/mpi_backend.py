@@ -20,6 +20,10 @@ from .communicator import Communicator, Work
 
 TIMEOUT_VARIABLE = "GPUCNN_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
+# The launcher forwards each rank's stderr through a pipe it drains on its own
+# schedule, and MPI_Abort tears that pipe down: without a pause the message
+# printed just before the abort was lost in about one abort of five (MPICH hydra).
+ABORT_GRACE_SECONDS = 1.0
 
 
 def default_timeout():
@@ -131,4 +135,5 @@ class MPICommunicator(Communicator):
         self._start("barrier", self.comm.Ibarrier(), ()).wait()
 
     def _terminate(self, errorcode):
-        self.comm.Abort(errorcode)   # the launcher then ends every rank
+        time.sleep(ABORT_GRACE_SECONDS)   # let the launcher forward the message first
+        self.comm.Abort(errorcode)        # the launcher then ends every rank
