@@ -1,6 +1,7 @@
-"""The CPU's Winograd F(2x2, 3x3) route (gpucnn/functional/winograd_cpu.py)
-against the float64 loop reference: forward, backward-data (a forward conv
-of dy with the flipped filter) and backward-filter, through the public ops,
+"""The CPU's Winograd route (gpucnn/functional/winograd_cpu.py), both forms,
+F(2x2, 3x3) and F(4x4, 3x3), against the float64 loop reference: forward,
+backward-data (a forward conv of dy with the flipped filter) and
+backward-filter, through the public ops and each form directly,
 over odd and even sizes, batch 1, padding 0/1/2 and asymmetric, rectangular
 images, non-contiguous inputs and blocks of several samples; which calls take
 the route; and results identical run to run at 1 and 2 threads."""
@@ -57,16 +58,37 @@ def test_winograd_matches_the_float64_reference(case, contiguous):
     assert _rel(dw, ref.conv_backward_filter_ref(dy64, x64, w.shape, 1, padding)) <= REL_TOL
 
 
-def test_winograd_kernels_directly_on_tiny_outputs():
-    """The kernels themselves down to a 1x1 output (the route takes 4x4 and up)."""
+FORMS = [winograd_cpu.F2, winograd_cpu.F4]
+
+
+@pytest.mark.parametrize("form", FORMS, ids=["F2x2", "F4x4"])
+def test_each_form_matches_the_float64_reference(form):
+    """Each form on every case, whichever the route would pick, and down to a
+    1x1 output (the route takes 4x4 and up): partial tiles of every size."""
     rng = np.random.default_rng(4)
-    for case in [(1, 16, 1, 1, 16, (1, 1)), (2, 16, 3, 3, 17, (0, 0)), (2, 16, 2, 3, 16, (1, 0))]:
+    tiny = [(1, 16, 1, 1, 16, (1, 1)), (2, 16, 3, 3, 17, (0, 0)), (2, 16, 2, 3, 16, (1, 0)),
+            (2, 16, 5, 9, 16, (1, 1)), (1, 16, 6, 13, 16, (0, 2))]
+    for case in CASES + tiny:
         x, w, dy = _inputs(case, rng)
         padding = case[-1]
         x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
-        assert _rel(winograd_cpu.forward(x, w, padding), ref.conv_forward_ref(x64, w64, None, 1, padding)) <= REL_TOL
-        assert _rel(winograd_cpu.backward_filter(dy, x, padding),
+        y = winograd_cpu.forward(x, w, padding, form)
+        assert y.dtype == np.float32 and _rel(y, ref.conv_forward_ref(x64, w64, None, 1, padding)) <= REL_TOL
+        assert _rel(winograd_cpu.backward_filter(dy, x, padding, form),
                     ref.conv_backward_filter_ref(dy64, x64, w.shape, 1, padding)) <= REL_TOL
+
+
+@pytest.mark.parametrize("side, forward, backward_filter", [
+    (28, 4, 4),    # a multiple of 4: F(4x4) everywhere
+    (16, 4, 2),    # backward-filter takes F(4x4) from 24 a side
+    (7, 4, 2),     # both forms round 7 up to 8
+    (14, 2, 2),    # F(4x4) would compute 16x16
+    (4, 2, 2),     # too small for F(4x4)
+])
+def test_which_form_a_call_takes(side, forward, backward_filter):
+    shape = (8, 32, side, side)
+    assert winograd_cpu._form(shape, (1, 1), "forward").tile == forward
+    assert winograd_cpu._form(shape, (1, 1), "backward_filter").tile == backward_filter
 
 
 @pytest.mark.parametrize("args, taken", [
@@ -91,13 +113,14 @@ def test_backward_filter_needs_a_larger_output():
     assert winograd_cpu.applies((8, 64, 6, 6), *args[1:], "backward_filter")
 
 
-def test_winograd_is_deterministic_per_thread_count():
+@pytest.mark.parametrize("form", FORMS, ids=["F2x2", "F4x4"])
+def test_winograd_is_deterministic_per_thread_count(form):
     x, w, dy = _inputs((6, 16, 10, 10, 16, (1, 1)), np.random.default_rng(5))
     before = numba.get_num_threads()
     try:
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(threads)
-            runs = [(winograd_cpu.forward(x, w, (1, 1)), winograd_cpu.backward_filter(dy, x, (1, 1)))
+            runs = [(winograd_cpu.forward(x, w, (1, 1), form), winograd_cpu.backward_filter(dy, x, (1, 1), form))
                     for _ in range(2)]
             for a, b in zip(*runs):
                 assert np.array_equal(a, b)
