@@ -324,6 +324,22 @@ def test_emulator_catches_planted_forward_dilation_and_group_bugs(planted, monke
     assert planted.launched() == {conv_gpu.TC_FORWARD[3]["high"]}
 
 
+def test_sanitizer_driver_runs_the_tensor_core_kernels_with_dilation_and_groups(dev, monkeypatch):
+    """The compute-sanitizer driver's dilation/groups case runs every version
+    of the three directions, the tensor-core ones at each precision (the 1-D
+    case here; pools left out)."""
+    from gpucnn.devtools import sanitizer_driver
+    case = next(c for c in sanitizer_driver.CONV_CASES if len(c) > 7 and len(c[2]) == 1)
+    monkeypatch.setattr(sanitizer_driver, "CONV_CASES", (case,))
+    monkeypatch.setattr(sanitizer_driver, "POOL_CASES", ())
+    monkeypatch.setattr(backend, "synchronize", lambda *a: None)
+    lines = []
+    assert sanitizer_driver.run_all(log=lines.append) == []
+    assert {name for d in conv_gpu.TC_KERNELS.values() for by_p in d.values() for name in by_p.values()} \
+        <= dev.launched()
+    assert sum(" forward v" in line and " g2" in line for line in lines) == 2 * 2 + 2 * 3   # SIMT x 2 dtypes, TC
+
+
 # ---------------------------------------------------------------------------
 # Backward sweep
 
@@ -697,6 +713,24 @@ def test_tensor_core_forward_on_the_gpu(monkeypatch, case, version, precision):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{BACKWARD_ID(c)}")
+                                           for v in conv_gpu.TENSOR_CORE for c in FORWARD_DG_CASES])
+def test_tensor_core_forward_with_dilation_and_groups_on_the_gpu(monkeypatch, case, version, precision):
+    """The emulated dilation/groups sweep on the GPU; float16 comes back as float16."""
+    from gpucnn import backend
+    monkeypatch.setattr(kernel_loader, "POISON_OUTPUTS", True)
+    x, w, _ = backward_problem(case)
+    fn = F.conv1d if len(case[3]) == 1 else F.conv2d
+    geo = (case[5], case[6]) + dil_groups(case)
+    out = backend.to_cpu(fn(backend.to_gpu(x), backend.to_gpu(w), None, *geo, version=version, precision=precision))
+    assert rel_l2(out, ref.conv_forward_ref(x, w, None, *geo)) <= TOL[precision]
+    half = fn(backend.to_gpu(x.astype(np.float16)), backend.to_gpu(w.astype(np.float16)), None, *geo,
+              version=version, precision=precision)
+    assert half.dtype == np.float16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", list(TOL))
 @pytest.mark.parametrize("direction", ["backward_data", "backward_filter"])
 @pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{BACKWARD_ID(c)}")
                                            for v in conv_gpu.TENSOR_CORE for c in BACKWARD_CASES])
@@ -717,3 +751,4 @@ def test_tensor_core_backward_on_the_gpu(monkeypatch, case, version, direction, 
     half = fn(backend.to_gpu(a.astype(np.float16)), backend.to_gpu(b.astype(np.float16)), shape, *geo,
               version=version, precision=precision)
     assert half.dtype == np.float16
+
