@@ -303,6 +303,19 @@ def test_forward_tap_table_holds_the_dilated_offsets(dev):
     assert taps.shape == (C * R * S,)
 
 
+def test_a_dilation_beyond_the_tap_fields_is_refused_before_any_launch(dev):
+    """The tap table's 16-bit dh/dw fields: a dilated extent of 2^16 or more is a
+    ValueError naming the op (forward and backward-data), not a wrong result."""
+    x = np.ones((1, 1, 1, 1), np.float32)
+    w = np.ones((1, 1, 1, 2), np.float32)
+    with pytest.raises(ValueError, match="conv2d_forward: dilated kernel extent"):
+        run(F.conv2d, x, w, None, 1, (0, 35000), (1, 70000), version=3, precision="high")
+    dy = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="conv2d_backward_data: dilated kernel extent"):
+        run(F.conv2d_backward_data, dy, w, x.shape, 1, (0, 35000), (1, 70000), version=3, precision="high")
+    assert not dev.launched()
+
+
 @pytest.mark.parametrize("bug", ["none", "group", "dilation"])
 def test_emulator_catches_planted_forward_dilation_and_group_bugs(planted, monkeypatch, bug):
     """bug "group": every group's B columns start at group 0's channels (the
