@@ -11,12 +11,16 @@
 // Status: compiled (sm_80, sm_90) and emulated (tests/test_tensor_core_emulated.py),
 // not yet run on a GPU.
 //
-// Math. As conv2d_forward.cu: x (N, C, H, W), w (K, C, R, S), stride (sh, sw),
-// padding (ph, pw), y (N, K, Ho, Wo),
-//     y[n,k,i,j] = sum_{c,r,s} x[n, c, i*sh + r - ph, j*sw + s - pw] * w[k,c,r,s]
-// as an implicit GEMM  Out[m, col] = sum_kk A[m, kk] * B[kk, col] with
-//     m = k (M = K), col = (n*Ho + i)*Wo + j (Ngemm = N*Ho*Wo), kk = (c*R + r)*S + s (Kgemm = C*R*S),
-//     A = w viewed as K x CRS, B = the im2col matrix of x (never stored).
+// Math. As conv2d_forward.cu: x (N, C, H, W), w (K, C/G, R, S), stride (sh, sw),
+// padding (ph, pw), dilation (dil_h, dil_w), G groups, y (N, K, Ho, Wo),
+//     y[n,k,i,j] = sum_{c',r,s} x[n, c, i*sh + r*dil_h - ph, j*sw + s*dil_w - pw] * w[k,c',r,s]
+// (c = g*C/G + c', g = k's group), one implicit GEMM per group (grid z = g)
+//     Out[m, col] = sum_kk A[m, kk] * B[kk, col] with
+//     m = k within the group (M = K/G), col = (n*Ho + i)*Wo + j (Ngemm = N*Ho*Wo),
+//     kk = (c'*R + r)*S + s (Kgemm = C/G*R*S), A = the group's rows of w viewed
+//     as K x C/G*R*S, B = the im2col matrix of the group's channels of x (never
+//     stored). The dilation is only in the tap table: tap kk sits at
+//     (r*dil_h, s*dil_w) from the column's corner.
 //
 // Backward data, by output phase. With dilation (dil_h, dil_w) and G groups,
 // dx[n,c,h,w] = sum_{k in c's group, r, s} dy[n,k,i,j] w[k,c',r,s] over the taps
@@ -59,10 +63,9 @@
 //   conv2d_<dir>_bf16_v3    "medium":  operands rounded to BF16 (cvt.rn), one mma.m16n8k16 per step
 //   conv2d_<dir>_3xtf32_v3  "highest": each operand split v = hi + lo (both TF32), and
 //                           a*b ~ a_lo*b_hi + a_hi*b_lo + a_hi*b_hi (three mma; a_lo*b_lo dropped)
-//   all: FP32 accumulation in registers; Kgemm step 16; grid (ceil(Ngemm / BN), ceil(M / BM)):
-//   forward (N*Ho*Wo, K); backward-data per phase (N*Hp*Wp, C/G, G); backward-filter
-//   (C/G*R*S, K/G, G*splits). The forward takes no dilation or groups (the
-//   launcher runs the SIMT kernels for those); the backward kernels take both.
+//   all: FP32 accumulation in registers; Kgemm step 16; grid (ceil(Ngemm / BN), ceil(M / BM), z):
+//   forward (N*Ho*Wo, K/G, G); backward-data per phase (N*Hp*Wp, C/G, G); backward-filter
+//   (C/G*R*S, K/G, G*splits). Every direction takes dilation and groups.
 //   v3: block tile 64 (M) x 64 (Ngemm), 4 warps of 32x32 (2 m16 x 4 n8 mma tiles), 128 threads
 //   v4: block tile 128 x 128, 8 warps of 64x32 (4 x 4 mma tiles), 256 threads: twice the mma
 //       per copied element, for layers with K >= 128 (48 KiB of shared memory in 3 stages)
@@ -126,6 +129,7 @@ static_assert(TileV3::THREADS == TC_V3_THREADS && TileV4::THREADS == TC_V4_THREA
 #define TC_PLANT_SWIZZLE 3   // the copies store with a different swizzle than the loads read
 #define TC_PLANT_PHASE 4     // backward-data: each phase's first dx position ignores the padding
 #define TC_PLANT_SPLIT 5     // backward-filter: each split-K chunk drops its last tile
+#define TC_PLANT_GROUP 6     // forward: the B columns of every group start at group 0's channels
 
 __device__ __forceinline__ int tc_slot(int row, int kk) {
     return row * TC_BK + (kk ^ (((row >> 1) & 3) << 2));
@@ -345,33 +349,40 @@ __device__ __forceinline__ void tc_epilogue(const float (&acc)[T::MI][T::NJ][4],
 }
 
 // ---------------------------------------------------------------------------
-// Forward: M = K, col = (n*Ho + i)*Wo + j, kk = (c*R + r)*S + s (one segment);
-// A = w (K x CRS, row-major), B column (n, i, j): off = n*C*H*W + h0*W + w0,
-// (h0, w0) = (i*sh - ph, j*sw - pw), bounds (H, W); taps[kk] = (c*H*W + r*W + s, r, s).
+// Forward, one group per grid z (Cg = C/G, Kpg = K/G, g = blockIdx.z):
+// M = Kpg, col = (n*Ho + i)*Wo + j, kk = (c*R + r)*S + s over the group's Cg
+// channels (one segment); A = w rows g*Kpg.. (Kpg x Cg*R*S, row-major), B
+// column (n, i, j): off = (n*C + g*Cg)*H*W + h0*W + w0, (h0, w0) = (i*sh - ph,
+// j*sw - pw), bounds (H, W); taps[kk] = (c*H*W + dh*W + dw, dh, dw) with
+// (dh, dw) = (r*dil_h, s*dil_w): the dilation lives in the table alone
+// (dil_h, dil_w are passed for the uniform argument list, not read here).
 
 template <int MODE, int PLANT, typename T>
 __device__ __forceinline__ void conv2d_forward_tc(
         const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
         const long long* __restrict__ taps, int N, int C, int H, int W, int K, int R, int S,
-        int Ho, int Wo, int sh, int sw, int ph, int pw) {
+        int Ho, int Wo, int sh, int sw, int ph, int pw, int groups) {
+    const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
     const int m0 = blockIdx.y * T::BM;
     const idx_t col0 = (idx_t)blockIdx.x * T::BN;
-    const int kgemm = C * R * S;
+    const int kgemm = Cg * R * S;
     const idx_t HW = (idx_t)H * W, P = (idx_t)Ho * Wo, ncols = (idx_t)N * P;
-    const TcOperands op{w, kgemm, 0, K, x, 0, H, W, taps, kgemm};
+    const TcOperands op{w + (idx_t)g * Kpg * kgemm, kgemm, 0, Kpg, x, 0, H, W, taps, kgemm};
     TcColumn col{0, 0, 0, false};
     const idx_t c = col0 + threadIdx.x % T::BN;
     if (c < ncols) {
         const idx_t n = c / P;
         const int pq = (int)(c - n * P);
         const int i = pq / Wo, j = pq - (pq / Wo) * Wo;
-        col = TcColumn{n * C * HW + (idx_t)(i * sh - ph) * W + (j * sw - pw), i * sh - ph, j * sw - pw, true};
+        const int b_group = PLANT == TC_PLANT_GROUP ? 0 : g;   // planted: every group reads group 0's x
+        col = TcColumn{(n * C + (idx_t)b_group * Cg) * HW + (idx_t)(i * sh - ph) * W + (j * sw - pw),
+                       i * sh - ph, j * sw - pw, true};
     }
     float acc[T::MI][T::NJ][4];
     tc_gemm<MODE, PLANT, T, false>(acc, op, col, m0, 0, 0, (kgemm + TC_BK - 1) / TC_BK);
-    tc_epilogue<T>(acc, m0, K, col0, ncols, [&](int k, idx_t cc, float v) {
+    tc_epilogue<T>(acc, m0, Kpg, col0, ncols, [&](int k, idx_t cc, float v) {
         const idx_t n = cc / P;
-        y[(n * K + k) * P + (cc - n * P)] = v;
+        y[(n * K + (idx_t)g * Kpg + k) * P + (cc - n * P)] = v;
     });
 }
 
@@ -486,15 +497,15 @@ __device__ __forceinline__ void conv2d_backward_filter_tc(
 
 // ---------------------------------------------------------------------------
 // Kernels, one per (direction, precision, tile). Arguments: the three arrays
-// and the tap table, then N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw; the
-// backward kernels then dil_h, dil_w, groups and backward-data: phase_h,
-// phase_w, koff; backward-filter: chunk (tiles per split).
+// and the tap table, then N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dil_h,
+// dil_w, groups; then backward-data: phase_h, phase_w, koff; backward-filter:
+// chunk (tiles per split).
 
 #define TC_GEOM int N, int C, int H, int W, int K, int R, int S, int Ho, int Wo, int sh, int sw, int ph, int pw
 #define TC_GEOM_ARGS N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw
 #define TC_PARAMS const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, \
-    const long long* __restrict__ taps, TC_GEOM
-#define TC_ARGS x, w, y, taps, TC_GEOM_ARGS
+    const long long* __restrict__ taps, TC_GEOM, int dil_h, int dil_w, int groups
+#define TC_ARGS x, w, y, taps, TC_GEOM_ARGS, groups
 #define TC_BD_PARAMS const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx, \
     const long long* __restrict__ taps, TC_GEOM, int dil_h, int dil_w, int groups, int phase_h, int phase_w, \
     int koff

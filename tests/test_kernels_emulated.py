@@ -343,8 +343,9 @@ def _feature_id(c):
 
 
 def _feature_params():
-    """Every SIMT version (the tensor-core ones take no dilation or groups:
-    tests/test_tensor_core_emulated.py) and the default choice."""
+    """Every SIMT version (the tensor-core ones, which take dilation and groups
+    too, have their own sweep: tests/test_tensor_core_emulated.py) and the
+    default choice."""
     def simt(module, versions):
         return tuple(v for v in versions if v not in getattr(module, "TENSOR_CORE", ()))
     return [pytest.param(case, direction, v, id=f"{direction}-v{v}-{_feature_id(case)}")

@@ -115,7 +115,8 @@ extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) {name}(TC_PARAMS) {{
 """ for name, mode, plant in [("plant_lane_tf32_v3", "TC_MODE_TF32", "TC_PLANT_LANE"),
                                ("plant_lane_bf16_v3", "TC_MODE_BF16", "TC_PLANT_LANE"),
                                ("plant_no_wait_tf32_v3", "TC_MODE_TF32", "TC_PLANT_NO_WAIT"),
-                               ("plant_swizzle_tf32_v3", "TC_MODE_TF32", "TC_PLANT_SWIZZLE")]) + "".join(
+                               ("plant_swizzle_tf32_v3", "TC_MODE_TF32", "TC_PLANT_SWIZZLE"),
+                               ("plant_group_tf32_v3", "TC_MODE_TF32", "TC_PLANT_GROUP")]) + "".join(
     f"""
 extern "C" __global__ void __launch_bounds__(TC_V3_THREADS) {name}({params}) {{
     {fn}<TC_MODE_TF32, {plant}, TileV3>({args});
@@ -224,6 +225,137 @@ def BACKWARD_ID(c):   # noqa: N802 (named like CASE_ID)
     return CASE_ID(c) + ("-d{}-g{}".format(*dil_groups(c)).replace(" ", "") if len(c) > 8 else "")
 
 
+# ---------------------------------------------------------------------------
+# Forward with dilation and groups: one GEMM per group on grid z (A the
+# group's K/G filters, B its C/G channels), the dilation in the tap table.
+# (N, C, K, spatial, kernel, stride, padding, layout, dilation, groups)
+FORWARD_DG_CASES = [
+    (1, 3, 5, (9, 11), (3, 2), (2, 1), (2, 1), "transposed", (2, 3), 1),  # batch 1, odd, rectangular dilation
+    (2, 4, 6, (8, 7), (3, 3), 1, 1, "sliced", 2, 2),                      # dilation 2, 2 groups
+    (2, 8, 12, (7, 6), (2, 3), 2, (1, 2), "contiguous", 1, 4),            # 4 groups, stride, padding
+    (1, 5, 10, (6, 7), (3, 3), 1, 1, "contiguous", (1, 2), 5),            # depthwise-like C == G, 2 filters each
+    (1, 4, 140, (5, 4), (2, 2), 1, 1, "sliced", (1, 2), 2),               # K/G = 70: two v3 row tiles per group
+    (2, 4, 4, (17,), (3,), 2, 2, "transposed", 3, 2),                     # 1-D, dilation 3, stride 2, 2 groups
+]
+# v3 on every case, v4 (slow to emulate) on three
+FORWARD_DG_EMULATED = [(c, 3) for c in FORWARD_DG_CASES] + [(FORWARD_DG_CASES[i], 4) for i in (1, 4, 5)]
+
+
+def forward_dg_tc(case, precision, x, w, version=3):
+    fn = F.conv1d if len(case[3]) == 1 else F.conv2d
+    geo = (case[5], case[6]) + dil_groups(case)
+    out = run(fn, x, w, None, *geo, layout=case[7], version=version, precision=precision)
+    return out, ref.conv_forward_ref(x, w, None, *geo)
+
+
+@pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{BACKWARD_ID(c)}")
+                                           for c, v in FORWARD_DG_EMULATED])
+def test_tensor_core_forward_with_dilation_and_groups(dev, case, version, precision):
+    x, w, _ = backward_problem(case)
+    out, expected = forward_dg_tc(case, precision, x, w, version)
+    assert out.dtype == np.float32 and out.shape == expected.shape and np.all(np.isfinite(out))
+    err = rel_l2(out, expected)
+    ERRORS.setdefault(("forward_dg", precision), []).append(err)
+    assert err <= TOL[precision], f"{precision}: relative L2 error {err:.3g}"
+    assert dev.launched() == {conv_gpu.TC_FORWARD[version][precision]}
+    if precision != "highest":   # the operands really were rounded
+        assert err > 1e-5
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_default_choice_for_the_forward_with_dilation_and_groups(dev, precision):
+    """version=None picks by the same rule as without them: tensor cores from
+    16 rows (K/G); the depthwise kernel stays where it is chosen today."""
+    x, w, _ = backward_problem(FORWARD_DG_CASES[4])                  # K/G = 70
+    run(F.conv2d, x, w, None, 1, 1, (1, 2), 2, precision=precision)
+    assert dev.launched() == {conv_gpu.TC_FORWARD[3][precision]}
+    dev.launches.clear()
+    run(F.conv2d, x, w, None, 1, 1, (1, 2), 2)                       # "highest": SIMT v2
+    assert dev.launched() == {"conv2d_forward_v2"}
+    dev.launches.clear()
+    x, w, _ = backward_problem(FORWARD_DG_CASES[1])                  # K/G = 3: SIMT by the rows
+    run(F.conv2d, x, w, None, 1, 1, 2, 2, precision=precision)
+    assert not dev.launched() & conv_gpu.FLOAT32_ONLY
+    dev.launches.clear()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 6, 5)).astype(np.float32)         # depthwise, 16 filters per channel
+    w = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    out = run(F.conv2d, x, w, None, 1, 1, 1, 2, precision=precision)
+    assert dev.launched() == {"conv2d_depthwise_forward_v1"}
+    assert rel_l2(out, ref.conv_forward_ref(x, w, None, 1, 1, 1, 2)) <= 1e-5
+    dev.launches.clear()
+    out = run(F.conv2d, x, w, None, 1, 1, 1, 2, version=3, precision=precision)   # forced: tensor cores
+    assert dev.launched() == {conv_gpu.TC_FORWARD[3][precision]}
+    assert rel_l2(out, ref.conv_forward_ref(x, w, None, 1, 1, 1, 2)) <= TOL[precision]
+
+
+def test_forward_tap_table_holds_the_dilated_offsets(dev):
+    """One int64 per kk = (c*R + r)*S + s: (c*H*W + r*dil_h*W + s*dil_w) << 32 | r*dil_h << 16 | s*dil_w."""
+    C, H, W, R, S, dh, dw = 3, 9, 11, 3, 2, 2, 5
+    taps = np.asarray(conv_gpu._tap_table(C, H, W, R, S, dh, dw, backend.cupy))
+    kk = 0
+    for c in range(C):
+        for r in range(R):
+            for s in range(S):
+                assert taps[kk] == ((c * H * W + r * dh * W + s * dw) << 32) | (r * dh << 16) | (s * dw)
+                kk += 1
+    assert taps.shape == (C * R * S,)
+
+
+def test_a_dilation_beyond_the_tap_fields_is_refused_before_any_launch(dev):
+    """The tap table's 16-bit dh/dw fields: a dilated extent of 2^16 or more is a
+    ValueError naming the op (forward and backward-data), not a wrong result."""
+    x = np.ones((1, 1, 1, 1), np.float32)
+    w = np.ones((1, 1, 1, 2), np.float32)
+    with pytest.raises(ValueError, match="conv2d_forward: dilated kernel extent"):
+        run(F.conv2d, x, w, None, 1, (0, 35000), (1, 70000), version=3, precision="high")
+    dy = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="conv2d_backward_data: dilated kernel extent"):
+        run(F.conv2d_backward_data, dy, w, x.shape, 1, (0, 35000), (1, 70000), version=3, precision="high")
+    assert not dev.launched()
+
+
+@pytest.mark.parametrize("bug", ["none", "group", "dilation"])
+def test_emulator_catches_planted_forward_dilation_and_group_bugs(planted, monkeypatch, bug):
+    """bug "group": every group's B columns start at group 0's channels (the
+    kernel's group offset dropped); "dilation": the tap table built as if
+    dil = 1 (the launcher ignores dilation). "none" is the control."""
+    if bug == "group":
+        monkeypatch.setitem(conv_gpu.TC_FORWARD[3], "high", "plant_group_tf32_v3")
+    if bug == "dilation":
+        real = conv_gpu._tap_table
+        monkeypatch.setattr(conv_gpu, "_tap_table", lambda C, H, W, R, S, dh, dw, xp: real(C, H, W, R, S, 1, 1, xp))
+    case = FORWARD_DG_CASES[1]   # dilation 2, 2 groups
+    x, w, _ = backward_problem(case)
+    out, expected = forward_dg_tc(case, "high", x, w)
+    err = rel_l2(out, expected)
+    if bug == "none":
+        assert err <= TOL["high"]
+    else:
+        assert err > 10 * TOL["high"], f"{bug}: the planted bug went unnoticed (error {err:.3g})"
+    assert planted.launched() == {conv_gpu.TC_FORWARD[3]["high"]}
+
+
+def test_sanitizer_driver_runs_the_tensor_core_kernels_with_dilation_and_groups(dev, monkeypatch):
+    """The compute-sanitizer driver's dilation/groups case runs every version
+    of the three directions, the tensor-core ones at each precision (the 1-D
+    case here; pools left out)."""
+    from gpucnn.devtools import sanitizer_driver
+    case = next(c for c in sanitizer_driver.CONV_CASES if len(c) > 7 and len(c[2]) == 1)
+    monkeypatch.setattr(sanitizer_driver, "CONV_CASES", (case,))
+    monkeypatch.setattr(sanitizer_driver, "POOL_CASES", ())
+    monkeypatch.setattr(backend, "synchronize", lambda *a: None)
+    lines = []
+    assert sanitizer_driver.run_all(log=lines.append) == []
+    assert {name for d in conv_gpu.TC_KERNELS.values() for by_p in d.values() for name in by_p.values()} \
+        <= dev.launched()
+    assert sum(" forward v" in line and " g2" in line for line in lines) == 2 * 2 + 2 * 3   # SIMT x 2 dtypes, TC
+
+
+# ---------------------------------------------------------------------------
+# Backward sweep
+
 # v3 on every case and precision; v4 (slow to emulate) on two cases at "high".
 BACKWARD_EMULATED = [(c, d, 3, p) for c in BACKWARD_CASES for d in ("backward_data", "backward_filter")
                      for p in TOL] + \
@@ -327,7 +459,7 @@ def test_default_choice_for_the_backward_directions(dev, precision):
     run(F.conv2d_backward_filter, dy, x, w.shape, 1, (1, 1), precision=precision)
     assert conv_gpu.TC_KERNELS["backward_filter"][3][precision] in dev.launched()
     dev.launches.clear()
-    # dilation and groups: the backward tensor-core kernels take both (the forward ones neither)
+    # dilation and groups: the tensor-core kernels of every direction take both
     case = BACKWARD_CASES[7]
     x, w, dy = backward_problem(case)
     run(F.conv2d_backward_filter, dy, x, w.shape, 3, 2, 2, 3, precision=precision)   # K/G = 3 rows: SIMT
@@ -335,10 +467,11 @@ def test_default_choice_for_the_backward_directions(dev, precision):
     run(F.conv2d_backward_filter, dy, x, w.shape, 3, 2, 2, 3, version=3, precision=precision)
     assert conv_gpu.TC_KERNELS["backward_filter"][3][precision] in dev.launched()
     dev.launches.clear()
-    run(F.conv2d, x, w, None, 3, 2, 2, 3, precision=precision)
+    run(F.conv2d, x, w, None, 3, 2, 2, 3, precision=precision)                        # K/G = 3 rows: SIMT
     assert not dev.launched() & conv_gpu.FLOAT32_ONLY
-    with pytest.raises(ValueError, match="dilation or groups"):
-        run(F.conv2d, x, w, None, 3, 2, 2, 3, version=3, precision=precision)
+    out = run(F.conv2d, x, w, None, 3, 2, 2, 3, version=3, precision=precision)       # forced: tensor cores
+    assert conv_gpu.TC_FORWARD[3][precision] in dev.launched()
+    assert rel_l2(out, ref.conv_forward_ref(x, w, None, 3, 2, 2, 3)) <= TOL[precision]
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -593,6 +726,24 @@ def test_tensor_core_forward_on_the_gpu(monkeypatch, case, version, precision):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{BACKWARD_ID(c)}")
+                                           for v in conv_gpu.TENSOR_CORE for c in FORWARD_DG_CASES])
+def test_tensor_core_forward_with_dilation_and_groups_on_the_gpu(monkeypatch, case, version, precision):
+    """The emulated dilation/groups sweep on the GPU; float16 comes back as float16."""
+    from gpucnn import backend
+    monkeypatch.setattr(kernel_loader, "POISON_OUTPUTS", True)
+    x, w, _ = backward_problem(case)
+    fn = F.conv1d if len(case[3]) == 1 else F.conv2d
+    geo = (case[5], case[6]) + dil_groups(case)
+    out = backend.to_cpu(fn(backend.to_gpu(x), backend.to_gpu(w), None, *geo, version=version, precision=precision))
+    assert rel_l2(out, ref.conv_forward_ref(x, w, None, *geo)) <= TOL[precision]
+    half = fn(backend.to_gpu(x.astype(np.float16)), backend.to_gpu(w.astype(np.float16)), None, *geo,
+              version=version, precision=precision)
+    assert half.dtype == np.float16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", list(TOL))
 @pytest.mark.parametrize("direction", ["backward_data", "backward_filter"])
 @pytest.mark.parametrize("case, version", [pytest.param(c, v, id=f"v{v}-{BACKWARD_ID(c)}")
                                            for v in conv_gpu.TENSOR_CORE for c in BACKWARD_CASES])
@@ -613,3 +764,4 @@ def test_tensor_core_backward_on_the_gpu(monkeypatch, case, version, direction, 
     half = fn(backend.to_gpu(a.astype(np.float16)), backend.to_gpu(b.astype(np.float16)), shape, *geo,
               version=version, precision=precision)
     assert half.dtype == np.float16
+

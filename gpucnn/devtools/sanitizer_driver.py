@@ -5,7 +5,8 @@ compute-sanitizer (memcheck, racecheck) and as a quick smoke test:
 
 Outputs are NaN-poisoned before each launch; each result is compared with the
 float64 reference (gpucnn.testing.reference). The 2-D and 1-D kernels run
-through their launchers (every version); 3-D ops, when their GPU module
+through their launchers (every version, the tensor-core ones at each
+precision, with and without dilation and groups); 3-D ops, when their GPU module
 exists, through the functional front. Exit status: 0 all matched, 1 some
 mismatch, 2 no usable GPU. Small shapes keep the sanitizer's slowdown bearable.
 """
@@ -18,12 +19,14 @@ from .. import backend, kernel_loader
 from ..precision import FLOAT16_TOLERANCE, TOLERANCE as PRECISION_TOLERANCE
 from ..testing import reference as ref
 
-# (N, C, spatial, K, kernel, stride, padding); 1-D, 2-D and 3-D cases
+# (N, C, spatial, K, kernel, stride, padding[, dilation, groups]); 1-D, 2-D and 3-D cases
 CONV_CASES = (
     (2, 3, (9, 7), 5, (3, 2), (1, 1), (1, 0)),
     (1, 4, (11, 10), 70, (3, 3), (2, 2), (1, 1)),   # K > one 64-row tile, stride 2
     (3, 2, (17,), 3, (4,), (3,), (2,)),
     (2, 2, (5, 6, 4), 3, (3, 2, 2), (1, 2, 1), (1, 0, 1)),
+    (2, 4, (9, 8), 6, (3, 2), (2, 1), (2, 1), (2, 3), 2),   # dilation and groups, every version and direction
+    (2, 4, (17,), 4, (3,), (2,), (2,), (3,), 2),            # the same in 1-D
 )
 # (N, C, spatial, kernel, stride, padding)
 POOL_CASES = (
@@ -71,14 +74,16 @@ def run_all(log=print):
             failures.append(f"{label}: rel err {err:.2e}")
 
     for dtype in (np.float32, np.float64):
-        for N, C, sp, K, kern, st, pd in CONV_CASES:
+        for N, C, sp, K, kern, st, pd, *dil_groups in CONV_CASES:
             nd = len(sp)
+            dil, groups = (tuple(dil_groups) + (1, 1))[:2]
+            geo = (st, pd, dil, groups)
             x = rng.standard_normal((N, C) + sp).astype(dtype)
-            w = rng.standard_normal((K, C) + kern).astype(dtype)
-            y_ref = ref.conv_forward_ref(x, w, None, st, pd)
+            w = rng.standard_normal((K, C // groups) + kern).astype(dtype)
+            y_ref = ref.conv_forward_ref(x, w, None, *geo)
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
-            dx_ref = ref.conv_backward_data_ref(dy, w, x.shape, st, pd)
-            dw_ref = ref.conv_backward_filter_ref(dy, x, w.shape, st, pd)
+            dx_ref = ref.conv_backward_data_ref(dy, w, x.shape, *geo)
+            dw_ref = ref.conv_backward_filter_ref(dy, x, w.shape, *geo)
             gx, gw, gdy = (backend.to_gpu(a) for a in (x, w, dy))
             mod = _gpu_module("conv", nd)
             fwd = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
@@ -88,17 +93,17 @@ def run_all(log=print):
             if mod is None:
                 log(f"skip conv{nd}d: no GPU module")
                 continue
-            tag = f"conv{nd}d {np.dtype(dtype).name} x{x.shape} w{w.shape} s{st} p{pd}"
+            tag = f"conv{nd}d {np.dtype(dtype).name} x{x.shape} w{w.shape} s{st} p{pd} d{dil} g{groups}"
             for v in _versions(mod, "forward"):
                 if v in getattr(mod, "TENSOR_CORE", ()):   # float32 only, one kernel per precision
                     for p, p_tol in (PRECISION_TOLERANCE.items() if dtype is np.float32 else ()):
-                        check(f"{tag} forward v{v} {p}", fwd(gx, gw, None, st, pd, version=v, precision=p),
+                        check(f"{tag} forward v{v} {p}", fwd(gx, gw, None, *geo, version=v, precision=p),
                               y_ref, dtype, p_tol)
                     continue
-                check(f"{tag} forward v{v}", fwd(gx, gw, None, st, pd, version=v), y_ref, dtype)
+                check(f"{tag} forward v{v}", fwd(gx, gw, None, *geo, version=v), y_ref, dtype)
             for direction, call, expected in (
-                    ("backward_data", lambda v, **p: bd(gdy, gw, x.shape, st, pd, version=v, **p), dx_ref),
-                    ("backward_filter", lambda v, **p: bf(gdy, gx, w.shape, st, pd, version=v, **p), dw_ref)):
+                    ("backward_data", lambda v, **p: bd(gdy, gw, x.shape, *geo, version=v, **p), dx_ref),
+                    ("backward_filter", lambda v, **p: bf(gdy, gx, w.shape, *geo, version=v, **p), dw_ref)):
                 for v in _versions(mod, direction):
                     if v in getattr(mod, "TENSOR_CORE", ()):   # as the forward: float32, each precision
                         for p, p_tol in (PRECISION_TOLERANCE.items() if dtype is np.float32 else ()):
@@ -109,13 +114,13 @@ def run_all(log=print):
                 b = rng.standard_normal(K).astype(dtype)
                 y_f = np.maximum(y_ref + b.reshape(1, K, 1, 1), 0)
                 dy_f = dy * (y_f > 0)
-                want = (ref.conv_backward_data_ref(dy_f, w, x.shape, st, pd),
-                        ref.conv_backward_filter_ref(dy_f, x, w.shape, st, pd), dy_f.sum(axis=(0, 2, 3)))
+                want = (ref.conv_backward_data_ref(dy_f, w, x.shape, *geo),
+                        ref.conv_backward_filter_ref(dy_f, x, w.shape, *geo), dy_f.sum(axis=(0, 2, 3)))
                 gy_f = backend.to_gpu(y_f.astype(dtype))
                 for v in (1, 2):
                     check(f"{tag} bias_relu forward v{v}",
-                          F.conv2d_bias_relu(gx, gw, backend.to_gpu(b), st, pd, version=v), y_f, dtype)
-                    got = F.conv2d_bias_relu_backward(gdy, gy_f, gx, gw, st, pd, version=v)
+                          F.conv2d_bias_relu(gx, gw, backend.to_gpu(b), *geo, version=v), y_f, dtype)
+                    got = F.conv2d_bias_relu_backward(gdy, gy_f, gx, gw, *geo, version=v)
                     for name, g, e in zip(("dx", "dw", "db"), got, want):
                         check(f"{tag} bias_relu backward v{v} {name}", g, e, dtype)
 

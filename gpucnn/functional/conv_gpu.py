@@ -12,9 +12,9 @@ dtype. Kernel versions: 1 = one thread per output element, straight from the
 formula; 2 = implicit GEMM with shared-memory tiles; 3 and 4 (every
 direction) = implicit GEMM on tensor cores, 64x64 and 128x128 block tiles
 (kernels/conv2d_tc.cu: TF32 for precision "high", BF16 for "medium", 3xTF32
-for "highest"; float32 only; the forward takes no dilation or groups (those
-run the SIMT versions), the backward ones take both; backward-data one GEMM
-per stride phase, backward-filter split-K with the ordered reduction;
+for "highest"; float32 only; every direction takes dilation and groups (one
+GEMM per group on grid z, the dilation in the tap table); backward-data one
+GEMM per stride phase, backward-filter split-K with the ordered reduction;
 compiled and emulated, not yet run on a GPU).
 version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
@@ -56,9 +56,9 @@ DEPTHWISE_FILE = "conv2d_depthwise.cu"
 TC_FILE = "conv2d_tc.cu"
 VERSIONS = {"forward": (1, 2, 3, 4), "backward_data": (1, 2, 3, 4), "backward_filter": (1, 2, 3, 4)}
 # Versions that run on tensor cores, with the rows (K) of their block tile:
-# float32 only (float16 arrives as float32); dilation and groups in the
-# backward directions only; the precision picks the kernel. Compiled and
-# emulated, not yet run on a GPU.
+# float32 only (float16 arrives as float32); dilation and groups in every
+# direction; the precision picks the kernel. Compiled and emulated, not yet
+# run on a GPU.
 TENSOR_CORE = {3: 64, 4: 128}
 SIMT_VERSIONS = {d: tuple(v for v in vs if v not in TENSOR_CORE) for d, vs in VERSIONS.items()}
 TC_TILES = {3: (64, 64, 128), 4: (128, 128, 256)}   # (BM, BN, threads): kernels/conv2d_tc.cu
@@ -119,18 +119,10 @@ def _plan(N, C, H, W, K, R, S, stride, padding, dilation, groups):
     return (N, C, H, W, K, R, S, Ho, Wo) + tuple(stride) + tuple(padding) + tuple(dilation) + (groups,)
 
 
-def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, plain=True, tc_rows=None):
-    """select_version for this module's table (autotune keyed by op and shapes);
-    plain=False (the forward with dilation or groups): no tensor-core versions."""
-    if not plain and version in TENSOR_CORE:
-        raise ValueError(f"{op}: kernel version {version} (tensor cores) takes no dilation or groups")
-    return select_version(VERSIONS if plain else SIMT_VERSIONS, direction, version, gemm_rows=gemm_rows,
-                          dtype=dtype, precision=precision, tensor_core=TENSOR_CORE, shapes=shapes, run=run,
-                          tc_rows=tc_rows)
-
-
-def _plain(dilation, groups):
-    return groups == 1 and all(d == 1 for d in (dilation or ()))
+def _select(op, direction, version, precision, dtype, gemm_rows, shapes, run, tc_rows=None):
+    """select_version for this module's table (autotune keyed by op and shapes)."""
+    return select_version(VERSIONS, direction, version, gemm_rows=gemm_rows, dtype=dtype, precision=precision,
+                          tensor_core=TENSOR_CORE, shapes=shapes, run=run, tc_rows=tc_rows)
 
 
 def _epilogue_array_code(y, bias, relu):
@@ -149,8 +141,7 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
     op = "conv2d_forward" if x.ndim == 4 else "conv1d_forward"
     v = _select(op, "forward", version, precision, x.dtype, w.shape[0] // groups,
                 dict(x=x.shape, w=w.shape, s=stride, p=padding, d=dilation, g=groups),
-                lambda v: forward(x, w, stride, padding, dilation, groups, v, precision),
-                _plain(dilation, groups))
+                lambda v: forward(x, w, stride, padding, dilation, groups, v, precision))
     nd = x.ndim - 2
     stride, padding, dilation = geometry_2d(nd, (stride, 1), (padding, 0), (dilation or (1,) * nd, 1))
     x4, w4 = as_2d(x), as_2d(w)
@@ -169,14 +160,17 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
                              (x4, w4, y) + dims)
         _epilogue_array_code(y, bias, relu)
     elif run_if_nonempty(y, x4, w4):
-        if v in TENSOR_CORE:
-            check_gemm_size(op, K, C * R * S, Ho * Wo, C * H * W + R * W)   # taps: 32-bit offsets
-            _check_tap_fields(op, "kernel", R, S)
+        if v in TENSOR_CORE:   # one GEMM per group on grid z; the dilation is in the taps
+            Cg, Kpg, (dil_h, dil_w) = C // groups, K // groups, dilation
+            check_gemm_size(op, Kpg, Cg * R * S, Ho * Wo,
+                            Cg * H * W + (dil_h * (R - 1) + 1) * W)   # taps: 32-bit offsets
+            check_groups_grid(op, groups)
+            _check_tap_fields(op, "dilated kernel extent", dil_h * (R - 1), dil_w * (S - 1))
             bm, bn, threads = TC_TILES[v]
-            grid = (kernel_loader.grid_1d(N * Ho * Wo, bn)[0], -(-K // bm))
+            grid = (kernel_loader.grid_1d(N * Ho * Wo, bn)[0], -(-Kpg // bm), groups)
             kernel = kernel_loader.get_typed_kernel(TC_FILE, TC_FORWARD[v][precision], x.dtype)
-            kernel_loader.launch(kernel, grid, (threads,), "pppp" + "i" * 13,   # no dilation/groups
-                                 (x4, w4, y, _tap_table(C, H, W, R, S, backend.cupy)) + dims[:13])
+            kernel_loader.launch(kernel, grid, (threads,), "pppp" + _SIG[3:],
+                                 (x4, w4, y, _tap_table(Cg, H, W, R, S, dil_h, dil_w, backend.cupy)) + dims)
             _epilogue_array_code(y, bias, relu)
             return y if nd == 2 else y.reshape(N, K, Wo)
         if v == 1:
@@ -344,13 +338,14 @@ def _backward_filter_tc(op, dy4, x4, dw, dims, v, precision):
 
 
 @functools.lru_cache(maxsize=64)
-def _tap_table(C, H, W, R, S, xp):
-    """The tensor-core kernels' table, one int64 per kk = (c*R + r)*S + s:
-    (c*H*W + r*W + s) << 32 | r << 16 | s (kernels/conv2d_tc.cu), on the
-    device of array module xp (in the key: the tests swap in an emulator)."""
+def _tap_table(C, H, W, R, S, dil_h, dil_w, xp):
+    """The tensor-core forward's table, one int64 per kk = (c*R + r)*S + s
+    over C (a group's) channels: (c*H*W + dh*W + dw) << 32 | dh << 16 | dw
+    with (dh, dw) = (r*dil_h, s*dil_w) (kernels/conv2d_tc.cu), on the device
+    of array module xp (in the key: the tests swap in an emulator)."""
     kk = np.arange(C * R * S, dtype=np.int64)
-    c, r, s = kk // (R * S), kk // S % R, kk % S
-    return backend.to_gpu(((c * H * W + r * W + s) << 32) | (r << 16) | s)
+    c, dh, dw = kk // (R * S), kk // S % R * dil_h, kk % S * dil_w
+    return backend.to_gpu(((c * H * W + dh * W + dw) << 32) | (dh << 16) | dw)
 
 
 def filter_split(K, crs, kgemm, groups=1):
