@@ -79,11 +79,8 @@ def test_each_form_matches_the_float64_reference(form):
 
 
 @pytest.mark.parametrize("side, forward, backward_filter", [
-    (28, 4, 4),    # a multiple of 4: F(4x4) everywhere
-    (16, 4, 2),    # backward-filter takes F(4x4) from 24 a side
-    (7, 4, 2),     # both forms round 7 up to 8
-    (14, 2, 2),    # F(4x4) would compute 16x16
-    (4, 2, 2),     # too small for F(4x4)
+    (28, 4, 4), (14, 4, 4), (7, 4, 4),   # F(4x4) from 7 a side (14 -> 16x16 of tiles: still faster)
+    (6, 2, 2), (4, 2, 2),                 # one or two tiles a plane: F(2x2)
 ])
 def test_which_form_a_call_takes(side, forward, backward_filter):
     shape = (8, 32, side, side)

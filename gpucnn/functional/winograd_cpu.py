@@ -31,9 +31,11 @@ stride 1 is conv_cpu's forward of dy with the flipped filter, so it comes
 here through `forward`.
 
 F(2x2, 3x3) does 2.25x fewer multiply-adds than im2col's product, F(4x4,
-3x3) 4x; the transforms are a few additions per value, scalar code (about
-half of the time), and F(4x4)'s cost more per point but it has 1.78x fewer
-points per output; `_form` picks per call. Samples are processed in blocks
+3x3) 4x; the transforms are a few additions per value. F(2x2)'s run per
+tile (scalar code, about half of its time); F(4x4)'s, with more arithmetic
+per point, run as loops over all the tiles of a block, which LLVM
+vectorizes (see the F(4x4) kernels). `_form` picks F(4x4) from an output of
+7 a side: 1.2-1.5x faster than F(2x2) there. Samples are processed in blocks
 whose V and M stay in the L2 cache (V written by the transform, read by the
 products, M written by the products, read by the output transform). For
 contiguous inner loops each padded input plane is split into its columns by
@@ -53,6 +55,7 @@ import functools
 
 import numba as nb
 import numpy as np
+from numba import uintp
 
 from ..cpu_parallel import blas_threads, over_samples
 
@@ -67,9 +70,11 @@ _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is a
 _MIN_OUTPUT = 4
 _MIN_FILTER_OUTPUT = 6
 _MIN_FILTER_COLUMNS = 256   # tiles a backward-filter block takes at least
-_F4_MIN_OUTPUT, _F4_MIN_FILTER_OUTPUT = 7, 24   # F(4x4, 3x3) from these output sizes (_form)
+_F4_MIN_OUTPUT = 7          # F(4x4, 3x3) from this output size a side (_form)
 
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+_G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype, direction="forward"):
@@ -292,226 +297,242 @@ def _gradient_transform(dy, th, tw, D):
 # 1.78x fewer multiply-adds and transformed values per output. The factors
 # 4, 5 and 8 make B^T d and A^T m lose a few bits to cancellation: relative L2
 # 0.6-1.3e-6 against float64 on the test sweep (F(2x2, 3x3): 1-2e-7; the bound is 1e-5).
+#
+# Vectorized over the tiles of a block: each plane is first split into one
+# flat row per (row offset, column offset) of a tile, indexed by the tile
+# (a, n, b), so that every transform row is one loop over all the block's
+# tiles with unit stride (LLVM vectorizes it). The kernels work on flat
+# arrays with unsigned indices: Numba then drops its negative-index fix-up,
+# and no array view is made inside a loop (each view costs two atomic
+# reference-count updates: views there made these loops 6x slower than the
+# scalar per-tile code). A block's tiles are L = th*m*tw, one tile row of the
+# block S = m*tw; the point matrices are the flat buffer of `_Points` (point
+# xi, channel c, tile q at xi*step + c*cols + q).
 
 _2, _4, _5, _8 = (np.float32(v) for v in (2, 4, 5, 8))   # float32 factors: an int would widen to float64
 
 
 @nb.njit(inline="always")
-def _bt6(d0, d1, d2, d3, d4, d5):
-    """B^T d for six values (the factored form: 12 adds, 6 multiplies)."""
-    p, q = d4 - _4 * d2, d3 - _4 * d1
-    r, s = d4 - d2, _2 * (d3 - d1)
-    return _4 * d0 - _5 * d2 + d4, p + q, p - q, r + s, r - s, _4 * d1 - _5 * d3 + d5
+def _bt_row(i, s, o0, o1, o2, o3, o4, o5, d, dst, L):
+    """d[dst + q] = (B^T v)_i for q < L, v_k = s[o_k + q] (only the v_k row i uses are read)."""
+    if i == 0:
+        for q in range(L):
+            d[uintp(dst + q)] = _4 * s[uintp(o0 + q)] - _5 * s[uintp(o2 + q)] + s[uintp(o4 + q)]
+    elif i == 1:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o4 + q)] + s[uintp(o3 + q)] - _4 * (s[uintp(o1 + q)] + s[uintp(o2 + q)])
+    elif i == 2:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o4 + q)] - s[uintp(o3 + q)] + _4 * (s[uintp(o1 + q)] - s[uintp(o2 + q)])
+    elif i == 3:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o4 + q)] - s[uintp(o2 + q)] + _2 * (s[uintp(o3 + q)] - s[uintp(o1 + q)])
+    elif i == 4:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o4 + q)] - s[uintp(o2 + q)] - _2 * (s[uintp(o3 + q)] - s[uintp(o1 + q)])
+    else:
+        for q in range(L):
+            d[uintp(dst + q)] = _4 * s[uintp(o1 + q)] - _5 * s[uintp(o3 + q)] + s[uintp(o5 + q)]
 
 
 @nb.njit(inline="always")
-def _at6(m0, m1, m2, m3, m4, m5):
-    """A^T m: six points -> four outputs."""
-    a, b = m1 + m2, m1 - m2
-    c, d = m3 + m4, m3 - m4
-    return m0 + a + c, b + _2 * d, a + _4 * c, b + _8 * d + m5
+def _at_row(i, s, o0, o1, o2, o3, o4, o5, d, dst, L):
+    """d[dst + q] = (A^T v)_i for q < L: six points -> output i of four."""
+    if i == 0:
+        for q in range(L):
+            d[uintp(dst + q)] = (s[uintp(o0 + q)] + s[uintp(o1 + q)] + s[uintp(o2 + q)] + s[uintp(o3 + q)]
+                                 + s[uintp(o4 + q)])
+    elif i == 1:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o1 + q)] - s[uintp(o2 + q)] + _2 * (s[uintp(o3 + q)] - s[uintp(o4 + q)])
+    elif i == 2:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o1 + q)] + s[uintp(o2 + q)] + _4 * (s[uintp(o3 + q)] + s[uintp(o4 + q)])
+    else:
+        for q in range(L):
+            d[uintp(dst + q)] = (s[uintp(o1 + q)] - s[uintp(o2 + q)] + _8 * (s[uintp(o3 + q)] - s[uintp(o4 + q)])
+                                 + s[uintp(o5 + q)])
 
 
 @nb.njit(inline="always")
-def _a4(e0, e1, e2, e3):
-    """A e (A = (A^T)^T): four values -> six points (backward-filter's dy transform)."""
-    a, b = e0 + e2, e1 + e3
-    c, d = e0 + _4 * e2, _2 * e1 + _8 * e3
-    return e0, a + b, a - b, c + d, c - d, e3
-
-
-@nb.njit(inline="always")
-def _store4(rows, col, t):
-    rows[0, col] = t[0]
-    rows[1, col] = t[1]
-    rows[2, col] = t[2]
-    rows[3, col] = t[3]
-
-
-@nb.njit(inline="always")
-def _store6(v, row, q, t):
-    v[row, q] = t[0]
-    v[row + 1, q] = t[1]
-    v[row + 2, q] = t[2]
-    v[row + 3, q] = t[3]
-    v[row + 4, q] = t[4]
-    v[row + 5, q] = t[5]
-
-
-@nb.njit(inline="always")
-def _split4(src, r0, c0, P):
-    """P[(c0 + w) % 4, r0 + h, (c0 + w) // 4] = src[h, w]: the padded plane's columns by phase."""
-    H, W = src.shape
-    for p in range(4):
-        w0 = (p - c0) % 4              # the first column of phase p
-        col0 = (c0 + w0) // 4
-        for h in range(H):
-            dst = P[p, r0 + h]
-            for i in range((W - w0 + 3) // 4):
-                dst[col0 + i] = src[h, w0 + 4 * i]
+def _a_row(i, s, o0, o1, o2, o3, d, dst, L):
+    """d[dst + q] = (A v)_i for q < L: four values -> point i of six (dy's transform)."""
+    if i == 0:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o0 + q)]
+    elif i == 1:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o0 + q)] + s[uintp(o1 + q)] + s[uintp(o2 + q)] + s[uintp(o3 + q)]
+    elif i == 2:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o0 + q)] - s[uintp(o1 + q)] + s[uintp(o2 + q)] - s[uintp(o3 + q)]
+    elif i == 3:
+        for q in range(L):
+            d[uintp(dst + q)] = (s[uintp(o0 + q)] + _4 * s[uintp(o2 + q)]) + (_2 * s[uintp(o1 + q)]
+                                                                              + _8 * s[uintp(o3 + q)])
+    elif i == 4:
+        for q in range(L):
+            d[uintp(dst + q)] = (s[uintp(o0 + q)] + _4 * s[uintp(o2 + q)]) - (_2 * s[uintp(o1 + q)]
+                                                                              + _8 * s[uintp(o3 + q)])
+    else:
+        for q in range(L):
+            d[uintp(dst + q)] = s[uintp(o3 + q)]
 
 
 @nb.njit(nogil=True, cache=True)
-def _input_transform4(x, ph, pw, th, tw, V):
-    """V[(i*6 + j), c, (a*m + n)*tw + b] = (B^T d B)[i, j] for the 6x6 patch d of the
-    padded x[n, c] at rows 4a.., columns 4b.. (tile (a, b))."""
+def _input_transform4(x, ph, pw, th, tw, V, step, cols):
+    """V[(i*6 + j)*step + c*cols + (a*m + n)*tw + b] = (B^T d B)[i, j] for the 6x6
+    patch d of the padded x[n, c] at rows 4a.., columns 4b.. (tile (a, b))."""
     m, C, H, W = x.shape
-    run = m * (tw + 1)
-    P = np.zeros((4, 4 * th + 2, run + 1), x.dtype)   # padding, gaps and the tail stay 0
+    S = m * tw
+    L, R6 = th * S, (th + 1) * S
+    # X[k4, p6, a', n, b] (flat, rows of R6): the padded input at row 4a' + k4, column
+    # 4b + p6 (p6 < 6: a tile's six columns); padding and the tail stay 0
+    X = np.zeros(24 * R6, x.dtype)
+    T = np.empty(36 * L, x.dtype)
     for c in range(C):
         for n in range(m):
-            _split4(x[n, c], ph, n * 4 * (tw + 1) + pw, P)
-        for a in range(th):
-            r = 4 * a
-            v = V[:, c, a * m * tw:(a + 1) * m * tw]
-            q = j = 0
-            t4 = t5 = _bt6(P[0, 0, 0], P[0, 0, 0], P[0, 0, 0], P[0, 0, 0], P[0, 0, 0], P[0, 0, 0])   # typed
-            for b in range(run):
-                if j == tw:   # the gap between two planes
-                    j = 0
-                    continue
-                j += 1
-                # B^T down each of the tile's six columns (phases 0-3 at b, 0-1 at b + 1); the
-                # first two are the previous tile's last two, except on a plane's first tile
-                if j == 1:
-                    t0 = _bt6(P[0, r, b], P[0, r + 1, b], P[0, r + 2, b], P[0, r + 3, b], P[0, r + 4, b],
-                              P[0, r + 5, b])
-                    t1 = _bt6(P[1, r, b], P[1, r + 1, b], P[1, r + 2, b], P[1, r + 3, b], P[1, r + 4, b],
-                              P[1, r + 5, b])
-                else:
-                    t0, t1 = t4, t5
-                t2 = _bt6(P[2, r, b], P[2, r + 1, b], P[2, r + 2, b], P[2, r + 3, b], P[2, r + 4, b], P[2, r + 5, b])
-                t3 = _bt6(P[3, r, b], P[3, r + 1, b], P[3, r + 2, b], P[3, r + 3, b], P[3, r + 4, b], P[3, r + 5, b])
-                b1 = b + 1
-                t4 = _bt6(P[0, r, b1], P[0, r + 1, b1], P[0, r + 2, b1], P[0, r + 3, b1], P[0, r + 4, b1],
-                          P[0, r + 5, b1])
-                t5 = _bt6(P[1, r, b1], P[1, r + 1, b1], P[1, r + 2, b1], P[1, r + 3, b1], P[1, r + 4, b1],
-                          P[1, r + 5, b1])
-                # ... then B across each row
-                _store6(v, 0, q, _bt6(t0[0], t1[0], t2[0], t3[0], t4[0], t5[0]))
-                _store6(v, 6, q, _bt6(t0[1], t1[1], t2[1], t3[1], t4[1], t5[1]))
-                _store6(v, 12, q, _bt6(t0[2], t1[2], t2[2], t3[2], t4[2], t5[2]))
-                _store6(v, 18, q, _bt6(t0[3], t1[3], t2[3], t3[3], t4[3], t5[3]))
-                _store6(v, 24, q, _bt6(t0[4], t1[4], t2[4], t3[4], t4[4], t5[4]))
-                _store6(v, 30, q, _bt6(t0[5], t1[5], t2[5], t3[5], t4[5], t5[5]))
-                q += 1
+            src = x[n, c]
+            for h in range(H):
+                R = ph + h
+                base = R // 4 * S + n * tw
+                row = src[h]
+                for p6 in range(6):
+                    lo = max(0, -((p6 - pw) // 4))   # the tiles whose column p6 lies in x
+                    hi = min(tw - 1, (W - 1 + pw - p6) // 4)
+                    off = (R % 4 * 6 + p6) * R6 + base
+                    for b in range(lo, hi + 1):
+                        X[uintp(off + b)] = row[uintp(4 * b + p6 - pw)]
+        for p in range(6):   # B^T down each column p: tile row a's row k is X[k % 4, p] at (k // 4)*S + q
+            for i in range(6):
+                _bt_row(i, X, p * R6, (6 + p) * R6, (12 + p) * R6, (18 + p) * R6, p * R6 + S, (6 + p) * R6 + S,
+                        T, (i * 6 + p) * L, L)
+        for i in range(6):   # ... then B across each row i
+            for j in range(6):
+                _bt_row(j, T, i * 6 * L, (i * 6 + 1) * L, (i * 6 + 2) * L, (i * 6 + 3) * L, (i * 6 + 4) * L,
+                        (i * 6 + 5) * L, V, (i * 6 + j) * step + c * cols, L)
 
 
 @nb.njit(nogil=True, cache=True)
-def _output_transform4(M, th, tw, y):
-    """y[n, k] tile (a, b) = A^T M[:, k, (a*m + n)*tw + b] A (6x6 -> 4x4), cut to (Ho, Wo)."""
+def _output_transform4(M, step, cols, th, tw, y):
+    """y[n, k] tile (a, b) = A^T M A (6x6 -> 4x4), M[xi] at M[xi*step + k*cols + (a*m + n)*tw + b],
+    cut to (Ho, Wo)."""
     m, K, Ho, Wo = y.shape
-    run = m * (tw + 1)
-    rows = np.empty((4, 4 * run), y.dtype)
+    S = m * tw
+    L = th * S
+    Rw = np.empty(24 * L, y.dtype)   # A^T across each row i: Rw[i, jj]
+    Y = np.empty(16 * L, y.dtype)    # ... then down each column jj: Y[ii, jj]
     for k in range(K):
-        for a in range(th):
-            v = M[:, k, a * m * tw:(a + 1) * m * tw]
-            q = j = 0
-            for b in range(run):
-                if j == tw:   # the gap between two planes
-                    j = 0
-                    continue
-                j += 1
-                # A^T across each of the six rows ...
-                r0 = _at6(v[0, q], v[1, q], v[2, q], v[3, q], v[4, q], v[5, q])
-                r1 = _at6(v[6, q], v[7, q], v[8, q], v[9, q], v[10, q], v[11, q])
-                r2 = _at6(v[12, q], v[13, q], v[14, q], v[15, q], v[16, q], v[17, q])
-                r3 = _at6(v[18, q], v[19, q], v[20, q], v[21, q], v[22, q], v[23, q])
-                r4 = _at6(v[24, q], v[25, q], v[26, q], v[27, q], v[28, q], v[29, q])
-                r5 = _at6(v[30, q], v[31, q], v[32, q], v[33, q], v[34, q], v[35, q])
-                # ... then A down each of the four columns
-                _store4(rows, 4 * b, _at6(r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]))
-                _store4(rows, 4 * b + 1, _at6(r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]))
-                _store4(rows, 4 * b + 2, _at6(r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]))
-                _store4(rows, 4 * b + 3, _at6(r0[3], r1[3], r2[3], r3[3], r4[3], r5[3]))
-                q += 1
-            for n in range(m):
-                o = n * 4 * (tw + 1)
-                for i in range(min(4, Ho - 4 * a)):
-                    out, src = y[n, k, 4 * a + i], rows[i]
-                    for w in range(Wo):
-                        out[w] = src[o + w]
+        for i in range(6):
+            o = i * 6 * step + k * cols
+            for jj in range(4):
+                _at_row(jj, M, o, o + step, o + 2 * step, o + 3 * step, o + 4 * step, o + 5 * step,
+                        Rw, (i * 4 + jj) * L, L)
+        for jj in range(4):
+            for ii in range(4):
+                _at_row(ii, Rw, jj * L, (4 + jj) * L, (8 + jj) * L, (12 + jj) * L, (16 + jj) * L, (20 + jj) * L,
+                        Y, (ii * 4 + jj) * L, L)
+        for n in range(m):
+            for h in range(Ho):
+                out = y[n, k, h]
+                for jj in range(min(4, Wo)):
+                    src = (h % 4 * 4 + jj) * L + h // 4 * S + n * tw
+                    for b in range((Wo - 1 - jj) // 4 + 1):
+                        out[uintp(4 * b + jj)] = Y[uintp(src + b)]
 
 
 @nb.njit(nogil=True, cache=True)
-def _gradient_transform4(dy, th, tw, D):
-    """D[(i*6 + j), k, (a*m + n)*tw + b] = (A e A^T)[i, j] for the 4x4 patch e of
-    dy[n, k] at tile (a, b) (zeros beyond Ho, Wo)."""
+def _gradient_transform4(dy, th, tw, D, step, cols):
+    """D[(i*6 + j)*step + k*cols + (a*m + n)*tw + b] = (A e A^T)[i, j] for the 4x4
+    patch e of dy[n, k] at tile (a, b) (zeros beyond Ho, Wo)."""
     m, K, Ho, Wo = dy.shape
-    run = m * (tw + 1)
-    P = np.zeros((4, 4 * th, run), dy.dtype)
+    S = m * tw
+    L = th * S
+    E = np.zeros(16 * L, dy.dtype)   # E[ii, jj, a, n, b] = dy[n, k, 4a + ii, 4b + jj]
+    Cw = np.empty(24 * L, dy.dtype)  # A down each column jj: Cw[i, jj]
     for k in range(K):
         for n in range(m):
-            _split4(dy[n, k], 0, n * 4 * (tw + 1), P)
-        for a in range(th):
-            r = 4 * a
-            v = D[:, k, a * m * tw:(a + 1) * m * tw]
-            q = j = 0
-            for b in range(run):
-                if j == tw:   # the gap between two planes
-                    j = 0
-                    continue
-                j += 1
-                # A down each of the four columns ...
-                c0 = _a4(P[0, r, b], P[0, r + 1, b], P[0, r + 2, b], P[0, r + 3, b])
-                c1 = _a4(P[1, r, b], P[1, r + 1, b], P[1, r + 2, b], P[1, r + 3, b])
-                c2 = _a4(P[2, r, b], P[2, r + 1, b], P[2, r + 2, b], P[2, r + 3, b])
-                c3 = _a4(P[3, r, b], P[3, r + 1, b], P[3, r + 2, b], P[3, r + 3, b])
-                # ... then A^T across each of the six rows
-                _store6(v, 0, q, _a4(c0[0], c1[0], c2[0], c3[0]))
-                _store6(v, 6, q, _a4(c0[1], c1[1], c2[1], c3[1]))
-                _store6(v, 12, q, _a4(c0[2], c1[2], c2[2], c3[2]))
-                _store6(v, 18, q, _a4(c0[3], c1[3], c2[3], c3[3]))
-                _store6(v, 24, q, _a4(c0[4], c1[4], c2[4], c3[4]))
-                _store6(v, 30, q, _a4(c0[5], c1[5], c2[5], c3[5]))
-                q += 1
+            for h in range(Ho):
+                row = dy[n, k, h]
+                for jj in range(min(4, Wo)):
+                    dst = (h % 4 * 4 + jj) * L + h // 4 * S + n * tw
+                    for b in range((Wo - 1 - jj) // 4 + 1):
+                        E[uintp(dst + b)] = row[uintp(4 * b + jj)]
+        for jj in range(4):
+            for i in range(6):
+                _a_row(i, E, jj * L, (4 + jj) * L, (8 + jj) * L, (12 + jj) * L, Cw, (i * 4 + jj) * L, L)
+        for i in range(6):   # ... then A^T across each row i
+            for j in range(6):
+                _a_row(j, Cw, i * 4 * L, (i * 4 + 1) * L, (i * 4 + 2) * L, (i * 4 + 3) * L,
+                       D, (i * 6 + j) * step + k * cols, L)
 
 
-class _Form:
-    """One Winograd form F(t x t, 3x3): its output tile t, its (t + 2)^2 points,
-    GG = G (x) G (points x 9: G w G^T of every (k, c) as one product, point
-    i*(t + 2) + j, tap r*3 + s) and its three transform kernels."""
+class _Points:
+    """The point matrices of a part: an uninitialized (count, rows, cols)
+    float32 array whose matrices start _STAGGER bytes past a multiple of 4 KiB
+    apart (the transforms read or write all points of a tile at once, and
+    streams a multiple of 4 KiB apart share one set of the L1 cache: measured
+    3-7x slower transforms at such sizes). `view(used)` is the first `used`
+    columns of each, a BLAS operand (rows of cols, stride cols); the F(4x4)
+    kernels index the same memory flat: matrix xi, row r, column q at
+    xi*step + r*cols + q."""
 
-    def __init__(self, tile, G, input_transform, output_transform, gradient_transform):
-        self.tile, self.points = tile, (tile + 2) ** 2
-        self.GG = np.kron(G, G).astype(np.float32)
-        self.input_transform, self.output_transform = input_transform, output_transform
-        self.gradient_transform = gradient_transform
+    def __init__(self, count, rows, cols):
+        self.step = -(-rows * cols * 4 // 4096) * 1024 + _STAGGER // 4   # in elements
+        self.cols = cols
+        self.flat = np.empty((count - 1) * self.step + rows * cols, np.float32)
+        self.full = np.lib.stride_tricks.as_strided(self.flat, (count, rows, cols), (self.step * 4, cols * 4, 4))
+
+    def view(self, used):
+        return self.full[:, :, :used]
+
+
+class _Form2:
+    """F(2x2, 3x3): 2x2 output tiles, 16 points, scalar per-tile kernels."""
+    tile, points = 2, 16
+    GG = np.kron(_G, _G).astype(np.float32)   # (16, 9): G w G^T of every (k, c), point i*4 + j, tap r*3 + s
 
     def tiling(self, N, C, K, H, W, padding):
         return _tiles(N, C, K, H, W, tuple(padding), self.tile, self.points)
 
+    def input_transform(self, x, t, V, used):
+        _input_transform(x, t.ph, t.pw, t.th, t.tw, V.view(used))
 
-F2 = _Form(2, _G, _input_transform, _output_transform, _gradient_transform)
-F4 = _Form(4, np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
-           _input_transform4, _output_transform4, _gradient_transform4)
+    def output_transform(self, M, used, t, y):
+        _output_transform(M.view(used), t.th, t.tw, y)
+
+    def gradient_transform(self, dy, t, D, used):
+        _gradient_transform(dy, t.th, t.tw, D.view(used))
+
+
+class _Form4(_Form2):
+    """F(4x4, 3x3): 4x4 output tiles, 36 points, kernels vectorized over a block's tiles."""
+    tile, points = 4, 36
+    GG = np.kron(_G4, _G4).astype(np.float32)   # (36, 9), point i*6 + j
+
+    def input_transform(self, x, t, V, used):
+        _input_transform4(x, t.ph, t.pw, t.th, t.tw, V.flat, V.step, V.cols)
+
+    def output_transform(self, M, used, t, y):
+        _output_transform4(M.flat, M.step, M.cols, t.th, t.tw, y)
+
+    def gradient_transform(self, dy, t, D, used):
+        _gradient_transform4(dy, t.th, t.tw, D.flat, D.step, D.cols)
+
+
+F2, F4 = _Form2(), _Form4()
 
 
 def _form(x_shape, padding, direction):
-    """The form a call runs. F(4x4, 3x3) where it covers the output with no
-    more padding than F(2x2, 3x3) (a multiple of 4, or odd sizes as 7: both
-    round up to 8) and the output is large enough (forward at least 7 a side,
-    backward-filter 24). Measured on one core, batch 128 (ms, F(2x2) -> F(4x4),
-    machine loaded): 32->32 at 28x28 forward 23.4 -> 20.5, backward-filter
-    27.1 -> 22.9; 128->128 at 7x7 forward 16.5 -> 13.7 but backward-filter
-    17.1 -> 18.5 (few tiles: the 36 (K, C) sums outweigh the products); 64->64
-    at 14x14 (F(4x4) pads it to 16x16) forward 15.2 -> 16.1."""
-    Ho, Wo = (n + 2 * p - 2 for n, p in zip(x_shape[2:], padding))
-    smallest = _F4_MIN_FILTER_OUTPUT if direction == "backward_filter" else _F4_MIN_OUTPUT
-    same_cover = all(-(-n // 4) * 4 == -(-n // 2) * 2 for n in (Ho, Wo))
-    return F4 if same_cover and min(Ho, Wo) >= smallest else F2
-
-
-def _points(count, rows, cols):
-    """An uninitialized (count, rows, cols) float32 array whose matrices start
-    _STAGGER bytes past a multiple of 4 KiB apart: the transforms read or write
-    all points of a tile at once, and streams a multiple of 4 KiB apart
-    share one set of the L1 cache (measured 3-7x slower transforms at such
-    sizes). Each matrix stays a BLAS operand (rows of cols, stride cols)."""
-    step = -(-rows * cols * 4 // 4096) * 4096 + _STAGGER
-    flat = np.empty((count - 1) * step // 4 + rows * cols, np.float32)
-    return np.lib.stride_tricks.as_strided(flat, (count, rows, cols), (step, cols * 4, 4))
+    """The form a call runs: F(4x4, 3x3) from an output of 7 a side, else
+    F(2x2, 3x3). Measured on one core (CPU time, ms, F(2x2) -> F(4x4), forward
+    / backward-filter): batch 128, 32->32 at 28x28 23.2 -> 15.2 / 27.0 -> 16.5;
+    32->64 at 14x14 9.9 -> 7.4 / 12.0 -> 9.6 (F(4x4) computes 16x16 there);
+    128->128 at 7x7 17.5 -> 13.7 / 17.0 -> 15.7; 32->32 at 9x9 3.1 -> 2.6 /
+    3.3 -> 3.4; batch 16, 256->256 at 6x6 6.8 -> 7.0 / 4.6 -> 9.9 and at 4x4
+    2.9 -> 3.5 / 2.9 -> 6.6 (one or two tiles a plane: the (36, K, C) sums of
+    backward-filter outweigh the products)."""
+    return F4 if min(n + 2 * p - 2 for n, p in zip(x_shape[2:], padding)) >= _F4_MIN_OUTPUT else F2
 
 
 def forward(x, w, padding, form=None):
@@ -528,12 +549,12 @@ def forward(x, w, padding, form=None):
 
     def part(n0, n1):
         full = min(t.m, n1 - n0) * t.tiles
-        V_, M_ = _points(f.points, C, full), _points(f.points, K, full)   # once per part: fresh pages fault
+        V, M = _Points(f.points, C, full), _Points(f.points, K, full)   # once per part: fresh pages fault
         for a, b in t.blocks(n0, n1):
-            V, M = V_[:, :, :(b - a) * t.tiles], M_[:, :, :(b - a) * t.tiles]
-            f.input_transform(x[a:b], t.ph, t.pw, t.th, t.tw, V)
-            np.matmul(U, V, out=M)
-            f.output_transform(M, t.th, t.tw, y[a:b])
+            used = (b - a) * t.tiles
+            f.input_transform(x[a:b], t, V, used)
+            np.matmul(U, V.view(used), out=M.view(used))
+            f.output_transform(M, used, t, y[a:b])
     over_samples(part, N, 2 * N * K * C * t.tiles * f.points)
     return y
 
@@ -550,12 +571,12 @@ def backward_filter(dy, x, padding, form=None):
         Q = np.zeros((f.points, K, C), np.float32)
         product = np.empty_like(Q)
         full = min(t.m_filter, n1 - n0) * t.tiles
-        V_, D_ = _points(f.points, C, full), _points(f.points, K, full)
+        V, D = _Points(f.points, C, full), _Points(f.points, K, full)
         for a, b in t.blocks(n0, n1, t.m_filter):            # block order: deterministic
-            V, D = V_[:, :, :(b - a) * t.tiles], D_[:, :, :(b - a) * t.tiles]
-            f.input_transform(x[a:b], t.ph, t.pw, t.th, t.tw, V)
-            f.gradient_transform(dy[a:b], t.th, t.tw, D)
-            Q += np.matmul(D, V.transpose(0, 2, 1), out=product)
+            used = (b - a) * t.tiles
+            f.input_transform(x[a:b], t, V, used)
+            f.gradient_transform(dy[a:b], t, D, used)
+            Q += np.matmul(D.view(used), V.view(used).transpose(0, 2, 1), out=product)
         return Q
     parts = over_samples(part, N, 2 * N * K * C * t.tiles * f.points)
     Q = parts[0]
