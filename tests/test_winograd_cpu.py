@@ -67,7 +67,7 @@ def test_each_form_matches_the_float64_reference(form):
     1x1 output (the route takes 4x4 and up): partial tiles of every size."""
     rng = np.random.default_rng(4)
     tiny = [(1, 16, 1, 1, 16, (1, 1)), (2, 16, 3, 3, 17, (0, 0)), (2, 16, 2, 3, 16, (1, 0)),
-            (2, 16, 5, 9, 16, (1, 1)), (1, 16, 6, 13, 16, (0, 2))]
+            (2, 16, 5, 9, 16, (1, 1)), (1, 16, 6, 13, 16, (0, 2)), (2, 16, 5, 7, 16, (3, 1)), (1, 16, 4, 4, 16, (5, 4))]
     for case in CASES + tiny:
         x, w, dy = _inputs(case, rng)
         padding = case[-1]
