@@ -123,3 +123,45 @@ def test_winograd_is_deterministic_per_thread_count(form):
                 assert np.array_equal(a, b)
     finally:
         numba.set_num_threads(before)
+
+
+# ---- dilation, by polyphase components -------------------------------------------------
+DILATED = [  # (N, C, H, W, K, padding, dilation)
+    (2, 16, 24, 24, 16, (2, 2), (2, 2)),    # 12x12 components: every direction here
+    (1, 16, 24, 36, 17, (2, 3), (2, 3)),    # rectangular dilation, batch 1
+    (2, 16, 48, 48, 16, (4, 4), (4, 4)),    # 16 components
+    (3, 16, 16, 18, 16, (2, 2), (2, 2)),    # 8x9 components: backward-filter here, the forward on im2col
+]
+
+
+@pytest.mark.parametrize("case", DILATED, ids=[str(c) for c in DILATED])
+def test_dilated_convs_match_the_float64_reference(case):
+    N, C, H, W, K, padding, dilation = case
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y64 = ref.conv_forward_ref(x64, w64, None, 1, padding, dilation)
+    dy = rng.standard_normal(y64.shape).astype(np.float32)
+    assert winograd_cpu.applies(x.shape, w.shape, (1, 1), padding, dilation, 1, x.dtype, "backward_filter")
+    assert _rel(F.conv2d(x, w, padding=padding, dilation=dilation), y64) <= REL_TOL
+    assert _rel(F.conv2d_backward_data(dy, w, x.shape, padding=padding, dilation=dilation),
+                ref.conv_backward_data_ref(dy.astype(np.float64), w64, x.shape, 1, padding, dilation)) <= REL_TOL
+    dw64 = ref.conv_backward_filter_ref(dy.astype(np.float64), x64, w.shape, 1, padding, dilation)
+    assert _rel(F.conv2d_backward_filter(dy, x, w.shape, padding=padding, dilation=dilation), dw64) <= REL_TOL
+    for form in FORMS:   # the components through each form, whatever the route picks
+        assert _rel(winograd_cpu.forward(x, w, padding, form, dilation), y64) <= REL_TOL
+        assert _rel(winograd_cpu.backward_filter(dy, x, padding, form, dilation), dw64) <= REL_TOL
+
+
+@pytest.mark.parametrize("x_shape, padding, dilation, forward, backward_filter", [
+    ((8, 32, 24, 24), (2, 2), (2, 2), True, True),
+    ((8, 32, 16, 16), (2, 2), (2, 2), False, True),    # 8x8 components: the forward's im2col is faster
+    ((8, 32, 24, 24), (1, 1), (2, 2), False, False),   # padding not a multiple of the dilation
+    ((8, 32, 25, 24), (2, 2), (2, 2), False, False),   # size not a multiple: unequal components
+    ((8, 32, 24, 24), (2, 0), (2, 1), True, True),     # dilation on one axis only
+])
+def test_which_dilated_calls_take_the_winograd_route(x_shape, padding, dilation, forward, backward_filter):
+    args = (x_shape, (32, 32, 3, 3), (1, 1), padding, dilation, 1, np.float32)
+    assert winograd_cpu.applies(*args) is forward
+    assert winograd_cpu.applies(*args, "backward_filter") is backward_filter

@@ -388,7 +388,7 @@ def forward(x, w, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w.shape, groups)):
         return dw.forward(x, w, stride, padding, dilation)
     if winograd_cpu.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        return winograd_cpu.forward(x, w, padding)
+        return winograd_cpu.forward(x, w, padding, dilation=dilation)
     plan = _plan(x.shape, w.shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
@@ -456,7 +456,7 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
                                                                                       stride, groups):
         return dw.backward_filter(dy, x, w_shape, stride, padding, dilation)
     if winograd_cpu.applies(x.shape, w_shape, stride, padding, dilation, groups, x.dtype, "backward_filter"):
-        return winograd_cpu.backward_filter(dy, x, padding)
+        return winograd_cpu.backward_filter(dy, x, padding, dilation=dilation)
     plan = _plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)

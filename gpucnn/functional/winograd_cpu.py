@@ -78,14 +78,62 @@ _G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6]
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype, direction="forward"):
-    """Whether a conv call runs here: float32, 2-D, 3x3, stride 1, no dilation,
-    one group, enough channels for the products to dominate, and an output of
-    at least _MIN_OUTPUT (backward-filter: _MIN_FILTER_OUTPUT) a side."""
+    """Whether a conv call runs here: float32, 2-D, 3x3, stride 1, one group,
+    enough channels for the products to dominate, and an output of at least
+    _MIN_OUTPUT (backward-filter: _MIN_FILTER_OUTPUT) a side. With dilation
+    d > 1: when padding and input size are multiples of d, as the stride-1
+    convs of the polyphase components (`_components`), if those have an
+    output of at least _DILATED_MIN_OUTPUT a side (forward)."""
+    if not (np.dtype(dtype) == np.float32 and len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3)
+            and tuple(stride) == (1, 1) and groups == 1 and min(w_shape[0], w_shape[1]) >= _MIN_CHANNELS):
+        return False
     smallest = _MIN_FILTER_OUTPUT if direction == "backward_filter" else _MIN_OUTPUT
-    return (np.dtype(dtype) == np.float32 and len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3)
-            and tuple(stride) == (1, 1) and all(d == 1 for d in (dilation or (1, 1))) and groups == 1
-            and min(w_shape[0], w_shape[1]) >= _MIN_CHANNELS
-            and min(x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]) - 2 >= smallest)
+    dilation = tuple(dilation or (1, 1))
+    if dilation != (1, 1):
+        if any(p % d or n % d for n, p, d in zip(x_shape[2:], padding, dilation)):
+            return False
+        x_shape = x_shape[:2] + tuple(n // d for n, d in zip(x_shape[2:], dilation))
+        padding = tuple(p // d for p, d in zip(padding, dilation))
+        if direction != "backward_filter":
+            smallest = _DILATED_MIN_OUTPUT
+    return min(x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]) - 2 >= smallest
+
+
+# Dilation d by polyphase components. With padding p = q*d and the output row
+# i = i1*d + a, the tap r reads input row (i1 + r - q)*d + a: row i1 + r - q of
+# the component of phase a (rows a, a + d, ...). So each of the d_h*d_w
+# output components is the stride-1 3x3 conv, padding q, of the input
+# component of the same phase, and backward-filter sums over the components
+# as over samples. The components are stacked on the batch axis (one copy in,
+# one out), then the undilated route runs. Measured on one core (forward /
+# backward-filter, us, im2col -> here): 8x64x32x32, 64 filters, dilation 2:
+# 8095 -> 4506 / 8283 -> 4398; 32x64x28x28: 25636 -> 20192 / 28498 -> 22670;
+# 8x16x16x16 (8x8 components): 232 -> 271 / 329 -> 252, hence the forward's
+# floor of 12 a side.
+_DILATED_MIN_OUTPUT = 12
+
+
+def _components(a, dilation):
+    """(N, C, H, W) -> (d_h*d_w*N, C, H/d_h, W/d_w): the polyphase components,
+    phase (a, b) (rows a, a + d_h, ..., columns b, b + d_w, ...) the (a*d_w + b)-th block of N."""
+    (N, C, H, W), (dh, dw) = a.shape, dilation
+    parts = a.reshape(N, C, H // dh, dh, W // dw, dw).transpose(3, 5, 0, 1, 2, 4)
+    return np.ascontiguousarray(parts).reshape(dh * dw * N, C, H // dh, W // dw)
+
+
+def _merged(parts, N, dilation):
+    """_components' inverse: (d_h*d_w*N, K, h, w) -> (N, K, h*d_h, w*d_w)."""
+    (_, K, h, w), (dh, dw) = parts.shape, dilation
+    out = parts.reshape(dh, dw, N, K, h, w).transpose(2, 3, 4, 0, 5, 1)
+    return np.ascontiguousarray(out).reshape(N, K, h * dh, w * dw)
+
+
+def _undilated(dilation, padding):
+    """(dilation as a tuple, or None without one; the components' padding)."""
+    dilation = tuple(dilation or (1, 1))
+    if dilation == (1, 1):
+        return None, padding
+    return dilation, tuple(p // d for p, d in zip(padding, dilation))
 
 
 class _Tiles:
@@ -535,8 +583,11 @@ def _form(x_shape, padding, direction):
     return F4 if min(n + 2 * p - 2 for n, p in zip(x_shape[2:], padding)) >= _F4_MIN_OUTPUT else F2
 
 
-def forward(x, w, padding, form=None):
-    """conv2d(x, w, stride=1, padding) for the calls `applies` accepts."""
+def forward(x, w, padding, form=None, dilation=None):
+    """conv2d(x, w, stride=1, padding, dilation) for the calls `applies` accepts."""
+    dilation, inner = _undilated(dilation, padding)
+    if dilation:
+        return _merged(forward(_components(x, dilation), w, inner, form), x.shape[0], dilation)
     N, C, H, W = x.shape
     K = w.shape[0]
     f = form or _form(x.shape, padding, "forward")
@@ -559,8 +610,11 @@ def forward(x, w, padding, form=None):
     return y
 
 
-def backward_filter(dy, x, padding, form=None):
-    """conv2d_backward_filter(dy, x, (K, C, 3, 3), stride=1, padding) for the calls `applies` accepts."""
+def backward_filter(dy, x, padding, form=None, dilation=None):
+    """conv2d_backward_filter(dy, x, (K, C, 3, 3), stride=1, padding, dilation) for the calls `applies` accepts."""
+    dilation, inner = _undilated(dilation, padding)
+    if dilation:
+        return backward_filter(_components(dy, dilation), _components(x, dilation), inner, form)
     N, C, H, W = x.shape
     K = dy.shape[1]
     f = form or _form(x.shape, padding, "backward_filter")
