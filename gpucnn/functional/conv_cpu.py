@@ -220,12 +220,13 @@ def _col2im(dcol, kernel, stride, padding, dilation, dx):
                                     for i in range(Wo):
                                         flat[uintp(o + i * sw)] += df[uintp(q + i)]
                                 q += Wo
-            _crop_flat(flat, dx[n, c], padding, Hp, Wp)
+            crop_flat(flat, dx[n, c], padding, Hp, Wp)
 
 
 @nb.njit(inline="always")
-def _crop_flat(flat, vol, padding, Hp, Wp):
-    """fill_flat's inverse: the interior of the padded planes into vol (D, H, W, C-contiguous)."""
+def crop_flat(flat, vol, padding, Hp, Wp):
+    """fill_flat's inverse: the interior of the padded planes into vol (D, H, W,
+    C-contiguous) (also depthwise_cpu's)."""
     D, H, W = vol.shape
     pd, ph, pw = padding
     v = vol.reshape(vol.size)
@@ -256,7 +257,7 @@ def _col2im_wide(dcol, kernel, padding, dilation, dx):
                     for s in range(S):
                         _add_run(flat, (t * dd * Hp + r * dh) * Wp + s * dw,
                                  df, ((((c * T + t) * R + r) * S + s) * N + n) * run, run)
-            _crop_flat(flat, dx[n, c], padding, Hp, Wp)
+            crop_flat(flat, dx[n, c], padding, Hp, Wp)
 
 
 def lift3(values, fill):

@@ -23,10 +23,11 @@ count.
 """
 import numba as nb
 import numpy as np
+from numba import uintp
 
 from ._args import output_shape
 from ..cpu_parallel import over_items
-from .conv_cpu import as5d, fill_flat, flat_buffer, lift3
+from .conv_cpu import as5d, crop_flat, fill_flat, flat_buffer, lift3
 
 
 def applies(w_shape, groups):
@@ -34,49 +35,23 @@ def applies(w_shape, groups):
     return groups > 1 and w_shape[1] == 1
 
 
-# Inner loops over 1-D views indexed from 0 by a range (as in conv_cpu):
-# Numba drops its negative-index handling and LLVM vectorizes the
-# contiguous (stride 1) case, hence the sw == 1 branches in the helpers
-# below (one view type per branch, both compiled).
+# The kernels index flat C-contiguous arrays with unsigned offsets and make
+# no array view inside a loop, as conv_cpu's im2col (a view costs two atomic
+# reference-count updates: more than a row of 16 multiply-adds).
 
 @nb.njit(inline="always")
-def _axpy(dst, a, src):
-    for i in range(dst.size):
-        dst[i] += a * src[i]
-
-
-@nb.njit(inline="always")
-def _axpy_from(dst, a, src, w0, sw):
-    """dst[i] += a * src[w0 + i*sw]."""
-    if sw == 1:
-        _axpy(dst, a, src[w0:w0 + dst.size])
-    else:
-        _axpy(dst, a, src[w0:w0 + (dst.size - 1) * sw + 1:sw])
+def _axpy_run(dst, d0, a, src, s0, n):
+    """dst[d0 + i] += a * src[s0 + i] for i < n."""
+    for i in range(n):
+        dst[uintp(d0 + i)] += a * src[uintp(s0 + i)]
 
 
 @nb.njit(inline="always")
-def _axpy_into(dst, w0, sw, a, src):
-    """dst[w0 + i*sw] += a * src[i]."""
-    if sw == 1:
-        _axpy(dst[w0:w0 + src.size], a, src)
-    else:
-        _axpy(dst[w0:w0 + (src.size - 1) * sw + 1:sw], a, src)
-
-
-@nb.njit(inline="always")
-def _padded_buffer(D, H, W, padding, like):
-    """A zeroed (D, H, W) plane buffer with `padding` on both sides of each axis."""
-    return np.zeros((D + 2 * padding[0], H + 2 * padding[1], W + 2 * padding[2]), like.dtype)
-
-
-@nb.njit(inline="always")
-def _fill_padded(buf, plane, pd, ph, pw):
-    D, H, W = plane.shape
-    for d in range(D):
-        for h in range(H):
-            row, src = buf[pd + d, ph + h], plane[d, h]
-            for i in range(W):
-                row[pw + i] = src[i]
+def _dot_run(a, a0, b, b0, n):
+    total = a.dtype.type(0)
+    for i in range(n):
+        total += a[uintp(a0 + i)] * b[uintp(b0 + i)]
+    return total
 
 
 @nb.njit(nogil=True, cache=True)
@@ -89,27 +64,34 @@ def _forward(x, w, stride, padding, dilation, y, i0, i1):
     pd, ph, pw = padding
     dd, dh, dw = dilation
     mult = K // C
-    buf = _padded_buffer(D, H, W, padding, x)   # the border stays 0
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    P = Do * Ho * Wo
+    buf = np.zeros((D + 2 * pd) * Hp * Wp, x.dtype)   # the border stays 0
+    yf = y.reshape(y.size)
     loaded = -1
     for item in range(i0, i1):
         n, k = item // K, item % K
         c = k // mult
         if n * C + c != loaded:          # consecutive filters of one channel share the buffer
-            _fill_padded(buf, x[n, c], pd, ph, pw)
+            fill_flat(buf, x[n, c], padding, Hp, Wp)
             loaded = n * C + c
-        out = y[n, k]
-        for od in range(Do):
-            for oh in range(Ho):
-                row = out[od, oh]
-                for i in range(Wo):
-                    row[i] = 0
+        out = item * P
+        for i in range(P):
+            yf[uintp(out + i)] = 0
         for t in range(T):
             for r in range(R):
                 for s in range(S):
                     wv = w[k, 0, t, r, s]
+                    q = out
                     for od in range(Do):
                         for oh in range(Ho):
-                            _axpy_from(out[od, oh], wv, buf[od * sd + t * dd, oh * sh + r * dh], s * dw, sw)
+                            o = ((od * sd + t * dd) * Hp + oh * sh + r * dh) * Wp + s * dw
+                            if sw == 1:
+                                _axpy_run(yf, q, wv, buf, o, Wo)
+                            else:
+                                for i in range(Wo):
+                                    yf[uintp(q + i)] += wv * buf[uintp(o + i * sw)]
+                            q += Wo
 
 
 @nb.njit(nogil=True, cache=True)
@@ -122,26 +104,30 @@ def _backward_data(dy, w, stride, padding, dilation, dx, i0, i1):
     pd, ph, pw = padding
     dd, dh, dw = dilation
     mult = K // C
-    buf = _padded_buffer(D, H, W, padding, dx)
-    flat = buf.ravel()
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    P = Do * Ho * Wo
+    flat = np.empty((D + 2 * pd) * Hp * Wp, dx.dtype)
+    gf = dy.reshape(dy.size)
     for item in range(i0, i1):
         n, c = item // C, item % C
         for i in range(flat.size):
             flat[i] = 0
         for k in range(c * mult, (c + 1) * mult):
-            g = dy[n, k]
             for t in range(T):
                 for r in range(R):
                     for s in range(S):
                         wv = w[k, 0, t, r, s]
+                        q = (n * K + k) * P
                         for od in range(Do):
                             for oh in range(Ho):
-                                _axpy_into(buf[od * sd + t * dd, oh * sh + r * dh], s * dw, sw, wv, g[od, oh])
-        for d in range(D):
-            for h in range(H):
-                out, src = dx[n, c, d, h], buf[pd + d, ph + h]
-                for i in range(W):
-                    out[i] = src[pw + i]
+                                o = ((od * sd + t * dd) * Hp + oh * sh + r * dh) * Wp + s * dw
+                                if sw == 1:
+                                    _axpy_run(flat, o, wv, gf, q, Wo)
+                                else:
+                                    for i in range(Wo):
+                                        flat[uintp(o + i * sw)] += wv * gf[uintp(q + i)]
+                                q += Wo
+        crop_flat(flat, dx[n, c], padding, Hp, Wp)
 
 
 # Wide rows (stride 1, 2-D and 1-D): as conv_cpu's im2col, an output plane is
@@ -165,6 +151,7 @@ def _forward_wide(x, w, padding, dilation, y, i0, i1):
     run = Ho * Wp
     flat = flat_buffer((1, H, W), (1, R, S), padding, dilation, x)   # border and slack stay 0
     acc = np.empty(run, x.dtype)
+    yf = y.reshape(y.size)
     loaded = -1
     for item in range(i0, i1):
         n, k = item // K, item % K
@@ -176,13 +163,10 @@ def _forward_wide(x, w, padding, dilation, y, i0, i1):
             acc[i] = 0
         for r in range(R):
             for s in range(S):
-                o = r * dh * Wp + s * dw
-                _axpy(acc, w[k, 0, 0, r, s], flat[o:o + run])
-        out = y[n, k, 0]
+                _axpy_run(acc, 0, w[k, 0, 0, r, s], flat, r * dh * Wp + s * dw, run)
         for oh in range(Ho):
-            row, src = out[oh], acc[oh * Wp:oh * Wp + Wo]
             for i in range(Wo):
-                row[i] = src[i]
+                yf[uintp((item * Ho + oh) * Wo + i)] = acc[uintp(oh * Wp + i)]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -207,21 +191,8 @@ def _backward_data_wide(dy, w, padding, dilation, dx, i0, i1):
             fill_flat(g, dy[n, k], (0, 0, 0), Ho, Wp)
             for r in range(R):
                 for s in range(S):
-                    o = r * dh * Wp + s * dw
-                    _axpy(flat[o:o + run], w[k, 0, 0, r, s], g)
-        out = dx[n, c, 0]
-        for h in range(H):
-            row, src = out[h], flat[(ph + h) * Wp + pw:(ph + h) * Wp + pw + W]
-            for i in range(W):
-                row[i] = src[i]
-
-
-@nb.njit(inline="always")
-def _dot(a, b):
-    total = a.dtype.type(0)
-    for i in range(a.size):
-        total += a[i] * b[i]
-    return total
+                    _axpy_run(flat, r * dh * Wp + s * dw, w[k, 0, 0, r, s], g, 0, run)
+        crop_flat(flat, dx[n, c], padding, H + 2 * ph, Wp)
 
 
 # fastmath reassoc: LLVM may split each dot product into vector partial sums
@@ -251,8 +222,7 @@ def _backward_filter_wide(dy, x, padding, dilation, dw, k0, k1):
             fill_flat(g, dy[n, k], (0, 0, 0), Ho, Wp)
             for r in range(R):
                 for s in range(S):
-                    o = r * dh * Wp + s * ddw
-                    dw[k, 0, 0, r, s] += _dot(g, flat[o:o + run])
+                    dw[k, 0, 0, r, s] += _dot_run(g, 0, flat, r * dh * Wp + s * ddw, run)
 
 
 def _wide(x_shape, w_shape, stride):
