@@ -195,6 +195,17 @@ __device__ __forceinline__ bool max_pool_better(scalar_t v, scalar_t best) {
     return v > best || (v != v && best == best);
 }
 
+// A packed tap of a launcher-built table (the format of kernels/conv2d_tc.cu,
+// built in gpucnn/functional/conv_gpu.py): one 64-bit word
+// (off << 32) | (dh << 16) | dw, off a signed 32-bit offset, dh and dw
+// 16-bit unsigned fields. Reading it is one load, two shifts and masks.
+struct Tap {
+    int off, dh, dw;
+};
+__device__ __forceinline__ Tap unpack_tap(long long t) {
+    return Tap{(int)(t >> 32), (int)((t >> 16) & 0xffff), (int)(t & 0xffff)};
+}
+
 // ---------------------------------------------------------------------------
 // Block tile of the implicit-GEMM (v2) convolution kernels:
 //     Out[TILE_M x TILE_N] += A[TILE_M x TILE_K] * B[TILE_K x TILE_N]
@@ -261,15 +272,24 @@ enum BLayout { B_ALONG_COLUMNS, B_ALONG_K };
 // (rows tid / 16 + 16*l, l = 0..3, one kk, zeros past k_end): a fused
 // epilogue can sum A's rows there (conv2d_backward_filter's bias gradient)
 // without a second pass over A. The default ignores them (compiles away).
+// next_tile (optional) is called after each tile's loads, i.e. when the
+// thread's kk move on by TILE_K: a kernel that decodes kk incrementally
+// instead of dividing (conv2d_backward_filter_v2) steps its state there, and
+// its fetchers read that state rather than the kk they are passed. The loads
+// run for k0 = k_begin, k_begin + TILE_K, ... in that order, once each.
 struct IgnoreA {
     __device__ __forceinline__ void operator()(const scalar_t (&)[4]) const {}
 };
+struct NoStep {
+    __device__ __forceinline__ void operator()() const {}
+};
 template <BLayout BL, typename Index, typename LoadA, typename ColumnOf, typename LoadB,
-          typename SeeA = IgnoreA>
+          typename SeeA = IgnoreA, typename NextTile = NoStep>
 __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_end, LoadA load_a,
                                                        ColumnOf column_of, LoadB load_b,
                                                        scalar_t (&acc)[THREAD_M][THREAD_N],
-                                                       SeeA see_a = SeeA()) {
+                                                       SeeA see_a = SeeA(),
+                                                       NextTile next_tile = NextTile()) {
     __shared__ tile_a_t As;
     __shared__ tile_b_t Bs;
     constexpr bool along_cols = BL == B_ALONG_COLUMNS;
@@ -296,6 +316,7 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
             const Index kb = k0 + b_k + (along_cols ? 4 * l : 0);
             b_reg[l] = kb < k_end ? load_b(kb, col_state[along_cols ? 0 : l]) : (scalar_t)0;
         }
+        next_tile();
     };
     auto store = [&]() {
 #pragma unroll

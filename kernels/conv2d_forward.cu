@@ -118,33 +118,36 @@ extern "C" __global__ void conv2d_forward_bias_relu_v1(
 // A: 16 consecutive lanes read 16 consecutive weights of one filter row.
 // B (B_ALONG_COLUMNS): 64 consecutive lanes read consecutive output positions
 // (consecutive x addresses along a row when sw = 1). The column's (n, i, j)
-// is decoded once into the image and window origin; only kk -> (c, r, s) is
-// decoded per element. The epilogue runs in store_tile, on registers.
+// is decoded once into the offset of its window origin and that origin
+// (i*sh - ph, j*sw - pw); kk -> (c, r, s) comes from the launcher's tap table
+// (common.cuh's Tap), taps[kk] = (c*H*W + r*dil_h*W + s*dil_w, r*dil_h, s*dil_w)
+// for the group's C/G channels: the main loop does no integer division. A
+// warp's 32 lanes share their kk, so the table load is a broadcast. The
+// epilogue runs in store_tile, on registers.
 template <bool BIAS, bool RELU>
 __device__ __forceinline__ void conv2d_forward_gemm(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ y, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    const int RS = R * S;
     const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
-    const int Kg = Cg * RS;
+    const int Kg = Cg * R * S;
     const idx_t HoWo = (idx_t)Ho * Wo;
     const idx_t Ng = (idx_t)N * HoWo;
     const scalar_t* wg = w + (idx_t)g * Kpg * Kg;   // the group's filters
 
     struct Column {
-        const scalar_t* img;  // x[n]
+        idx_t at;             // offset in x of the window origin of x[n, g*C/G] (may be < 0)
         int hbase, wbase;     // window origin (i*sh - ph, j*sw - pw)
         bool ok;
     };
     auto column_of = [&](idx_t col) {
-        Column b{x, 0, 0, col < Ng};
+        Column b{0, 0, 0, col < Ng};
         if (b.ok) {
             const idx_t n = col / HoWo;
             const int p = (int)(col - n * HoWo);
             b.hbase = (p / Wo) * sh - ph;
             b.wbase = (p - (p / Wo) * Wo) * sw - pw;
-            b.img = x + (n * C + (idx_t)g * Cg) * H * W;   // the group's first channel
+            b.at = (n * C + (idx_t)g * Cg) * H * W + (idx_t)b.hbase * W + b.wbase;
         }
         return b;
     };
@@ -152,10 +155,9 @@ __device__ __forceinline__ void conv2d_forward_gemm(
         return m < Kpg ? __ldg(wg + (idx_t)m * Kg + kk) : (scalar_t)0;
     };
     auto load_b = [&](int kk, const Column& b) {
-        const int c = kk / RS, rs = kk - (kk / RS) * RS;
-        const int h = b.hbase + (rs / S) * dil_h, ww = b.wbase + (rs - (rs / S) * S) * dil_w;
-        return b.ok && in_range(h, H) && in_range(ww, W)
-                   ? __ldg(b.img + ((idx_t)c * H + h) * W + ww) : (scalar_t)0;
+        const Tap t = unpack_tap(__ldg(taps + kk));
+        return b.ok && in_range(b.hbase + t.dh, H) && in_range(b.wbase + t.dw, W)
+                   ? __ldg(x + (b.at + t.off)) : (scalar_t)0;
     };
     // row m of the group's tile is filter g*K/G + m
     auto epilogue = [&](int m, scalar_t v) { return conv_epilogue<BIAS, RELU>(v, b, g * Kpg + m); };
@@ -167,28 +169,28 @@ __device__ __forceinline__ void conv2d_forward_gemm(
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-    CONV2D_GEOMETRY)
+    const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<false, false>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<false, false>(x, w, nullptr, y, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_bias_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ y, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<true, false>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<true, false>(x, w, b, y, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_relu_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-    CONV2D_GEOMETRY)
+    const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<false, true>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<false, true>(x, w, nullptr, y, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_bias_relu_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ y, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<true, true>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<true, true>(x, w, b, y, taps, CONV2D_GEOMETRY_ARGS);
 }
