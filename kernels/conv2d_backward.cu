@@ -24,12 +24,17 @@
 //   backward_data_v1          one thread per dx element; 1-D grid of 256-thread blocks
 //   backward_data_v2          implicit GEMM per group (M = C/G, Ngemm = N*H*W, Kgemm = K/G*R*S),
 //                             64x64 tile, 4x4 per thread; grid (ceil(N*H*W/64), ceil(C/G/64), G),
-//                             256 threads
+//                             256 threads; each tap's (r, s), split by the stride, and its offsets
+//                             from the launcher's table (argument `taps` after dx)
 //   backward_filter_v1        one thread per dw element (sums over n, i, j in order); 1-D grid
 //   backward_filter_v2        implicit GEMM per group (M = K/G, Ngemm = C/G*R*S, Kgemm =
 //                             N*Ho*Wo) split along Kgemm into chunks; grid (ceil(C/G*RS/64),
 //                             ceil(K/G/64), G*splits) (z = g*splits + chunk), 256 threads;
-//                             chunk z writes its partial dw to out + chunk*K*(C/G)RS
+//                             chunk z writes its partial dw to out + chunk*K*(C/G)RS; kk = (n, i, j)
+//                             stepped incrementally (KkWalk)
+// Neither v2 main loop does an integer division (issue 10; kernel_check --sass: div 20 -> 0,
+// bench/results/sass-simt-v2-tables-2026-12-02.txt; the sums keep their order, so results are
+// bitwise those of the earlier v2 in the emulator). Compiled and emulated, not yet run on a GPU.
 //   backward_filter_reduce_v2 dw[e] = sum_z partial[z][e] for z = 0, 1, ... in order; 1-D grid
 // Both backward_filter versions are deterministic: no atomics, every sum in a
 // fixed order, so equal inputs give bitwise equal dw.
@@ -56,7 +61,8 @@
 // that touched it are the outputs i with i*sh - ph <= h <= i*sh - ph + R - 1
 // (covering_outputs in common.cuh), and the filter tap is r = h + ph - i*sh.
 // v1 walks those windows directly (for_each_covering_window, no divisibility
-// tests); v2 tests each tap with exact_output. As a GEMM (v2):
+// tests); v2 tests each tap as exact_output would, from the table's quotient
+// and remainder by the stride (no division). As a GEMM (v2):
 //     m = c, col = (n*H + h)*W + w, kk = (k*R + r)*S + s
 //     A[m, kk]   = w[k, c, r, s]
 //     B[kk, col] = dy[n, k, (h + ph - r)/sh, (w + pw - s)/sw]  if exact and in range, else 0

@@ -19,7 +19,10 @@
 //   v1  one thread per output element, grid-stride loop; 1-D grid of 256-thread blocks
 //   v2  implicit GEMM, 64x64 block tile, TILE_K 16, 4x4 outputs per thread;
 //       grid (ceil(N*Ho*Wo / 64), ceil(K/G / 64), G), 256 threads: one GEMM per group
-//       (grid z), whose rows are the group's K/G filters
+//       (grid z), whose rows are the group's K/G filters; kk -> (c, r, s) from the
+//       launcher's tap table (argument `taps` after y), so the main loop does no
+//       integer division (issue 10; kernel_check --sass: div 8 -> 0, bench/results/
+//       sass-simt-v2-tables-2026-12-02.txt; compiled and emulated, not yet run on a GPU)
 // Fused epilogues (issue 11): conv2d_forward_bias_v1/v2, conv2d_forward_relu_v1/v2
 // and conv2d_forward_bias_relu_v1/v2 are v1/v2 with the bias and/or ReLU applied
 // to each output before its store, one template instance of the same code each
