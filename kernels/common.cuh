@@ -207,35 +207,128 @@ __device__ __forceinline__ Tap unpack_tap(long long t) {
 }
 
 // ---------------------------------------------------------------------------
+// Vector memory access (the v2 tiles, pool2d v2). VecBytes<T, B> is B bytes of
+// T loaded or stored by one instruction (B = 16: LDG.E.128 / STG.E.128 /
+// LDS.128, B = 8: .64) when the address is B-byte aligned; `aligned` tests
+// that at run time, since a row's start depends on W, the plane and any array
+// offset.
+template <typename T, int B>
+struct __align__(B) VecBytes {
+    T v[B / sizeof(T)];
+};
+template <int B>
+__device__ __forceinline__ bool aligned(const void* p) {
+    return ((unsigned long long)p & (B - 1)) == 0;
+}
+
+// f(c, row[c]) for c = c0 .. c1-1 in increasing order (the caller clips
+// [c0, c1) to the row), each element loaded once: scalar loads up to the
+// first 8-byte boundary, one 8-byte load (4-byte T) or scalar ones up to the
+// first 16-byte one, 16-byte loads for the bulk, then an 8-byte and scalar
+// tail.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_in_row(const T* __restrict__ row, int c0, int c1, F f) {
+    constexpr int V8 = 8 / sizeof(T), V16 = 16 / sizeof(T);
+    int c = c0;
+    for (; c < c1 && !aligned<8>(row + c); ++c) f(c, row[c]);
+    if (V8 > 1 && c + V8 <= c1 && !aligned<16>(row + c)) {
+        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
+        c += V8;
+    }
+    for (; c < c1 && !aligned<16>(row + c); ++c) f(c, row[c]);  // 8-byte T; or a short row
+    for (; c + V16 <= c1; c += V16) {
+        const VecBytes<T, 16> q = *reinterpret_cast<const VecBytes<T, 16>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V16; ++e) f(c + e, q.v[e]);
+    }
+    if (V8 > 1 && c + V8 <= c1) {
+        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
+        c += V8;
+    }
+    for (; c < c1; ++c) f(c, row[c]);
+}
+
+// row[0 .. n) = v[0 .. n), n <= K: with 16-byte (else 8-byte) stores when all
+// K are written and the start is so aligned, else one element at a time.
+// v is indexed by constants only, so it stays in registers.
+template <typename T, int K>
+__device__ __forceinline__ void store_run(T* __restrict__ row, const T (&v)[K], int n) {
+    constexpr int V16 = 16 / sizeof(T), V8 = 8 / sizeof(T);
+    if (K % V16 == 0 && n == K && aligned<16>(row)) {
+#pragma unroll
+        for (int q = 0; q < K / V16; ++q) {
+            VecBytes<T, 16> w;
+#pragma unroll
+            for (int e = 0; e < V16; ++e) w.v[e] = v[q * V16 + e];
+            reinterpret_cast<VecBytes<T, 16>*>(row)[q] = w;
+        }
+    } else if (V8 > 1 && K % V8 == 0 && n == K && aligned<8>(row)) {
+#pragma unroll
+        for (int q = 0; q < K / V8; ++q) {
+            VecBytes<T, 8> w;
+#pragma unroll
+            for (int e = 0; e < V8; ++e) w.v[e] = v[q * V8 + e];
+            reinterpret_cast<VecBytes<T, 8>*>(row)[q] = w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+            if (k < n) row[k] = v[k];
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Block tile of the implicit-GEMM (v2) convolution kernels:
 //     Out[TILE_M x TILE_N] += A[TILE_M x TILE_K] * B[TILE_K x TILE_N]
 // with TILE_THREADS = 256 threads viewed as a 16 x 16 grid (tx = tid % 16,
-// ty = tid / 16). Thread (tx, ty) owns the 4 x 4 outputs at rows ty + 16*i and
-// columns tx + 16*j: a warp then reads 16 consecutive B words (no bank
-// conflict) and two broadcast A words per step, and its stores of a row of
-// outputs are 16 consecutive addresses. Both tiles are stored k-major, rows
-// padded by TILE_PAD so that the loaders' transposed stores hit distinct banks.
+// ty = tid / 16). Thread (tx, ty) owns the 4 x 4 outputs at rows 4*ty + i and
+// columns 4*tx + j: per kk its 4 A and 4 B operands are 16-byte runs of a
+// tile row, one 128-bit shared load each (two for double), where reading
+// them one word at a time took 8 loads (a warp's B run is 256 consecutive
+// bytes, its A runs two broadcasts: no bank conflict). Both tiles are stored
+// k-major, rows padded by TILE_PAD elements to a multiple of 16 bytes (the
+// 128-bit reads need aligned rows): 68 floats or 66 doubles. The loaders'
+// transposed stores (4 per tile and operand) then meet 2-way bank conflicts
+// for float (a row stride of 4 banks), against 128 -> 32 shared reads saved.
+// Each output's sum over kk runs in the same order as with any thread
+// mapping, so the mapping does not change results.
 #define TILE_M 64
 #define TILE_N 64
 #define TILE_K 16
 #define TILE_THREADS 256
-#define TILE_PAD 2
+#define TILE_PAD (16 / (int)sizeof(scalar_t))
 #define THREAD_M 4
 #define THREAD_N 4
 
 typedef scalar_t tile_a_t[TILE_K][TILE_M + TILE_PAD];
 typedef scalar_t tile_b_t[TILE_K][TILE_N + TILE_PAD];
 
-// acc[i][j] += sum_kk As[kk][ty + 16 i] * Bs[kk][tx + 16 j], kk in fixed order.
+// v[0..4) = p[0..4), p 16-byte aligned: 128-bit loads (4 floats or 2 doubles each).
+__device__ __forceinline__ void load_run4(const scalar_t* p, scalar_t (&v)[4]) {
+    typedef VecBytes<scalar_t, 16> Vec;
+    constexpr int per = 16 / sizeof(scalar_t);
+#pragma unroll
+    for (int q = 0; q < 4 / per; ++q) {
+        const Vec w = reinterpret_cast<const Vec*>(p)[q];
+#pragma unroll
+        for (int e = 0; e < per; ++e) v[q * per + e] = w.v[e];
+    }
+}
+
+// acc[i][j] += sum_kk As[kk][4 ty + i] * Bs[kk][4 tx + j], kk in fixed order.
 __device__ __forceinline__ void tile_multiply(const tile_a_t& As, const tile_b_t& Bs,
                                               scalar_t (&acc)[THREAD_M][THREAD_N], int tx, int ty) {
+    static_assert(THREAD_M == 4 && THREAD_N == 4 && (TILE_M + TILE_PAD) * sizeof(scalar_t) % 16 == 0,
+                  "tile rows of 16-byte runs");
 #pragma unroll
     for (int kk = 0; kk < TILE_K; ++kk) {
         scalar_t a[THREAD_M], b[THREAD_N];
-#pragma unroll
-        for (int i = 0; i < THREAD_M; ++i) a[i] = As[kk][ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < THREAD_N; ++j) b[j] = Bs[kk][tx + 16 * j];
+        load_run4(&As[kk][THREAD_M * ty], a);
+        load_run4(&Bs[kk][THREAD_N * tx], b);
 #pragma unroll
         for (int i = 0; i < THREAD_M; ++i)
 #pragma unroll
@@ -290,8 +383,8 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
                                                        scalar_t (&acc)[THREAD_M][THREAD_N],
                                                        SeeA see_a = SeeA(),
                                                        NextTile next_tile = NextTile()) {
-    __shared__ tile_a_t As;
-    __shared__ tile_b_t Bs;
+    __shared__ __align__(16) tile_a_t As;
+    __shared__ __align__(16) tile_b_t Bs;
     constexpr bool along_cols = BL == B_ALONG_COLUMNS;
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * TILE_M;
@@ -370,6 +463,12 @@ __device__ __forceinline__ void store_a_row_sums(const scalar_t (&part)[4], scal
 // the tile is one group's rows; `out` then points at the group's first row.
 // epilogue(m, v) (optional) maps each value before its store, m the row in
 // [0, rows): a fused bias and activation (conv2d_forward's *_bias_* kernels).
+// A thread's 4 columns of a row are consecutive, so one store instruction of
+// a warp writes every 4th word of 2 x 256 bytes (4 such stores fill them).
+// One 16-byte store per row would be denser, but its registers made ptxas
+// spill (forward, float, sm_90; double backward-filter): left for a GPU
+// measurement to decide (a staged epilogue through the freed tiles is the
+// alternative).
 struct StoreAsIs {
     __device__ __forceinline__ scalar_t operator()(int, scalar_t v) const { return v; }
 };
@@ -384,13 +483,13 @@ __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREA
     const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
 #pragma unroll
     for (int j = 0; j < THREAD_N; ++j) {
-        const idx_t col = col0 + tx + 16 * j;
+        const idx_t col = col0 + THREAD_N * tx + j;
         if (col >= Ng) continue;
         const idx_t n = col / spatial;
         const idx_t p = col - n * spatial;
 #pragma unroll
         for (int i = 0; i < THREAD_M; ++i) {
-            const int m = m0 + ty + 16 * i;
+            const int m = m0 + THREAD_M * ty + i;
             if (m < rows) out[(n * M + m) * spatial + p] = epilogue(m, acc[i][j]);
         }
     }
@@ -432,79 +531,5 @@ typedef scalar_t storage_t;
 __device__ __forceinline__ scalar_t load_value(scalar_t v) { return v; }
 __device__ __forceinline__ scalar_t store_value(scalar_t v) { return v; }
 #endif
-
-// ---------------------------------------------------------------------------
-// Vector memory access (pool2d v2). VecBytes<T, B> is B bytes of T loaded or
-// stored by one instruction (B = 16: LDG.E.128 / STG.E.128, B = 8: .64) when
-// the address is B-byte aligned; `aligned` tests that at run time, since a
-// row's start depends on W, the plane and any array offset.
-template <typename T, int B>
-struct __align__(B) VecBytes {
-    T v[B / sizeof(T)];
-};
-template <int B>
-__device__ __forceinline__ bool aligned(const void* p) {
-    return ((unsigned long long)p & (B - 1)) == 0;
-}
-
-// f(c, row[c]) for c = c0 .. c1-1 in increasing order (the caller clips
-// [c0, c1) to the row), each element loaded once: scalar loads up to the
-// first 8-byte boundary, one 8-byte load (4-byte T) or scalar ones up to the
-// first 16-byte one, 16-byte loads for the bulk, then an 8-byte and scalar
-// tail.
-template <typename T, typename F>
-__device__ __forceinline__ void for_each_in_row(const T* __restrict__ row, int c0, int c1, F f) {
-    constexpr int V8 = 8 / sizeof(T), V16 = 16 / sizeof(T);
-    int c = c0;
-    for (; c < c1 && !aligned<8>(row + c); ++c) f(c, row[c]);
-    if (V8 > 1 && c + V8 <= c1 && !aligned<16>(row + c)) {
-        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
-#pragma unroll
-        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
-        c += V8;
-    }
-    for (; c < c1 && !aligned<16>(row + c); ++c) f(c, row[c]);  // 8-byte T; or a short row
-    for (; c + V16 <= c1; c += V16) {
-        const VecBytes<T, 16> q = *reinterpret_cast<const VecBytes<T, 16>*>(row + c);
-#pragma unroll
-        for (int e = 0; e < V16; ++e) f(c + e, q.v[e]);
-    }
-    if (V8 > 1 && c + V8 <= c1) {
-        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
-#pragma unroll
-        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
-        c += V8;
-    }
-    for (; c < c1; ++c) f(c, row[c]);
-}
-
-// row[0 .. n) = v[0 .. n), n <= K: with 16-byte (else 8-byte) stores when all
-// K are written and the start is so aligned, else one element at a time.
-// v is indexed by constants only, so it stays in registers.
-template <typename T, int K>
-__device__ __forceinline__ void store_run(T* __restrict__ row, const T (&v)[K], int n) {
-    constexpr int V16 = 16 / sizeof(T), V8 = 8 / sizeof(T);
-    if (K % V16 == 0 && n == K && aligned<16>(row)) {
-#pragma unroll
-        for (int q = 0; q < K / V16; ++q) {
-            VecBytes<T, 16> w;
-#pragma unroll
-            for (int e = 0; e < V16; ++e) w.v[e] = v[q * V16 + e];
-            reinterpret_cast<VecBytes<T, 16>*>(row)[q] = w;
-        }
-    } else if (V8 > 1 && K % V8 == 0 && n == K && aligned<8>(row)) {
-#pragma unroll
-        for (int q = 0; q < K / V8; ++q) {
-            VecBytes<T, 8> w;
-#pragma unroll
-            for (int e = 0; e < V8; ++e) w.v[e] = v[q * V8 + e];
-            reinterpret_cast<VecBytes<T, 8>*>(row)[q] = w;
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < K; ++k)
-            if (k < n) row[k] = v[k];
-    }
-}
 
 #endif  // GPUCNN_COMMON_CUH

@@ -155,3 +155,16 @@ def test_a_planted_table_bug_is_caught(dev, monkeypatch, plant):
 
     monkeypatch.setattr(conv_gpu, builder, planted)
     assert run() > 1e-3, f"{plant}: not caught"
+
+
+def test_table_field_limits_raise_before_any_launch(dev):
+    """The 16-bit tap fields: a dilated kernel extent or a stride >= 2^16 is a
+    ValueError naming the op, raised before a launch."""
+    x = backend.to_gpu(np.ones((1, 1, 70002), np.float32))
+    w = backend.to_gpu(np.ones((1, 1, 2), np.float32))
+    with pytest.raises(ValueError, match=r"conv1d_forward: dilated kernel extent \(0, 70000\)"):
+        conv_gpu.forward(x, w, (1,), (0,), dilation=(70000,), version=2)
+    dy = backend.to_gpu(np.ones((1, 1, 2), np.float32))
+    with pytest.raises(ValueError, match=r"conv1d_backward_data: stride \(1, 70000\)"):
+        conv_gpu.backward_data(dy, w[:, :, :1], (1, 1, 70001), (70000,), (0,), version=2)
+    assert not dev.launches

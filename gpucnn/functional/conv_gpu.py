@@ -16,6 +16,10 @@ for "highest"; float32 only; the forward takes no dilation or groups (those
 run the SIMT versions), the backward ones take both; backward-data one GEMM
 per stride phase, backward-filter split-K with the ordered reduction;
 compiled and emulated, not yet run on a GPU).
+The v2 main loops do no integer division: the forward and backward-data
+kernels take a tap table after their output (_tap_table, _gather_table,
+built once per geometry and cached), backward-filter steps kk incrementally
+(issue 10; compiled and emulated, not yet run on a GPU).
 version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
