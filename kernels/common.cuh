@@ -319,6 +319,18 @@ __device__ __forceinline__ void load_run4(const scalar_t* p, scalar_t (&v)[4]) {
     }
 }
 
+// The same from global memory (p read-only for the kernel: LDG.E.128.CONSTANT).
+__device__ __forceinline__ void load_run4_global(const scalar_t* __restrict__ p, scalar_t (&v)[4]) {
+    typedef VecBytes<scalar_t, 16> Vec;
+    constexpr int per = 16 / sizeof(scalar_t);
+#pragma unroll
+    for (int q = 0; q < 4 / per; ++q) {
+        const Vec w = reinterpret_cast<const Vec*>(p)[q];
+#pragma unroll
+        for (int e = 0; e < per; ++e) v[q * per + e] = w.v[e];
+    }
+}
+
 // acc[i][j] += sum_kk As[kk][4 ty + i] * Bs[kk][4 tx + j], kk in fixed order.
 __device__ __forceinline__ void tile_multiply(const tile_a_t& As, const tile_b_t& Bs,
                                               scalar_t (&acc)[THREAD_M][THREAD_N], int tx, int ty) {
@@ -365,6 +377,12 @@ enum BLayout { B_ALONG_COLUMNS, B_ALONG_K };
 // (rows tid / 16 + 16*l, l = 0..3, one kk, zeros past k_end): a fused
 // epilogue can sum A's rows there (conv2d_backward_filter's bias gradient)
 // without a second pass over A. The default ignores them (compiles away).
+// A_RUNS = true: A is read as 16-byte runs instead, thread tid loading row
+// tid / 4 at kk = 4*(tid % 4) .. +3 of each tile through load_a(m, kk, v)
+// (v[e] = A[m, kk + e], zeros for a row past the matrix: 1 LDG.128 for float
+// where 4 scalar loads were). The caller guarantees the runs exist and are
+// aligned (conv2d_forward_v2: Kgemm % 4 == 0 and a 16-byte aligned w, tested
+// uniformly in the kernel; else it runs the scalar layout); no see_a then.
 // next_tile (optional) is called after each tile's loads, i.e. when the
 // thread's kk move on by TILE_K: a kernel that decodes kk incrementally
 // instead of dividing (conv2d_backward_filter_v2) steps its state there, and
@@ -376,7 +394,7 @@ struct IgnoreA {
 struct NoStep {
     __device__ __forceinline__ void operator()() const {}
 };
-template <BLayout BL, typename Index, typename LoadA, typename ColumnOf, typename LoadB,
+template <BLayout BL, bool A_RUNS = false, typename Index, typename LoadA, typename ColumnOf, typename LoadB,
           typename SeeA = IgnoreA, typename NextTile = NoStep>
 __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_end, LoadA load_a,
                                                        ColumnOf column_of, LoadB load_b,
@@ -397,13 +415,21 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
 #pragma unroll
     for (int l = 0; l < (along_cols ? 1 : 4); ++l) col_state[l] = column_of(col0 + b_n + 16 * l);
 
+    static_assert(!A_RUNS || sizeof(SeeA) == sizeof(IgnoreA), "see_a needs the A_ALONG_K layout");
+    const int a_run_k = 4 * (tid % 4), a_run_m = tid / 4;   // A_RUNS: row tid / 4, kk 4*(tid % 4)..+3
     scalar_t a_reg[4], b_reg[4];
     auto load = [&](Index k0) {
-        const Index ka = k0 + a_k;
+        if constexpr (A_RUNS) {
+            const Index ka = k0 + a_run_k;
+            if (ka < k_end) load_a(m0 + a_run_m, ka, a_reg);
+            else for (int e = 0; e < 4; ++e) a_reg[e] = 0;
+        } else {
+            const Index ka = k0 + a_k;
 #pragma unroll
-        for (int l = 0; l < 4; ++l)
-            a_reg[l] = ka < k_end ? load_a(m0 + a_m + 16 * l, ka) : (scalar_t)0;
-        see_a(a_reg);
+            for (int l = 0; l < 4; ++l)
+                a_reg[l] = ka < k_end ? load_a(m0 + a_m + 16 * l, ka) : (scalar_t)0;
+            see_a(a_reg);
+        }
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
             const Index kb = k0 + b_k + (along_cols ? 4 * l : 0);
@@ -414,7 +440,8 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
     auto store = [&]() {
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
-            As[a_k][a_m + 16 * l] = a_reg[l];
+            if (A_RUNS) As[a_run_k + l][a_run_m] = a_reg[l];
+            else As[a_k][a_m + 16 * l] = a_reg[l];
             if (along_cols) Bs[b_k + 4 * l][b_n] = b_reg[l];
             else Bs[b_k][b_n + 16 * l] = b_reg[l];
         }

@@ -21,8 +21,9 @@
 //       grid (ceil(N*Ho*Wo / 64), ceil(K/G / 64), G), 256 threads: one GEMM per group
 //       (grid z), whose rows are the group's K/G filters; kk -> (c, r, s) from the
 //       launcher's tap table (argument `taps` after y), so the main loop does no
-//       integer division (issue 10; kernel_check --sass: div 8 -> 0, bench/results/
-//       sass-simt-v2-tables-2026-12-02.txt; compiled and emulated, not yet run on a GPU)
+//       integer division, and w rows in 16-byte loads where aligned (issue 10;
+//       kernel_check --sass: div 8 -> 0, bench/results/sass-simt-v2-tables-2026-12-02.txt;
+//       compiled and emulated, not yet run on a GPU)
 // Fused epilogues (issue 11): conv2d_forward_bias_v1/v2, conv2d_forward_relu_v1/v2
 // and conv2d_forward_bias_relu_v1/v2 are v1/v2 with the bias and/or ReLU applied
 // to each output before its store, one template instance of the same code each
@@ -125,8 +126,11 @@ extern "C" __global__ void conv2d_forward_bias_relu_v1(
 // (i*sh - ph, j*sw - pw); kk -> (c, r, s) comes from the launcher's tap table
 // (common.cuh's Tap), taps[kk] = (c*H*W + r*dil_h*W + s*dil_w, r*dil_h, s*dil_w)
 // for the group's C/G channels: the main loop does no integer division. A
-// warp's 32 lanes share their kk, so the table load is a broadcast. The
-// epilogue runs in store_tile, on registers.
+// warp's 32 lanes share their kk, so the table load is a broadcast. When the
+// filter rows are whole 16-byte runs (C/G*R*S % 4 == 0, w 16-byte aligned;
+// uniform over the grid) A is read with 128-bit loads (A_RUNS in common.cuh),
+// else one weight at a time; both sum in the same order. The epilogue runs in
+// store_tile, on registers.
 template <bool BIAS, bool RELU>
 __device__ __forceinline__ void conv2d_forward_gemm(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
@@ -165,8 +169,17 @@ __device__ __forceinline__ void conv2d_forward_gemm(
     // row m of the group's tile is filter g*K/G + m
     auto epilogue = [&](int m, scalar_t v) { return conv_epilogue<BIAS, RELU>(v, b, g * Kpg + m); };
 
+    // A_RUNS: 4 consecutive weights of a row per load, 16-byte aligned when the rows are
+    auto load_a_run = [&](int m, int kk, scalar_t (&v)[4]) {
+        if (m < Kpg) load_run4_global(wg + (idx_t)m * Kg + kk, v);
+        else for (int e = 0; e < 4; ++e) v[e] = 0;
+    };
+
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
+    if (Kg % 4 == 0 && aligned<16>(wg))   // uniform over the grid
+        implicit_gemm_mainloop<B_ALONG_COLUMNS, true>(0, Kg, load_a_run, column_of, load_b, acc);
+    else
+        implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
     store_tile(acc, y + (idx_t)g * Kpg * HoWo, K, Ng, HoWo, Kpg, epilogue);
 }
 

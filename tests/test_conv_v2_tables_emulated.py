@@ -7,8 +7,12 @@ incrementally (KkWalk in kernels/conv2d_backward.cu). Run in the CPU emulator
 geometries, plain and fused, float32 and float64; and planted table bugs
 must be caught. Compiled and emulated, not yet run on a GPU.
 
-(By hand, 2026-12-02: the same sweep gave bitwise equal outputs before and
-after the change, 154 arrays; bench/results/sass-simt-v2-tables-2026-12-02.txt.)
+The forward's 16-byte w runs (A_RUNS, common.cuh) run for the cases with
+C/G*R*S % 4 == 0 (three below), its scalar loop for the rest.
+By hand, 2026-12-02 (bench/results/sass-simt-v2-tables-2026-12-02.txt): the
+sweep's 154 output arrays were bitwise equal before and after the change; a
+planted carry bug in KkWalk (j > Wo for j >= Wo) failed 6 of the 20 sweep
+cases, and a planted A_RUNS store bug exactly the 3 float32 cases with w runs.
 """
 import numpy as np
 import pytest
