@@ -221,66 +221,6 @@ __device__ __forceinline__ bool aligned(const void* p) {
     return ((unsigned long long)p & (B - 1)) == 0;
 }
 
-// f(c, row[c]) for c = c0 .. c1-1 in increasing order (the caller clips
-// [c0, c1) to the row), each element loaded once: scalar loads up to the
-// first 8-byte boundary, one 8-byte load (4-byte T) or scalar ones up to the
-// first 16-byte one, 16-byte loads for the bulk, then an 8-byte and scalar
-// tail.
-template <typename T, typename F>
-__device__ __forceinline__ void for_each_in_row(const T* __restrict__ row, int c0, int c1, F f) {
-    constexpr int V8 = 8 / sizeof(T), V16 = 16 / sizeof(T);
-    int c = c0;
-    for (; c < c1 && !aligned<8>(row + c); ++c) f(c, row[c]);
-    if (V8 > 1 && c + V8 <= c1 && !aligned<16>(row + c)) {
-        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
-#pragma unroll
-        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
-        c += V8;
-    }
-    for (; c < c1 && !aligned<16>(row + c); ++c) f(c, row[c]);  // 8-byte T; or a short row
-    for (; c + V16 <= c1; c += V16) {
-        const VecBytes<T, 16> q = *reinterpret_cast<const VecBytes<T, 16>*>(row + c);
-#pragma unroll
-        for (int e = 0; e < V16; ++e) f(c + e, q.v[e]);
-    }
-    if (V8 > 1 && c + V8 <= c1) {
-        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
-#pragma unroll
-        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
-        c += V8;
-    }
-    for (; c < c1; ++c) f(c, row[c]);
-}
-
-// row[0 .. n) = v[0 .. n), n <= K: with 16-byte (else 8-byte) stores when all
-// K are written and the start is so aligned, else one element at a time.
-// v is indexed by constants only, so it stays in registers.
-template <typename T, int K>
-__device__ __forceinline__ void store_run(T* __restrict__ row, const T (&v)[K], int n) {
-    constexpr int V16 = 16 / sizeof(T), V8 = 8 / sizeof(T);
-    if (K % V16 == 0 && n == K && aligned<16>(row)) {
-#pragma unroll
-        for (int q = 0; q < K / V16; ++q) {
-            VecBytes<T, 16> w;
-#pragma unroll
-            for (int e = 0; e < V16; ++e) w.v[e] = v[q * V16 + e];
-            reinterpret_cast<VecBytes<T, 16>*>(row)[q] = w;
-        }
-    } else if (V8 > 1 && K % V8 == 0 && n == K && aligned<8>(row)) {
-#pragma unroll
-        for (int q = 0; q < K / V8; ++q) {
-            VecBytes<T, 8> w;
-#pragma unroll
-            for (int e = 0; e < V8; ++e) w.v[e] = v[q * V8 + e];
-            reinterpret_cast<VecBytes<T, 8>*>(row)[q] = w;
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < K; ++k)
-            if (k < n) row[k] = v[k];
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Block tile of the implicit-GEMM (v2) convolution kernels:
 //     Out[TILE_M x TILE_N] += A[TILE_M x TILE_K] * B[TILE_K x TILE_N]
@@ -307,20 +247,9 @@ __device__ __forceinline__ void store_run(T* __restrict__ row, const T (&v)[K], 
 typedef scalar_t tile_a_t[TILE_K][TILE_M + TILE_PAD];
 typedef scalar_t tile_b_t[TILE_K][TILE_N + TILE_PAD];
 
-// v[0..4) = p[0..4), p 16-byte aligned: 128-bit loads (4 floats or 2 doubles each).
+// v[0..4) = p[0..4), p 16-byte aligned: 128-bit loads (4 floats or 2 doubles
+// each), from shared memory (LDS.128) or global memory (LDG.E.128).
 __device__ __forceinline__ void load_run4(const scalar_t* p, scalar_t (&v)[4]) {
-    typedef VecBytes<scalar_t, 16> Vec;
-    constexpr int per = 16 / sizeof(scalar_t);
-#pragma unroll
-    for (int q = 0; q < 4 / per; ++q) {
-        const Vec w = reinterpret_cast<const Vec*>(p)[q];
-#pragma unroll
-        for (int e = 0; e < per; ++e) v[q * per + e] = w.v[e];
-    }
-}
-
-// The same from global memory (p read-only for the kernel: LDG.E.128.CONSTANT).
-__device__ __forceinline__ void load_run4_global(const scalar_t* __restrict__ p, scalar_t (&v)[4]) {
     typedef VecBytes<scalar_t, 16> Vec;
     constexpr int per = 16 / sizeof(scalar_t);
 #pragma unroll
@@ -558,5 +487,68 @@ typedef scalar_t storage_t;
 __device__ __forceinline__ scalar_t load_value(scalar_t v) { return v; }
 __device__ __forceinline__ scalar_t store_value(scalar_t v) { return v; }
 #endif
+
+// ---------------------------------------------------------------------------
+// Rows of global memory (pool2d v2), with VecBytes and aligned (above).
+
+// f(c, row[c]) for c = c0 .. c1-1 in increasing order (the caller clips
+// [c0, c1) to the row), each element loaded once: scalar loads up to the
+// first 8-byte boundary, one 8-byte load (4-byte T) or scalar ones up to the
+// first 16-byte one, 16-byte loads for the bulk, then an 8-byte and scalar
+// tail.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_in_row(const T* __restrict__ row, int c0, int c1, F f) {
+    constexpr int V8 = 8 / sizeof(T), V16 = 16 / sizeof(T);
+    int c = c0;
+    for (; c < c1 && !aligned<8>(row + c); ++c) f(c, row[c]);
+    if (V8 > 1 && c + V8 <= c1 && !aligned<16>(row + c)) {
+        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
+        c += V8;
+    }
+    for (; c < c1 && !aligned<16>(row + c); ++c) f(c, row[c]);  // 8-byte T; or a short row
+    for (; c + V16 <= c1; c += V16) {
+        const VecBytes<T, 16> q = *reinterpret_cast<const VecBytes<T, 16>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V16; ++e) f(c + e, q.v[e]);
+    }
+    if (V8 > 1 && c + V8 <= c1) {
+        const VecBytes<T, 8> q = *reinterpret_cast<const VecBytes<T, 8>*>(row + c);
+#pragma unroll
+        for (int e = 0; e < V8; ++e) f(c + e, q.v[e]);
+        c += V8;
+    }
+    for (; c < c1; ++c) f(c, row[c]);
+}
+
+// row[0 .. n) = v[0 .. n), n <= K: with 16-byte (else 8-byte) stores when all
+// K are written and the start is so aligned, else one element at a time.
+// v is indexed by constants only, so it stays in registers.
+template <typename T, int K>
+__device__ __forceinline__ void store_run(T* __restrict__ row, const T (&v)[K], int n) {
+    constexpr int V16 = 16 / sizeof(T), V8 = 8 / sizeof(T);
+    if (K % V16 == 0 && n == K && aligned<16>(row)) {
+#pragma unroll
+        for (int q = 0; q < K / V16; ++q) {
+            VecBytes<T, 16> w;
+#pragma unroll
+            for (int e = 0; e < V16; ++e) w.v[e] = v[q * V16 + e];
+            reinterpret_cast<VecBytes<T, 16>*>(row)[q] = w;
+        }
+    } else if (V8 > 1 && K % V8 == 0 && n == K && aligned<8>(row)) {
+#pragma unroll
+        for (int q = 0; q < K / V8; ++q) {
+            VecBytes<T, 8> w;
+#pragma unroll
+            for (int e = 0; e < V8; ++e) w.v[e] = v[q * V8 + e];
+            reinterpret_cast<VecBytes<T, 8>*>(row)[q] = w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+            if (k < n) row[k] = v[k];
+    }
+}
 
 #endif  // GPUCNN_COMMON_CUH

@@ -171,7 +171,7 @@ __device__ __forceinline__ void conv2d_forward_gemm(
 
     // A_RUNS: 4 consecutive weights of a row per load, 16-byte aligned when the rows are
     auto load_a_run = [&](int m, int kk, scalar_t (&v)[4]) {
-        if (m < Kpg) load_run4_global(wg + (idx_t)m * Kg + kk, v);
+        if (m < Kpg) load_run4(wg + (idx_t)m * Kg + kk, v);
         else for (int e = 0; e < 4; ++e) v[e] = 0;
     };
 
