@@ -195,36 +195,81 @@ __device__ __forceinline__ bool max_pool_better(scalar_t v, scalar_t best) {
     return v > best || (v != v && best == best);
 }
 
+// A packed tap of a launcher-built table (the format of kernels/conv2d_tc.cu,
+// built in gpucnn/functional/conv_gpu.py): one 64-bit word
+// (off << 32) | (dh << 16) | dw, off a signed 32-bit offset, dh and dw
+// 16-bit unsigned fields. Reading it is one load, two shifts and masks.
+struct Tap {
+    int off, dh, dw;
+};
+__device__ __forceinline__ Tap unpack_tap(long long t) {
+    return Tap{(int)(t >> 32), (int)((t >> 16) & 0xffff), (int)(t & 0xffff)};
+}
+
+// ---------------------------------------------------------------------------
+// Vector memory access (the v2 tiles, pool2d v2). VecBytes<T, B> is B bytes of
+// T loaded or stored by one instruction (B = 16: LDG.E.128 / STG.E.128 /
+// LDS.128, B = 8: .64) when the address is B-byte aligned; `aligned` tests
+// that at run time, since a row's start depends on W, the plane and any array
+// offset.
+template <typename T, int B>
+struct __align__(B) VecBytes {
+    T v[B / sizeof(T)];
+};
+template <int B>
+__device__ __forceinline__ bool aligned(const void* p) {
+    return ((unsigned long long)p & (B - 1)) == 0;
+}
+
 // ---------------------------------------------------------------------------
 // Block tile of the implicit-GEMM (v2) convolution kernels:
 //     Out[TILE_M x TILE_N] += A[TILE_M x TILE_K] * B[TILE_K x TILE_N]
 // with TILE_THREADS = 256 threads viewed as a 16 x 16 grid (tx = tid % 16,
-// ty = tid / 16). Thread (tx, ty) owns the 4 x 4 outputs at rows ty + 16*i and
-// columns tx + 16*j: a warp then reads 16 consecutive B words (no bank
-// conflict) and two broadcast A words per step, and its stores of a row of
-// outputs are 16 consecutive addresses. Both tiles are stored k-major, rows
-// padded by TILE_PAD so that the loaders' transposed stores hit distinct banks.
+// ty = tid / 16). Thread (tx, ty) owns the 4 x 4 outputs at rows 4*ty + i and
+// columns 4*tx + j: per kk its 4 A and 4 B operands are 16-byte runs of a
+// tile row, one 128-bit shared load each (two for double), where reading
+// them one word at a time took 8 loads (a warp's B run is 256 consecutive
+// bytes, its A runs two broadcasts: no bank conflict). Both tiles are stored
+// k-major, rows padded by TILE_PAD elements to a multiple of 16 bytes (the
+// 128-bit reads need aligned rows): 68 floats or 66 doubles. The loaders'
+// transposed stores (4 per tile and operand) then meet 2-way bank conflicts
+// for float (a row stride of 4 banks), against 128 -> 32 shared reads saved.
+// Each output's sum over kk runs in the same order as with any thread
+// mapping, so the mapping does not change results.
 #define TILE_M 64
 #define TILE_N 64
 #define TILE_K 16
 #define TILE_THREADS 256
-#define TILE_PAD 2
+#define TILE_PAD (16 / (int)sizeof(scalar_t))
 #define THREAD_M 4
 #define THREAD_N 4
 
 typedef scalar_t tile_a_t[TILE_K][TILE_M + TILE_PAD];
 typedef scalar_t tile_b_t[TILE_K][TILE_N + TILE_PAD];
 
-// acc[i][j] += sum_kk As[kk][ty + 16 i] * Bs[kk][tx + 16 j], kk in fixed order.
+// v[0..4) = p[0..4), p 16-byte aligned: 128-bit loads (4 floats or 2 doubles
+// each), from shared memory (LDS.128) or global memory (LDG.E.128).
+__device__ __forceinline__ void load_run4(const scalar_t* p, scalar_t (&v)[4]) {
+    typedef VecBytes<scalar_t, 16> Vec;
+    constexpr int per = 16 / sizeof(scalar_t);
+#pragma unroll
+    for (int q = 0; q < 4 / per; ++q) {
+        const Vec w = reinterpret_cast<const Vec*>(p)[q];
+#pragma unroll
+        for (int e = 0; e < per; ++e) v[q * per + e] = w.v[e];
+    }
+}
+
+// acc[i][j] += sum_kk As[kk][4 ty + i] * Bs[kk][4 tx + j], kk in fixed order.
 __device__ __forceinline__ void tile_multiply(const tile_a_t& As, const tile_b_t& Bs,
                                               scalar_t (&acc)[THREAD_M][THREAD_N], int tx, int ty) {
+    static_assert(THREAD_M == 4 && THREAD_N == 4 && (TILE_M + TILE_PAD) * sizeof(scalar_t) % 16 == 0,
+                  "tile rows of 16-byte runs");
 #pragma unroll
     for (int kk = 0; kk < TILE_K; ++kk) {
         scalar_t a[THREAD_M], b[THREAD_N];
-#pragma unroll
-        for (int i = 0; i < THREAD_M; ++i) a[i] = As[kk][ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < THREAD_N; ++j) b[j] = Bs[kk][tx + 16 * j];
+        load_run4(&As[kk][THREAD_M * ty], a);
+        load_run4(&Bs[kk][THREAD_N * tx], b);
 #pragma unroll
         for (int i = 0; i < THREAD_M; ++i)
 #pragma unroll
@@ -261,17 +306,32 @@ enum BLayout { B_ALONG_COLUMNS, B_ALONG_K };
 // (rows tid / 16 + 16*l, l = 0..3, one kk, zeros past k_end): a fused
 // epilogue can sum A's rows there (conv2d_backward_filter's bias gradient)
 // without a second pass over A. The default ignores them (compiles away).
+// A_RUNS = true: A is read as 16-byte runs instead, thread tid loading row
+// tid / 4 at kk = 4*(tid % 4) .. +3 of each tile through load_a(m, kk, v)
+// (v[e] = A[m, kk + e], zeros for a row past the matrix: 1 LDG.128 for float
+// where 4 scalar loads were). The caller guarantees the runs exist and are
+// aligned (conv2d_forward_v2: Kgemm % 4 == 0 and a 16-byte aligned w, tested
+// uniformly in the kernel; else it runs the scalar layout); no see_a then.
+// next_tile (optional) is called after each tile's loads, i.e. when the
+// thread's kk move on by TILE_K: a kernel that decodes kk incrementally
+// instead of dividing (conv2d_backward_filter_v2) steps its state there, and
+// its fetchers read that state rather than the kk they are passed. The loads
+// run for k0 = k_begin, k_begin + TILE_K, ... in that order, once each.
 struct IgnoreA {
     __device__ __forceinline__ void operator()(const scalar_t (&)[4]) const {}
 };
-template <BLayout BL, typename Index, typename LoadA, typename ColumnOf, typename LoadB,
-          typename SeeA = IgnoreA>
+struct NoStep {
+    __device__ __forceinline__ void operator()() const {}
+};
+template <BLayout BL, bool A_RUNS = false, typename Index, typename LoadA, typename ColumnOf, typename LoadB,
+          typename SeeA = IgnoreA, typename NextTile = NoStep>
 __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_end, LoadA load_a,
                                                        ColumnOf column_of, LoadB load_b,
                                                        scalar_t (&acc)[THREAD_M][THREAD_N],
-                                                       SeeA see_a = SeeA()) {
-    __shared__ tile_a_t As;
-    __shared__ tile_b_t Bs;
+                                                       SeeA see_a = SeeA(),
+                                                       NextTile next_tile = NextTile()) {
+    __shared__ __align__(16) tile_a_t As;
+    __shared__ __align__(16) tile_b_t Bs;
     constexpr bool along_cols = BL == B_ALONG_COLUMNS;
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * TILE_M;
@@ -284,23 +344,33 @@ __device__ __forceinline__ void implicit_gemm_mainloop(Index k_begin, Index k_en
 #pragma unroll
     for (int l = 0; l < (along_cols ? 1 : 4); ++l) col_state[l] = column_of(col0 + b_n + 16 * l);
 
+    static_assert(!A_RUNS || sizeof(SeeA) == sizeof(IgnoreA), "see_a needs the A_ALONG_K layout");
+    const int a_run_k = 4 * (tid % 4), a_run_m = tid / 4;   // A_RUNS: row tid / 4, kk 4*(tid % 4)..+3
     scalar_t a_reg[4], b_reg[4];
     auto load = [&](Index k0) {
-        const Index ka = k0 + a_k;
+        if constexpr (A_RUNS) {
+            const Index ka = k0 + a_run_k;
+            if (ka < k_end) load_a(m0 + a_run_m, ka, a_reg);
+            else for (int e = 0; e < 4; ++e) a_reg[e] = 0;
+        } else {
+            const Index ka = k0 + a_k;
 #pragma unroll
-        for (int l = 0; l < 4; ++l)
-            a_reg[l] = ka < k_end ? load_a(m0 + a_m + 16 * l, ka) : (scalar_t)0;
-        see_a(a_reg);
+            for (int l = 0; l < 4; ++l)
+                a_reg[l] = ka < k_end ? load_a(m0 + a_m + 16 * l, ka) : (scalar_t)0;
+            see_a(a_reg);
+        }
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
             const Index kb = k0 + b_k + (along_cols ? 4 * l : 0);
             b_reg[l] = kb < k_end ? load_b(kb, col_state[along_cols ? 0 : l]) : (scalar_t)0;
         }
+        next_tile();
     };
     auto store = [&]() {
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
-            As[a_k][a_m + 16 * l] = a_reg[l];
+            if (A_RUNS) As[a_run_k + l][a_run_m] = a_reg[l];
+            else As[a_k][a_m + 16 * l] = a_reg[l];
             if (along_cols) Bs[b_k + 4 * l][b_n] = b_reg[l];
             else Bs[b_k][b_n + 16 * l] = b_reg[l];
         }
@@ -349,6 +419,12 @@ __device__ __forceinline__ void store_a_row_sums(const scalar_t (&part)[4], scal
 // the tile is one group's rows; `out` then points at the group's first row.
 // epilogue(m, v) (optional) maps each value before its store, m the row in
 // [0, rows): a fused bias and activation (conv2d_forward's *_bias_* kernels).
+// A thread's 4 columns of a row are consecutive, so one store instruction of
+// a warp writes every 4th word of 2 x 256 bytes (4 such stores fill them).
+// One 16-byte store per row would be denser, but its registers made ptxas
+// spill (forward, float, sm_90; double backward-filter): left for a GPU
+// measurement to decide (a staged epilogue through the freed tiles is the
+// alternative).
 struct StoreAsIs {
     __device__ __forceinline__ scalar_t operator()(int, scalar_t v) const { return v; }
 };
@@ -363,13 +439,13 @@ __device__ __forceinline__ void store_tile(const scalar_t (&acc)[THREAD_M][THREA
     const idx_t col0 = (idx_t)blockIdx.x * TILE_N;
 #pragma unroll
     for (int j = 0; j < THREAD_N; ++j) {
-        const idx_t col = col0 + tx + 16 * j;
+        const idx_t col = col0 + THREAD_N * tx + j;
         if (col >= Ng) continue;
         const idx_t n = col / spatial;
         const idx_t p = col - n * spatial;
 #pragma unroll
         for (int i = 0; i < THREAD_M; ++i) {
-            const int m = m0 + ty + 16 * i;
+            const int m = m0 + THREAD_M * ty + i;
             if (m < rows) out[(n * M + m) * spatial + p] = epilogue(m, acc[i][j]);
         }
     }
@@ -413,18 +489,7 @@ __device__ __forceinline__ scalar_t store_value(scalar_t v) { return v; }
 #endif
 
 // ---------------------------------------------------------------------------
-// Vector memory access (pool2d v2). VecBytes<T, B> is B bytes of T loaded or
-// stored by one instruction (B = 16: LDG.E.128 / STG.E.128, B = 8: .64) when
-// the address is B-byte aligned; `aligned` tests that at run time, since a
-// row's start depends on W, the plane and any array offset.
-template <typename T, int B>
-struct __align__(B) VecBytes {
-    T v[B / sizeof(T)];
-};
-template <int B>
-__device__ __forceinline__ bool aligned(const void* p) {
-    return ((unsigned long long)p & (B - 1)) == 0;
-}
+// Rows of global memory (pool2d v2), with VecBytes and aligned (above).
 
 // f(c, row[c]) for c = c0 .. c1-1 in increasing order (the caller clips
 // [c0, c1) to the row), each element loaded once: scalar loads up to the

@@ -24,12 +24,17 @@
 //   backward_data_v1          one thread per dx element; 1-D grid of 256-thread blocks
 //   backward_data_v2          implicit GEMM per group (M = C/G, Ngemm = N*H*W, Kgemm = K/G*R*S),
 //                             64x64 tile, 4x4 per thread; grid (ceil(N*H*W/64), ceil(C/G/64), G),
-//                             256 threads
+//                             256 threads; each tap's (r, s), split by the stride, and its offsets
+//                             from the launcher's table (argument `taps` after dx)
 //   backward_filter_v1        one thread per dw element (sums over n, i, j in order); 1-D grid
 //   backward_filter_v2        implicit GEMM per group (M = K/G, Ngemm = C/G*R*S, Kgemm =
 //                             N*Ho*Wo) split along Kgemm into chunks; grid (ceil(C/G*RS/64),
 //                             ceil(K/G/64), G*splits) (z = g*splits + chunk), 256 threads;
-//                             chunk z writes its partial dw to out + chunk*K*(C/G)RS
+//                             chunk z writes its partial dw to out + chunk*K*(C/G)RS; kk = (n, i, j)
+//                             stepped incrementally (KkWalk)
+// Neither v2 main loop does an integer division (issue 10; kernel_check --sass: div 20 -> 0,
+// bench/results/sass-simt-v2-tables-2026-12-02.txt; the sums keep their order, so results are
+// bitwise those of the earlier v2 in the emulator). Compiled and emulated, not yet run on a GPU.
 //   backward_filter_reduce_v2 dw[e] = sum_z partial[z][e] for z = 0, 1, ... in order; 1-D grid
 // Both backward_filter versions are deterministic: no atomics, every sum in a
 // fixed order, so equal inputs give bitwise equal dw.
@@ -56,7 +61,8 @@
 // that touched it are the outputs i with i*sh - ph <= h <= i*sh - ph + R - 1
 // (covering_outputs in common.cuh), and the filter tap is r = h + ph - i*sh.
 // v1 walks those windows directly (for_each_covering_window, no divisibility
-// tests); v2 tests each tap with exact_output. As a GEMM (v2):
+// tests); v2 tests each tap as exact_output would, from the table's quotient
+// and remainder by the stride (no division). As a GEMM (v2):
 //     m = c, col = (n*H + h)*W + w, kk = (k*R + r)*S + s
 //     A[m, kk]   = w[k, c, r, s]
 //     B[kk, col] = dy[n, k, (h + ph - r)/sh, (w + pw - s)/sw]  if exact and in range, else 0
@@ -127,45 +133,52 @@ extern "C" __global__ void conv2d_backward_data_relu_v1(
 // ---------------------------------------------------------------------------
 // backward data v2: implicit GEMM with the loop and load layout of
 // conv2d_forward_v2 (A: 16 lanes along kk; B: 64 lanes along the columns,
-// i.e. along dx's w, each column decoded once).
+// i.e. along dx's w, each column decoded once). No integer division in the
+// main loop: the column splits its shifted position once into quotient and
+// remainder by the stride, hb = h + ph = hq*sh + hr, and each tap r*dil_h =
+// rq*sh + rr comes split from the launcher's table, two words per kk:
+//     taps[2 kk]     = Tap(k*Ho*Wo - rq*Wo - sq, rq, sq)    (B: the dy offset, the quotients)
+//     taps[2 kk + 1] = Tap(k*(C/G)*R*S + r*S + s, rr, sr)  (A: the w offset; the remainders)
+// (kk = (k*R + r)*S + s over the group's K/G filters). hb - r*dil_h is then a
+// multiple of sh exactly when hr == rr, the output row i = hq - rq, and the
+// dy element sits at the column's offset (hq*Wo + wq from dy[n, g*K/G]) plus
+// the tap's offset: the exact_output test without its division.
 template <bool RELU>
 __device__ __forceinline__ void conv2d_backward_data_gemm(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, const scalar_t* __restrict__ y,
-    scalar_t* __restrict__ dx, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ dx, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    const int RS = R * S;
     const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
-    const int Kg = Kpg * RS;
+    const int RS = R * S, Kg = Kpg * RS;
     const idx_t HW = (idx_t)H * W;
     const idx_t Ng = (idx_t)N * HW;
+    const scalar_t* wg = w + (idx_t)g * Kpg * Cg * RS;   // the group's filters
 
     struct Column {
-        idx_t img;            // offset of dy[n, g*K/G] (and of y's, for the mask)
-        int hb, wb;           // shifted position (h + ph, w + pw)
+        idx_t at;             // offset of dy[n, g*K/G, hq, wq] (and of y's, for the mask)
+        int hq, wq, hr, wr;   // (h + ph, w + pw) = (hq*sh + hr, wq*sw + wr)
         bool ok;
     };
     auto column_of = [&](idx_t col) {
-        Column b{0, 0, 0, col < Ng};
+        Column b{0, 0, 0, 0, 0, col < Ng};
         if (b.ok) {
             const idx_t n = col / HW;
             const int p = (int)(col - n * HW);
-            b.hb = p / W + ph;
-            b.wb = p - (p / W) * W + pw;
-            b.img = (n * K + (idx_t)g * Kpg) * Ho * Wo;   // the group's first dy channel
+            const int hb = p / W + ph, wb = p - (p / W) * W + pw;
+            b.hq = hb / sh, b.hr = hb - b.hq * sh;
+            b.wq = wb / sw, b.wr = wb - b.wq * sw;
+            b.at = (n * K + (idx_t)g * Kpg) * Ho * Wo + (idx_t)b.hq * Wo + b.wq;   // the group's first dy channel
         }
         return b;
     };
-    auto load_a = [&](int c, int kk) {  // w[g*K/G + k, c, r, s], kk = k*RS + rs
-        const int k = kk / RS, rs = kk - (kk / RS) * RS;
-        return c < Cg ? __ldg(w + (((idx_t)g * Kpg + k) * Cg + c) * RS + rs) : (scalar_t)0;
+    auto load_a = [&](int c, int kk) {  // w[g*K/G + k, c, r, s]
+        return c < Cg ? __ldg(wg + (idx_t)c * RS + unpack_tap(__ldg(taps + 2 * kk + 1)).off) : (scalar_t)0;
     };
     auto load_b = [&](int kk, const Column& b) {
-        const int k = kk / RS, rs = kk - (kk / RS) * RS;
-        const int r = rs / S, s = rs - (rs / S) * S;
-        int i, j;
-        if (!(b.ok && exact_output(b.hb - r * dil_h, sh, Ho, &i) && exact_output(b.wb - s * dil_w, sw, Wo, &j)))
+        const Tap q = unpack_tap(__ldg(taps + 2 * kk)), rem = unpack_tap(__ldg(taps + 2 * kk + 1));
+        if (!(b.ok && b.hr == rem.dh && b.wr == rem.dw && in_range(b.hq - q.dh, Ho) && in_range(b.wq - q.dw, Wo)))
             return (scalar_t)0;
-        const idx_t at = b.img + ((idx_t)k * Ho + i) * Wo + j;
+        const idx_t at = b.at + q.off;
         return relu_grad<RELU>(__ldg(dy + at), y, at);
     };
 
@@ -176,16 +189,16 @@ __device__ __forceinline__ void conv2d_backward_data_gemm(
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_v2(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, scalar_t* __restrict__ dx,
-    CONV2D_GEOMETRY)
+    const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_backward_data_gemm<false>(dy, w, nullptr, dx, CONV2D_GEOMETRY_ARGS);
+    conv2d_backward_data_gemm<false>(dy, w, nullptr, dx, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_backward_data_relu_v2(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ w, const scalar_t* __restrict__ y,
-    scalar_t* __restrict__ dx, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ dx, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_backward_data_gemm<true>(dy, w, y, dx, CONV2D_GEOMETRY_ARGS);
+    conv2d_backward_data_gemm<true>(dy, w, y, dx, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 // ---------------------------------------------------------------------------
@@ -258,12 +271,42 @@ extern "C" __global__ void conv2d_backward_filter_bias_relu_v1(
 //   A: 16 lanes along kk, rows (filters k).
 //   B (B_ALONG_K): 16 lanes along kk; each of the thread's 4 columns has its
 //     (c, r, s) decoded once into an offset into x and the tap shift
-//     (r - ph, s - pw).
+//     (r*dil_h - ph, s*dil_w - pw).
+// A and B read the same kk per thread (k_begin + tid % 16, then on by TILE_K
+// a tile), so the thread decodes it once, before the loop, into (n, i, j) and
+// then steps that state by TILE_K = (dn*Ho + di)*Wo + dj with two carries
+// (KkWalk): the main loop does no integer division.
 // Chunk z = blockIdx.z covers kk in [z*chunk, min((z+1)*chunk, Kgemm)),
 // chunk a multiple of TILE_K; it writes out[z*stride + k*CRS + col] for every
 // in-range (k, col) of its tile, zeros included (stride = K*CRS, + K with
 // BIAS: the blocks of column tile 0 then also write their rows' sums of A,
 // the chunk's partial db, at out[z*stride + K*CRS + k]).
+
+// kk = (n*Ho + i)*Wo + j, walked in steps of TILE_K without division: the
+// step is split once, TILE_K = (dn*Ho + di)*Wo + dj (di < Ho, dj < Wo), so
+// adding it digit by digit carries at most 1 into i and then into n. dy_n and
+// x_n follow n as the offsets of image n in dy and x; p = i*Wo + j.
+struct KkWalk {
+    int i, j, p, di, dj, dp, Ho, Wo;
+    idx_t dy_n, x_n, dy_step, x_step, dy_image, x_image;
+    __device__ __forceinline__ KkWalk(idx_t kk, int Ho_, int Wo_, idx_t dy_image_, idx_t x_image_)
+        : Ho(Ho_), Wo(Wo_), dy_image(dy_image_), x_image(x_image_) {
+        const idx_t HoWo = (idx_t)Ho * Wo;
+        const idx_t n = kk / HoWo, dn = TILE_K / HoWo;
+        p = (int)(kk - n * HoWo);
+        i = p / Wo, j = p - i * Wo;
+        dp = (int)(TILE_K - dn * HoWo);
+        di = dp / Wo, dj = dp - di * Wo;
+        dy_n = n * dy_image, x_n = n * x_image;
+        dy_step = dn * dy_image, x_step = dn * x_image;
+    }
+    __device__ __forceinline__ void next() {   // kk += TILE_K
+        j += dj, i += di, p += dp, dy_n += dy_step, x_n += x_step;
+        if (j >= Wo) j -= Wo, ++i;
+        if (i >= Ho) i -= Ho, p -= Ho * Wo, dy_n += dy_image, x_n += x_image;
+    }
+};
+
 template <bool BIAS, bool RELU>
 __device__ __forceinline__ void conv2d_backward_filter_gemm(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
@@ -282,28 +325,28 @@ __device__ __forceinline__ void conv2d_backward_filter_gemm(
     scalar_t* out_z = out + (idx_t)z * ((idx_t)K * Ng + (BIAS ? K : 0));
 
     struct Column {
-        idx_t off;   // (g*C/G + c)*H*W
-        int dh, dw;  // tap shift (r - ph, s - pw)
+        idx_t off;   // (g*C/G + c)*H*W + dh*W + dw
+        int dh, dw;  // tap shift (r*dil_h - ph, s*dil_w - pw)
         bool ok;
     };
     auto column_of = [&](idx_t col) {
         const bool ok = col < Ng;
         const int cc = ok ? (int)col : 0;
         const int c = cc / RS, rs = cc - (cc / RS) * RS;
-        const int r = rs / S, s = rs - (rs / S) * S;
-        return Column{((idx_t)g * Cg + c) * HW, r * dil_h - ph, s * dil_w - pw, ok};
+        const int dh = (rs / S) * dil_h - ph, dw = (rs - (rs / S) * S) * dil_w - pw;
+        return Column{((idx_t)g * Cg + c) * HW + (idx_t)dh * W + dw, dh, dw, ok};
     };
-    auto load_a = [&](int k, idx_t kk) {  // dy[n, g*K/G + k, p], kk = n*HoWo + p
-        const idx_t n = kk / HoWo, p = kk - (kk / HoWo) * HoWo;
-        const idx_t at = (n * K + (idx_t)g * Kpg + k) * HoWo + p;
+    // the thread's kk: k_begin + tid % TILE_K (A's and B_ALONG_K's layout), stepped by next_tile
+    KkWalk kk_at(k_begin + threadIdx.x % TILE_K, Ho, Wo, (idx_t)K * HoWo, (idx_t)C * HW);
+    auto next_tile = [&] { kk_at.next(); };
+    auto load_a = [&](int k, idx_t) {  // dy[n, g*K/G + k, p]
+        const idx_t at = kk_at.dy_n + ((idx_t)g * Kpg + k) * HoWo + kk_at.p;
         return k < Kpg ? relu_grad<RELU>(__ldg(dy + at), y, at) : (scalar_t)0;
     };
-    auto load_b = [&](idx_t kk, const Column& b) {
-        const idx_t n = kk / HoWo;
-        const int p = (int)(kk - n * HoWo);
-        const int h = (p / Wo) * sh + b.dh, ww = (p - (p / Wo) * Wo) * sw + b.dw;
-        return b.ok && in_range(h, H) && in_range(ww, W)
-                   ? __ldg(x + n * C * HW + b.off + (idx_t)h * W + ww) : (scalar_t)0;
+    auto load_b = [&](idx_t, const Column& b) {
+        const int ih = kk_at.i * sh, jw = kk_at.j * sw;
+        return b.ok && in_range(ih + b.dh, H) && in_range(jw + b.dw, W)
+                   ? __ldg(x + (kk_at.x_n + b.off + (idx_t)ih * W + jw)) : (scalar_t)0;
     };
 
     scalar_t acc[THREAD_M][THREAD_N] = {};
@@ -313,11 +356,11 @@ __device__ __forceinline__ void conv2d_backward_filter_gemm(
 #pragma unroll
             for (int l = 0; l < 4; ++l) row_sum[l] += a[l];
         };
-        implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc, see_a);
+        implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc, see_a, next_tile);
         if (blockIdx.x == 0)   // uniform over the block; one column tile writes db
             store_a_row_sums(row_sum, out_z + (idx_t)K * Ng + (idx_t)g * Kpg, Kpg);
     } else {
-        implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc);
+        implicit_gemm_mainloop<B_ALONG_K>(k_begin, k_end, load_a, column_of, load_b, acc, IgnoreA(), next_tile);
     }
     store_tile(acc, out_z + (idx_t)g * Kpg * Ng, Kpg, Ng, Ng);
 }

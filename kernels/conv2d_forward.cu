@@ -19,7 +19,11 @@
 //   v1  one thread per output element, grid-stride loop; 1-D grid of 256-thread blocks
 //   v2  implicit GEMM, 64x64 block tile, TILE_K 16, 4x4 outputs per thread;
 //       grid (ceil(N*Ho*Wo / 64), ceil(K/G / 64), G), 256 threads: one GEMM per group
-//       (grid z), whose rows are the group's K/G filters
+//       (grid z), whose rows are the group's K/G filters; kk -> (c, r, s) from the
+//       launcher's tap table (argument `taps` after y), so the main loop does no
+//       integer division, and w rows in 16-byte loads where aligned (issue 10;
+//       kernel_check --sass: div 8 -> 0, bench/results/sass-simt-v2-tables-2026-12-02.txt;
+//       compiled and emulated, not yet run on a GPU)
 // Fused epilogues (issue 11): conv2d_forward_bias_v1/v2, conv2d_forward_relu_v1/v2
 // and conv2d_forward_bias_relu_v1/v2 are v1/v2 with the bias and/or ReLU applied
 // to each output before its store, one template instance of the same code each
@@ -118,33 +122,39 @@ extern "C" __global__ void conv2d_forward_bias_relu_v1(
 // A: 16 consecutive lanes read 16 consecutive weights of one filter row.
 // B (B_ALONG_COLUMNS): 64 consecutive lanes read consecutive output positions
 // (consecutive x addresses along a row when sw = 1). The column's (n, i, j)
-// is decoded once into the image and window origin; only kk -> (c, r, s) is
-// decoded per element. The epilogue runs in store_tile, on registers.
+// is decoded once into the offset of its window origin and that origin
+// (i*sh - ph, j*sw - pw); kk -> (c, r, s) comes from the launcher's tap table
+// (common.cuh's Tap), taps[kk] = (c*H*W + r*dil_h*W + s*dil_w, r*dil_h, s*dil_w)
+// for the group's C/G channels: the main loop does no integer division. A
+// warp's 32 lanes share their kk, so the table load is a broadcast. When the
+// filter rows are whole 16-byte runs (C/G*R*S % 4 == 0, w 16-byte aligned;
+// uniform over the grid) A is read with 128-bit loads (A_RUNS in common.cuh),
+// else one weight at a time; both sum in the same order. The epilogue runs in
+// store_tile, on registers.
 template <bool BIAS, bool RELU>
 __device__ __forceinline__ void conv2d_forward_gemm(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ y, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    const int RS = R * S;
     const int Cg = C / groups, Kpg = K / groups, g = blockIdx.z;
-    const int Kg = Cg * RS;
+    const int Kg = Cg * R * S;
     const idx_t HoWo = (idx_t)Ho * Wo;
     const idx_t Ng = (idx_t)N * HoWo;
     const scalar_t* wg = w + (idx_t)g * Kpg * Kg;   // the group's filters
 
     struct Column {
-        const scalar_t* img;  // x[n]
+        idx_t at;             // offset in x of the window origin of x[n, g*C/G] (may be < 0)
         int hbase, wbase;     // window origin (i*sh - ph, j*sw - pw)
         bool ok;
     };
     auto column_of = [&](idx_t col) {
-        Column b{x, 0, 0, col < Ng};
+        Column b{0, 0, 0, col < Ng};
         if (b.ok) {
             const idx_t n = col / HoWo;
             const int p = (int)(col - n * HoWo);
             b.hbase = (p / Wo) * sh - ph;
             b.wbase = (p - (p / Wo) * Wo) * sw - pw;
-            b.img = x + (n * C + (idx_t)g * Cg) * H * W;   // the group's first channel
+            b.at = (n * C + (idx_t)g * Cg) * H * W + (idx_t)b.hbase * W + b.wbase;
         }
         return b;
     };
@@ -152,43 +162,51 @@ __device__ __forceinline__ void conv2d_forward_gemm(
         return m < Kpg ? __ldg(wg + (idx_t)m * Kg + kk) : (scalar_t)0;
     };
     auto load_b = [&](int kk, const Column& b) {
-        const int c = kk / RS, rs = kk - (kk / RS) * RS;
-        const int h = b.hbase + (rs / S) * dil_h, ww = b.wbase + (rs - (rs / S) * S) * dil_w;
-        return b.ok && in_range(h, H) && in_range(ww, W)
-                   ? __ldg(b.img + ((idx_t)c * H + h) * W + ww) : (scalar_t)0;
+        const Tap t = unpack_tap(__ldg(taps + kk));
+        return b.ok && in_range(b.hbase + t.dh, H) && in_range(b.wbase + t.dw, W)
+                   ? __ldg(x + (b.at + t.off)) : (scalar_t)0;
     };
     // row m of the group's tile is filter g*K/G + m
     auto epilogue = [&](int m, scalar_t v) { return conv_epilogue<BIAS, RELU>(v, b, g * Kpg + m); };
 
+    // A_RUNS: 4 consecutive weights of a row per load, 16-byte aligned when the rows are
+    auto load_a_run = [&](int m, int kk, scalar_t (&v)[4]) {
+        if (m < Kpg) load_run4(wg + (idx_t)m * Kg + kk, v);
+        else for (int e = 0; e < 4; ++e) v[e] = 0;
+    };
+
     scalar_t acc[THREAD_M][THREAD_N] = {};
-    implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
+    if (Kg % 4 == 0 && aligned<16>(wg))   // uniform over the grid
+        implicit_gemm_mainloop<B_ALONG_COLUMNS, true>(0, Kg, load_a_run, column_of, load_b, acc);
+    else
+        implicit_gemm_mainloop<B_ALONG_COLUMNS>(0, Kg, load_a, column_of, load_b, acc);
     store_tile(acc, y + (idx_t)g * Kpg * HoWo, K, Ng, HoWo, Kpg, epilogue);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-    CONV2D_GEOMETRY)
+    const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<false, false>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<false, false>(x, w, nullptr, y, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_bias_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ y, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<true, false>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<true, false>(x, w, b, y, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_relu_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-    CONV2D_GEOMETRY)
+    const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<false, true>(x, w, nullptr, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<false, true>(x, w, nullptr, y, taps, CONV2D_GEOMETRY_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS) conv2d_forward_bias_relu_v2(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-    scalar_t* __restrict__ y, CONV2D_GEOMETRY)
+    scalar_t* __restrict__ y, const long long* __restrict__ taps, CONV2D_GEOMETRY)
 {
-    conv2d_forward_gemm<true, true>(x, w, b, y, CONV2D_GEOMETRY_ARGS);
+    conv2d_forward_gemm<true, true>(x, w, b, y, taps, CONV2D_GEOMETRY_ARGS);
 }

@@ -8,12 +8,15 @@ import re
 import pytest
 
 from gpucnn import kernel_loader
-from gpucnn.devtools import kernel_check
+from gpucnn.devtools import kernel_check, sass_check
 from gpucnn.functional import _gpu_launch, adaptive_pool_gpu, conv3d_gpu, conv_gpu, pool3d_gpu, pool_gpu
 
 NAME = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)+_v\d+$")   # <op>_<direction>_v<N>
 LAUNCHERS = (conv_gpu, pool_gpu, conv3d_gpu, pool3d_gpu, adaptive_pool_gpu)
 needs_nvcc = pytest.mark.skipif(kernel_check.find_nvcc() is None, reason="nvcc not found")
+# Files whose v2 kernels keep integer division out of their main loops (checked in
+# the SASS when cuobjdump is at hand; bench/results/sass-simt-v2-tables-2026-12-02.txt).
+DIVISION_FREE_V2 = ("conv2d_forward.cu", "conv2d_backward.cu")
 
 
 def _extern_c_kernels(text):
@@ -25,11 +28,14 @@ def _extern_c_kernels(text):
 @pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
 @pytest.mark.parametrize("path", kernel_loader.kernel_files(), ids=lambda p: p.name)
 def test_kernel_file_compiles_without_warnings_or_spills(path, arch):
-    rows, problems = kernel_check.check((arch,), [path])
+    sass = path.name in DIVISION_FREE_V2 and sass_check.find_cuobjdump() is not None
+    rows, problems = kernel_check.check((arch,), [path], sass=sass)
     assert problems == []
     assert rows, f"{path.name}: no kernel reported"
     for row in rows:
         assert row["registers"] is not None and row["spill_stores"] == 0 and row["spill_loads"] == 0
+        if sass and row["kernel"].endswith("_v2"):   # issue 10: no integer division in the main loop
+            assert row["div"] == 0 and row["loop"], (row["kernel"], row["scalar"], row["div"])
 
 
 @pytest.mark.parametrize("module", LAUNCHERS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])

@@ -480,9 +480,10 @@ def test_emulator_reports_an_out_of_bounds_access(dev, version):
     y = backend.cupy.empty(3 * 3 * 3 - 1, np.float32)
     kernel = kernel_loader.get_typed_kernel(conv_gpu.FORWARD_FILE, f"conv2d_forward_v{version}", np.float32)
     grid = (1,) if version == 1 else (1, 1)
+    taps = () if version == 1 else (conv_gpu._tap_table(2, 5, 5, 3, 3, 1, 1, backend.cupy),)   # v2: its tap table
     with pytest.raises(emu.EmulatorError, match="heap-buffer-overflow"):
-        kernel_loader.launch(kernel, grid, (256,), "ppp" + "i" * 16,
-                             (x, w, y, 1, 2, 5, 5, 3, 3, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1))
+        kernel_loader.launch(kernel, grid, (256,), "p" * (3 + len(taps)) + "i" * 16,
+                             (x, w, y) + taps + (1, 2, 5, 5, 3, 3, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1))
 
 
 def test_emulator_checks_arguments_against_the_kernel_signature(dev):

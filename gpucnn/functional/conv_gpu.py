@@ -16,6 +16,10 @@ for "highest"; float32 only; every direction takes dilation and groups (one
 GEMM per group on grid z, the dilation in the tap table); backward-data one
 GEMM per stride phase, backward-filter split-K with the ordered reduction;
 compiled and emulated, not yet run on a GPU).
+The v2 main loops do no integer division: the forward and backward-data
+kernels take a tap table after their output (_tap_table, _gather_table,
+built once per geometry and cached), backward-filter steps kk incrementally
+(issue 10; compiled and emulated, not yet run on a GPU).
 version=None picks by
 shape, from timings on an H100 (_gpu_launch.resolve_version: v1 for
 forward/backward-data with fewer than AUTO_V1_ROWS GEMM rows, else v2).
@@ -173,15 +177,19 @@ def forward(x, w, stride, padding, dilation=None, groups=1, version=None, precis
                                  (x4, w4, y, _tap_table(Cg, H, W, R, S, dil_h, dil_w, backend.cupy)) + dims)
             _epilogue_array_code(y, bias, relu)
             return y if nd == 2 else y.reshape(N, K, Wo)
+        arrays = (x4, w4, y) if bias is None else (x4, w4, _contiguous_vector(bias), y)
         if v == 1:
             grid = kernel_loader.grid_1d(y.size, BLOCK)
         else:
-            check_gemm_size(op, K // groups, C // groups * R * S, Ho * Wo)
+            Cg, dil_h, dil_w = C // groups, dims[13], dims[14]
+            check_gemm_size(op, K // groups, Cg * R * S, Ho * Wo,
+                            Cg * H * W + dil_h * (R - 1) * W + dil_w * (S - 1))   # taps: 32-bit offsets
+            _check_tap_fields(op, "dilated kernel extent", dil_h * (R - 1), dil_w * (S - 1))
             check_groups_grid(op, groups)
             grid = (kernel_loader.grid_1d(N * Ho * Wo, TILE)[0], -(-(K // groups) // TILE), groups)
+            arrays += (_tap_table(Cg, H, W, R, S, dil_h, dil_w, backend.cupy),)
         kernel = kernel_loader.get_typed_kernel(FORWARD_FILE, fused_kernel("forward", v, bias is not None, relu),
                                                 x.dtype)
-        arrays = (x4, w4, y) if bias is None else (x4, w4, _contiguous_vector(bias), y)
         kernel_loader.launch(kernel, grid, (BLOCK,), "p" * len(arrays) + _SIG[3:], arrays + dims)
     elif fused and y.size:   # K*N*Ho*Wo > 0 but an empty sum (C = 0): y is zeros
         _epilogue_array_code(y, bias, relu)
@@ -212,24 +220,28 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1, vers
             _backward_data_tc(op, dy4 if relu_y is None else dy4 * (as_2d(relu_y) > 0), w4, dx, dims, v,
                               precision)
             return dx.reshape(tuple(x_shape))
+        relu = relu_y is not None
+        arrays = (dy4, w4, as_2d(relu_y), dx) if relu else (dy4, w4, dx)
         if v == 1:
             grid = kernel_loader.grid_1d(dx.size, BLOCK)
         else:
-            check_gemm_size(op, C // groups, K // groups * R * S, H * W)
+            Cg, Kpg, (Ho, Wo, sh, sw, _, _, dil_h, dil_w) = C // groups, K // groups, dims[7:15]
+            check_gemm_size(op, Cg, Kpg * R * S, H * W, Kpg * Ho * Wo, Kpg * Cg * R * S)   # taps: 32-bit offsets
+            _check_tap_fields(op, "dilated kernel extent", dil_h * (R - 1), dil_w * (S - 1))
+            _check_tap_fields(op, "stride", sh, sw)
             check_groups_grid(op, groups)
-            grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-(C // groups) // TILE), groups)
-        relu = relu_y is not None
+            grid = (kernel_loader.grid_1d(N * H * W, TILE)[0], -(-Cg // TILE), groups)
+            arrays += (_gather_table(Kpg, Cg, R, S, Ho, Wo, sh, sw, dil_h, dil_w, backend.cupy),)
         kernel = kernel_loader.get_typed_kernel(BACKWARD_FILE, fused_kernel("backward_data", v, relu=relu),
                                                 dy.dtype)
-        arrays = (dy4, w4, as_2d(relu_y), dx) if relu else (dy4, w4, dx)
         kernel_loader.launch(kernel, grid, (BLOCK,), "p" * len(arrays) + _SIG[3:], arrays + dims)
     return dx.reshape(tuple(x_shape))
 
 
 def _check_tap_fields(op, what, *values):
-    """The tap tables hold two 16-bit fields (kernels/conv2d_tc.cu)."""
+    """The tap tables hold two 16-bit fields (kernels/common.cuh, Tap)."""
     if max(values) >= 1 << 16:
-        raise ValueError(f"{op}: {what} {values} too large for the tensor-core kernel's tap table")
+        raise ValueError(f"{op}: {what} {values} too large for the GPU kernel's tap table")
 
 
 def _phase_axis(phase, R, stride, pad, dil, H):
@@ -264,7 +276,7 @@ def _phase_tables(K, R, S, Ho, Wo, sh, sw, dil_h, dil_w, groups, xp):
             k, tr, ts = (g.ravel() for g in np.meshgrid(np.arange(Kpg), np.arange(rp), np.arange(sp),
                                                         indexing="ij"))
             dh, dw = (rp - 1 - tr) * shift_h, (sp - 1 - ts) * shift_w
-            taps.append(((k * Ho * Wo + dh * Wo + dw) << 32) | (dh << 16) | dw)
+            taps.append(_pack_taps(k * Ho * Wo + dh * Wo + dw, dh, dw))
             phases.append((a, b, koff, (r0, rp, step_h), (s0, sp, step_w)))
             koff += k.size
     return tuple(phases), backend.to_gpu(np.concatenate(taps).astype(np.int64))
@@ -311,7 +323,7 @@ def _position_table(Ho, Wo, W, sh, sw, xp):
     (i*sh*W + j*sw) << 32 | i*sh << 16 | j*sw (kernels/conv2d_tc.cu)."""
     p = np.arange(Ho * Wo, dtype=np.int64)
     i, j = p // Wo * sh, p % Wo * sw
-    return backend.to_gpu(((i * W + j) << 32) | (i << 16) | j)
+    return backend.to_gpu(_pack_taps(i * W + j, i, j))
 
 
 def _backward_filter_tc(op, dy4, x4, dw, dims, v, precision):
@@ -337,15 +349,38 @@ def _backward_filter_tc(op, dy4, x4, dw, dims, v, precision):
                              (out, dw, dw.size, splits))
 
 
+def _pack_taps(off, dh, dw):
+    """Packed taps (kernels/common.cuh, Tap): off << 32 | dh << 16 | dw, off a
+    signed 32-bit offset, dh and dw 16-bit unsigned (the launchers check the ranges)."""
+    return (off.astype(np.int64) << 32) | (dh.astype(np.int64) << 16) | dw
+
+
 @functools.lru_cache(maxsize=64)
 def _tap_table(C, H, W, R, S, dil_h, dil_w, xp):
-    """The tensor-core forward's table, one int64 per kk = (c*R + r)*S + s
-    over C (a group's) channels: (c*H*W + dh*W + dw) << 32 | dh << 16 | dw
-    with (dh, dw) = (r*dil_h, s*dil_w) (kernels/conv2d_tc.cu), on the device
-    of array module xp (in the key: the tests swap in an emulator)."""
+    """The forward's table (tensor-core v3/v4 and SIMT v2), one int64 per
+    kk = (c*R + r)*S + s over C (a group's) channels: (c*H*W + r*dil_h*W +
+    s*dil_w) << 32 | r*dil_h << 16 | s*dil_w (kernels/conv2d_tc.cu,
+    conv2d_forward.cu), on the device of array module xp (in the key: the
+    tests swap in an emulator)."""
     kk = np.arange(C * R * S, dtype=np.int64)
     c, dh, dw = kk // (R * S), kk // S % R * dil_h, kk % S * dil_w
-    return backend.to_gpu(((c * H * W + dh * W + dw) << 32) | (dh << 16) | dw)
+    return backend.to_gpu(_pack_taps(c * H * W + dh * W + dw, dh, dw))
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_table(Kpg, Cg, R, S, Ho, Wo, sh, sw, dil_h, dil_w, xp):
+    """backward_data_v2's table (kernels/conv2d_backward.cu), two int64 per
+    kk = (k*R + r)*S + s over one group's Kpg filters, the taps split by the
+    stride, r*dil_h = rq*sh + rr and s*dil_w = sq*sw + sr:
+        [2 kk]      (k*Ho*Wo - rq*Wo - sq) << 32 | rq << 16 | sq
+        [2 kk + 1]  (k*Cg*R*S + r*S + s) << 32 | rr << 16 | sr."""
+    kk = np.arange(Kpg * R * S, dtype=np.int64)
+    k, r, s = kk // (R * S), kk // S % R, kk % S
+    rq, rr = np.divmod(r * dil_h, sh)
+    sq, sr = np.divmod(s * dil_w, sw)
+    table = np.stack([_pack_taps(k * Ho * Wo - rq * Wo - sq, rq, sq),
+                      _pack_taps(k * Cg * R * S + r * S + s, rr, sr)], axis=1)
+    return backend.to_gpu(table.reshape(-1))
 
 
 def filter_split(K, crs, kgemm, groups=1):
