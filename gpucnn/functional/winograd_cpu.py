@@ -427,6 +427,13 @@ def _a_row(i, s, o0, o1, o2, o3, d, dst, L):
             d[uintp(dst + q)] = s[uintp(o3 + q)]
 
 
+@nb.njit(inline="always")
+def _tile_plane(h, jj, L, S, n, tw):
+    """Where output (or dy) row h, columns jj, jj + 4, ... of sample n start in the
+    16 planes of 4x4 tile positions (ii, jj) over the block's tiles (a, n, b)."""
+    return (h % 4 * 4 + jj) * L + h // 4 * S + n * tw
+
+
 @nb.njit(nogil=True, cache=True)
 def _input_transform4(x, ph, pw, th, tw, V, step, cols):
     """V[(i*6 + j)*step + c*cols + (a*m + n)*tw + b] = (B^T d B)[i, j] for the 6x6
@@ -484,7 +491,7 @@ def _output_transform4(M, step, cols, th, tw, y):
             for h in range(Ho):
                 out = y[n, k, h]
                 for jj in range(min(4, Wo)):
-                    src = (h % 4 * 4 + jj) * L + h // 4 * S + n * tw
+                    src = _tile_plane(h, jj, L, S, n, tw)
                     for b in range((Wo - 1 - jj) // 4 + 1):
                         out[uintp(4 * b + jj)] = Y[uintp(src + b)]
 
@@ -503,7 +510,7 @@ def _gradient_transform4(dy, th, tw, D, step, cols):
             for h in range(Ho):
                 row = dy[n, k, h]
                 for jj in range(min(4, Wo)):
-                    dst = (h % 4 * 4 + jj) * L + h // 4 * S + n * tw
+                    dst = _tile_plane(h, jj, L, S, n, tw)
                     for b in range((Wo - 1 - jj) // 4 + 1):
                         E[uintp(dst + b)] = row[uintp(4 * b + jj)]
         for jj in range(4):
