@@ -62,7 +62,7 @@ from ..cpu_parallel import blas_threads, over_samples
 _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds both)
 _STAGGER = 4096 // 16 + 64   # bytes between the point matrices beyond whole pages
 _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is as fast
-# Smaller outputs run im2col's product. Measured on one core (ms, im2col -> here):
+# Smaller outputs run im2col's product. Measured on one core (ms, im2col -> F(2x2, 3x3)):
 # 7x7, 64->128, batch 128: fwd 11.1 -> 7.1, bwd-data 13.2 -> 7.8, bwd-filter 11.9 -> 9.4;
 # 6x6, 256->256, batch 16: 7.0 -> 5.9, 9.4 -> 6.7, 9.8 -> 6.3; 4x4, 256->256, batch 16:
 # 3.5 -> 2.1, 3.9 -> 2.6, but bwd-filter 3.9 -> 11 (4 tiles a plane: the (16, K, C)
