@@ -147,3 +147,19 @@ def test_an_invalid_version_is_refused_on_the_cpu_as_on_the_gpu(call, message):
 
 def test_valid_versions_run_on_the_cpu():
     np.testing.assert_array_equal(F.conv2d(X, W, version=1), F.conv2d(X, W, version=2))
+
+
+def test_cached_geometry_never_answers_for_invalid_arguments():
+    """The checked geometry is cached per call signature; a valid call must not
+    let an equal-but-invalid one through (True == 1 and hash alike in Python)."""
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    for _ in range(2):   # the second round hits the cache
+        assert F.conv2d(x, w, stride=1, padding=(1, 1)).shape == (1, 3, 5, 5)
+        assert F.conv2d(x, w, stride=[1, 1], padding=[1, 1]).shape == (1, 3, 5, 5)   # lists: uncached
+        with pytest.raises(TypeError, match="conv2d: stride"):
+            F.conv2d(x, w, stride=True, padding=(1, 1))
+        with pytest.raises(TypeError, match="conv2d: padding"):
+            F.conv2d(x, w, stride=1, padding=(True, 1))
+        with pytest.raises(TypeError, match="conv2d_backward_data: groups"):
+            F.conv2d_backward_data(np.zeros((1, 3, 5, 5), np.float32), w, x.shape, padding=1, groups=1.0)

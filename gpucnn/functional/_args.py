@@ -7,6 +7,8 @@ the kernel taps: a kernel R spans D*(R-1) + 1 input positions), groups G
 dimensions (1, 2 or 3). Every check runs before any kernel launch and raises
 ValueError/TypeError naming the op and the shapes involved.
 """
+import functools
+
 import numpy as np
 
 from .. import backend
@@ -182,12 +184,39 @@ class ConvArgs:
         self.y_shape = (self.x_shape[0], self.w_shape[0]) + self.out
 
 
+def _typed(value):
+    """A cache key part that tells 1 from True and 1 from 1.0 (equal and equally
+    hashed in Python), so that a cached valid call never answers for an invalid one."""
+    if isinstance(value, tuple):
+        return tuple((type(v), v) for v in value)
+    return type(value), value
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_conv_args(key, op, nd, x_shape, w_shape, stride, padding, dilation, groups):
+    return ConvArgs(op, nd, x_shape, w_shape, stride, padding, dilation, groups)
+
+
+def conv_args(op, nd, x_shape, w_shape, stride, padding, dilation=1, groups=1):
+    """ConvArgs, cached per call signature when every argument is hashable
+    (checking took about 7 us of a 30 us call on small layers). A cached
+    object is shared: callers only read it. Invalid arguments raise every
+    time (exceptions are not cached)."""
+    try:
+        key = (op, nd, tuple(x_shape), tuple(w_shape), _typed(stride), _typed(padding), _typed(dilation),
+               _typed(groups))
+        hash(key)
+    except TypeError:   # a list or another unhashable value: check it uncached
+        return ConvArgs(op, nd, x_shape, w_shape, stride, padding, dilation, groups)
+    return _cached_conv_args(key, op, nd, x_shape, w_shape, stride, padding, dilation, groups)
+
+
 def conv_forward_args(op, nd, x, w, b, stride, padding, dilation=1, groups=1):
     xp = check_arrays(op, x=x, w=w, b=b)
     check_ndim(op, "input x", x, nd, _LAYOUT)
     check_ndim(op, "weight w", w, nd, _KLAYOUT)
     check_bias(op, b, w.shape[0], w.shape)
-    return xp, ConvArgs(op, nd, x.shape, w.shape, stride, padding, dilation, groups)
+    return xp, conv_args(op, nd, x.shape, w.shape, stride, padding, dilation, groups)
 
 
 def check_bias(op, b, channels, w_shape):
@@ -207,7 +236,7 @@ def conv_backward_data_args(op, nd, dy, w, x_shape, stride, padding, dilation=1,
     check_ndim(op, "output gradient dy", dy, nd, _LAYOUT)
     check_ndim(op, "weight w", w, nd, _KLAYOUT)
     x_shape = shape_tuple(op, "x_shape", x_shape, nd + 2)
-    args = ConvArgs(op, nd, x_shape, w.shape, stride, padding, dilation, groups)
+    args = conv_args(op, nd, x_shape, w.shape, stride, padding, dilation, groups)
     check_dy(op, dy, args.y_shape)
     return xp, args
 
@@ -217,7 +246,7 @@ def conv_backward_filter_args(op, nd, dy, x, w_shape, stride, padding, dilation=
     check_ndim(op, "output gradient dy", dy, nd, _LAYOUT)
     check_ndim(op, "input x", x, nd, _LAYOUT)
     w_shape = shape_tuple(op, "w_shape", w_shape, nd + 2)
-    args = ConvArgs(op, nd, x.shape, w_shape, stride, padding, dilation, groups)
+    args = conv_args(op, nd, x.shape, w_shape, stride, padding, dilation, groups)
     check_dy(op, dy, args.y_shape)
     return xp, args
 
