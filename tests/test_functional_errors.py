@@ -163,3 +163,14 @@ def test_cached_geometry_never_answers_for_invalid_arguments():
             F.conv2d(x, w, stride=1, padding=(True, 1))
         with pytest.raises(TypeError, match="conv2d_backward_data: groups"):
             F.conv2d_backward_data(np.zeros((1, 3, 5, 5), np.float32), w, x.shape, padding=1, groups=1.0)
+
+
+def test_cached_pool_geometry_never_answers_for_invalid_arguments():
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    for _ in range(2):
+        y, argmax = F.max_pool2d(x, 2, stride=2)
+        assert y.shape == (1, 2, 3, 3)
+        with pytest.raises(TypeError, match="max_pool2d: kernel_size"):
+            F.max_pool2d(x, True, stride=2)
+        with pytest.raises(TypeError, match="avg_pool2d_backward: stride"):
+            F.avg_pool2d_backward(np.zeros((1, 2, 3, 3), np.float32), x.shape, 2, stride=(2, True))
