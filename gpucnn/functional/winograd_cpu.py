@@ -105,11 +105,12 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype, directio
 # output components is the stride-1 3x3 conv, padding q, of the input
 # component of the same phase, and backward-filter sums over the components
 # as over samples. The components are stacked on the batch axis (one copy in,
-# one out), then the undilated route runs. Measured on one core (forward /
-# backward-filter, us, im2col -> here): 8x64x32x32, 64 filters, dilation 2:
-# 8095 -> 4506 / 8283 -> 4398; 32x64x28x28: 25636 -> 20192 / 28498 -> 22670;
-# 8x16x16x16 (8x8 components): 232 -> 271 / 329 -> 252, hence the forward's
-# floor of 12 a side.
+# one out), then the undilated route runs. Measured on one core, quiet
+# machine, dilation 2 (ms, im2col -> here, forward / backward-data /
+# backward-filter): 8x64x32x32, 64 filters, 7.2/7.2/7.6 -> 4.1/3.9/4.1;
+# 32x64x28x28 21.9/22.2/24.1 -> 15.5/15.8/16.9; 8x16x16x16 (8x8 components)
+# backward-filter 0.33 -> 0.20, but its forward was 232 -> 271 us (under
+# load), hence the forward's floor of 12 a side.
 _DILATED_MIN_OUTPUT = 12
 
 
