@@ -72,9 +72,9 @@ def test_each_form_matches_the_float64_reference(form):
         x, w, dy = _inputs(case, rng)
         padding = case[-1]
         x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
-        y = winograd_cpu.forward(x, w, padding, form)
+        y = winograd_cpu.forward(x, w, padding, form=form)
         assert y.dtype == np.float32 and _rel(y, ref.conv_forward_ref(x64, w64, None, 1, padding)) <= REL_TOL
-        assert _rel(winograd_cpu.backward_filter(dy, x, padding, form),
+        assert _rel(winograd_cpu.backward_filter(dy, x, w.shape, padding, form=form),
                     ref.conv_backward_filter_ref(dy64, x64, w.shape, 1, padding)) <= REL_TOL
 
 
@@ -117,7 +117,7 @@ def test_winograd_is_deterministic_per_thread_count(form):
     try:
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(threads)
-            runs = [(winograd_cpu.forward(x, w, (1, 1), form), winograd_cpu.backward_filter(dy, x, (1, 1), form))
+            runs = [(winograd_cpu.forward(x, w, (1, 1), form=form), winograd_cpu.backward_filter(dy, x, w.shape, (1, 1), form=form))
                     for _ in range(2)]
             for a, b in zip(*runs):
                 assert np.array_equal(a, b)
@@ -150,8 +150,8 @@ def test_dilated_convs_match_the_float64_reference(case):
     dw64 = ref.conv_backward_filter_ref(dy.astype(np.float64), x64, w.shape, 1, padding, dilation)
     assert _rel(F.conv2d_backward_filter(dy, x, w.shape, padding=padding, dilation=dilation), dw64) <= REL_TOL
     for form in FORMS:   # the components through each form, whatever the route picks
-        assert _rel(winograd_cpu.forward(x, w, padding, form, dilation), y64) <= REL_TOL
-        assert _rel(winograd_cpu.backward_filter(dy, x, padding, form, dilation), dw64) <= REL_TOL
+        assert _rel(winograd_cpu.forward(x, w, padding, dilation, form), y64) <= REL_TOL
+        assert _rel(winograd_cpu.backward_filter(dy, x, w.shape, padding, dilation, form), dw64) <= REL_TOL
 
 
 @pytest.mark.parametrize("x_shape, padding, dilation, forward, backward_filter", [

@@ -1,4 +1,8 @@
-"""CPU convolution (the fallback path): Numba im2col/col2im + BLAS matmuls.
+"""CPU convolution (the fallback path): Numba im2col/col2im + BLAS matmuls,
+and the router to the faster special routes: depthwise convs to
+depthwise_cpu, float32 stride-1 convs to winograd_cpu (3x3, many channels)
+or direct_cpu (register-tiled micro-kernels, no im2col), see _fast_route.
+The flat-array helpers the kernels share are in flat_cpu.
 
 Notation: x (N, C, D, H, W), w (K, C/G, T, R, S), stride (sd, sh, sw), padding
 (pd, ph, pw), dilation (dd, dh, dw), G groups, padded input (Dp, Hp, Wp),
@@ -80,33 +84,15 @@ import numpy as np
 from numba import uintp
 
 from ..cpu_parallel import over_samples
-from . import winograd_cpu
+from . import direct_cpu, winograd_cpu
 from ._args import output_shape
+from .flat_cpu import add_run, as5d, copy_run, crop_flat, fill_flat, flat_buffer, lift3
 
 _COL_BYTES = 512 << 10   # col buffer per block of samples ...
 _MIN_COLUMNS = 256       # ... but at least this many matmul columns (m*P)
 _WIDE_LIMIT = 1.5         # wide rows while (columns computed) / (outputs) is at most this
 _THIN_ROWS = 64           # fewer col rows per group: one sample a block on large images
 _MIN_FORWARD_CHANNELS = 16   # backward-data as a forward conv from this many input channels per group
-
-
-# The kernels index flat arrays (C-contiguous, reshaped once per call) with
-# unsigned offsets: Numba then drops its negative-index fix-up and LLVM
-# vectorizes the contiguous inner loops, and no array view is made inside a
-# loop (each view costs two atomic reference-count updates: with views per
-# output row, im2col of a 3x3 stride-2 conv, 32->64 channels at 16x16, took
-# 130 us a block instead of 45, a 1x1 stride-2 one 65 instead of 33).
-
-@nb.njit(inline="always")
-def _copy_run(dst, d0, src, s0, n):
-    for i in range(n):
-        dst[uintp(d0 + i)] = src[uintp(s0 + i)]
-
-
-@nb.njit(inline="always")
-def _add_run(dst, d0, src, s0, n):
-    for i in range(n):
-        dst[uintp(d0 + i)] += src[uintp(s0 + i)]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -133,36 +119,11 @@ def _im2col(x, kernel, stride, padding, dilation, col):
                             for oh in range(Ho):
                                 o = ((od * sd + t * dd) * Hp + oh * sh + r * dh) * Wp + s * dw
                                 if sw == 1:
-                                    _copy_run(cf, q, buf, o, Wo)
+                                    copy_run(cf, q, buf, o, Wo)
                                 else:
                                     for i in range(Wo):
                                         cf[uintp(q + i)] = buf[uintp(o + i * sw)]
                                 q += Wo
-
-
-@nb.njit(inline="always")
-def flat_buffer(vol_shape, kernel, padding, dilation, like):
-    """A zeroed flat buffer for one zero-padded (Dp, Hp, Wp) volume plus the
-    slack that the wide-row runs of the last taps read past its end (also
-    depthwise_cpu's wide rows)."""
-    D, H, W = vol_shape
-    _, R, S = kernel
-    pd, ph, pw = padding
-    _, dh, dw = dilation
-    Wp = W + 2 * pw
-    return np.zeros((D + 2 * pd) * (H + 2 * ph) * Wp + (R - 1) * dh * Wp + (S - 1) * dw, like.dtype)
-
-
-@nb.njit(inline="always")
-def fill_flat(flat, vol, padding, Hp, Wp):
-    """The volume vol (D, H, W, C-contiguous) into a flat zero-bordered buffer
-    of (Dp, Hp, Wp) planes (also depthwise_cpu's wide rows)."""
-    D, H, W = vol.shape
-    pd, ph, pw = padding
-    v = vol.reshape(vol.size)
-    for d in range(D):
-        for h in range(H):
-            _copy_run(flat, ((pd + d) * Hp + ph + h) * Wp + pw, v, (d * H + h) * W, W)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -185,7 +146,7 @@ def _im2col_wide(x, kernel, padding, dilation, Hr, col):
             for t in range(T):
                 for r in range(R):
                     for s in range(S):
-                        _copy_run(cf, ((((c * T + t) * R + r) * S + s) * N + n) * run,
+                        copy_run(cf, ((((c * T + t) * R + r) * S + s) * N + n) * run,
                                   flat, (t * dd * Hp + r * dh) * Wp + s * dw, run)
 
 
@@ -215,24 +176,12 @@ def _col2im(dcol, kernel, stride, padding, dilation, dx):
                             for oh in range(Ho):
                                 o = ((od * sd + t * dd) * Hp + oh * sh + r * dh) * Wp + s * dw
                                 if sw == 1:
-                                    _add_run(flat, o, df, q, Wo)
+                                    add_run(flat, o, df, q, Wo)
                                 else:
                                     for i in range(Wo):
                                         flat[uintp(o + i * sw)] += df[uintp(q + i)]
                                 q += Wo
             crop_flat(flat, dx[n, c], padding, Hp, Wp)
-
-
-@nb.njit(inline="always")
-def crop_flat(flat, vol, padding, Hp, Wp):
-    """fill_flat's inverse: the interior of the padded planes into vol (D, H, W,
-    C-contiguous) (also depthwise_cpu's)."""
-    D, H, W = vol.shape
-    pd, ph, pw = padding
-    v = vol.reshape(vol.size)
-    for d in range(D):
-        for h in range(H):
-            _copy_run(v, (d * H + h) * W, flat, ((pd + d) * Hp + ph + h) * Wp + pw, W)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -255,15 +204,9 @@ def _col2im_wide(dcol, kernel, padding, dilation, dx):
             for t in range(T):
                 for r in range(R):
                     for s in range(S):
-                        _add_run(flat, (t * dd * Hp + r * dh) * Wp + s * dw,
+                        add_run(flat, (t * dd * Hp + r * dh) * Wp + s * dw,
                                  df, ((((c * T + t) * R + r) * S + s) * N + n) * run, run)
             crop_flat(flat, dx[n, c], padding, Hp, Wp)
-
-
-def lift3(values, fill):
-    """A length-nd geometry tuple -> length 3, unit dimensions in front
-    (shared with pool_cpu: one kernel set serves 1-D, 2-D and 3-D)."""
-    return (fill,) * (3 - len(values)) + tuple(values)
 
 
 class _Plan:
@@ -390,22 +333,28 @@ def _plan(x_shape, w_shape, stride, padding, dtype, dilation=None, groups=1, wid
 _cached_plan = functools.lru_cache(maxsize=256)(_Plan)
 
 
-def as5d(a):
-    """(N, C, *spatial) -> a C-contiguous (N, C, D, H, W) view (a copy if needed)."""
-    return np.ascontiguousarray(a).reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
-
-
 def _depthwise(w_shape, groups):
     """The direct depthwise module when it applies (imported here: it imports this one)."""
     from . import depthwise_cpu
     return depthwise_cpu if depthwise_cpu.applies(w_shape, groups) else None
 
 
+def _fast_route(x_shape, w_shape, stride, padding, dilation, groups, dtype, direction="forward"):
+    """winograd_cpu or direct_cpu where one of them takes a (not depthwise)
+    call, else None (im2col): Winograd where it applies unless direct_cpu
+    is measured faster for the channel counts (direct_cpu.beats_winograd)."""
+    direct = direct_cpu.applies(x_shape, w_shape, stride, padding, dilation, groups, dtype)
+    if winograd_cpu.applies(x_shape, w_shape, stride, padding, dilation, groups, dtype, direction) \
+            and not (direct and direct_cpu.beats_winograd(x_shape, w_shape, direction)):
+        return winograd_cpu
+    return direct_cpu if direct else None
+
+
 def forward(x, w, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w.shape, groups)):
         return dw.forward(x, w, stride, padding, dilation)
-    if winograd_cpu.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        return winograd_cpu.forward(x, w, padding, dilation=dilation)
+    if route := _fast_route(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
+        return route.forward(x, w, padding, dilation)
     plan = _plan(x.shape, w.shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
@@ -442,6 +391,9 @@ def backward_data(dy, w, x_shape, stride, padding, dilation=None, groups=1):
     dilation = tuple(dilation or (1,) * nd)
     full = [d * (k - 1) - p for d, k, p in zip(dilation, w.shape[2:], padding)]
     thin = w.shape[1] < _MIN_FORWARD_CHANNELS and w.shape[0] > groups   # few channels, and K/G > 1
+    if thin and all(s == 1 for s in stride) and min(full) >= 0:   # direct_cpu takes thin ones too
+        flipped = (w.shape[1] * groups, w.shape[0] // groups) + w.shape[2:]
+        thin = not direct_cpu.applies(dy.shape, flipped, stride, full, dilation, groups, dy.dtype)
     if all(s == 1 for s in stride) and min(full) >= 0 and not thin:
         # Stride 1: dx is the forward conv of dy padded by d(k-1) - p with the
         # flipped, transposed filter. im2col (a copy) replaces col2im (a
@@ -472,8 +424,8 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w_shape, groups)) and dw.applies_backward_filter(x.shape, w_shape,
                                                                                       stride, groups):
         return dw.backward_filter(dy, x, w_shape, stride, padding, dilation)
-    if winograd_cpu.applies(x.shape, w_shape, stride, padding, dilation, groups, x.dtype, "backward_filter"):
-        return winograd_cpu.backward_filter(dy, x, padding, dilation=dilation)
+    if route := _fast_route(x.shape, w_shape, stride, padding, dilation, groups, x.dtype, "backward_filter"):
+        return route.backward_filter(dy, x, w_shape, padding, dilation)
     plan = _plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)

@@ -27,7 +27,7 @@ from numba import uintp
 
 from ._args import output_shape
 from ..cpu_parallel import over_items
-from .conv_cpu import as5d, crop_flat, fill_flat, flat_buffer, lift3
+from .flat_cpu import as5d, crop_flat, fill_flat, flat_buffer, lift3
 
 
 def applies(w_shape, groups):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._args import adaptive_windows, output_shape
 from ..cpu_parallel import over_items
-from .conv_cpu import as5d, lift3
+from .flat_cpu import as5d, lift3
 
 
 @nb.njit(inline="always")

@@ -591,11 +591,11 @@ def _form(x_shape, padding, direction):
     return F4 if min(n + 2 * p - 2 for n, p in zip(x_shape[2:], padding)) >= _F4_MIN_OUTPUT else F2
 
 
-def forward(x, w, padding, form=None, dilation=None):
+def forward(x, w, padding, dilation=None, form=None):
     """conv2d(x, w, stride=1, padding, dilation) for the calls `applies` accepts."""
     dilation, inner = _undilated(dilation, padding)
     if dilation:
-        return _merged(forward(_components(x, dilation), w, inner, form), x.shape[0], dilation)
+        return _merged(forward(_components(x, dilation), w, inner, form=form), x.shape[0], dilation)
     N, C, H, W = x.shape
     K = w.shape[0]
     f = form or _form(x.shape, padding, "forward")
@@ -618,11 +618,12 @@ def forward(x, w, padding, form=None, dilation=None):
     return y
 
 
-def backward_filter(dy, x, padding, form=None, dilation=None):
-    """conv2d_backward_filter(dy, x, (K, C, 3, 3), stride=1, padding, dilation) for the calls `applies` accepts."""
+def backward_filter(dy, x, w_shape, padding, dilation=None, form=None):
+    """conv2d_backward_filter(dy, x, w_shape = (K, C, 3, 3), stride=1, padding,
+    dilation) for the calls `applies` accepts."""
     dilation, inner = _undilated(dilation, padding)
     if dilation:
-        return backward_filter(_components(dy, dilation), _components(x, dilation), inner, form)
+        return backward_filter(_components(dy, dilation), _components(x, dilation), w_shape, inner, form=form)
     N, C, H, W = x.shape
     K = dy.shape[1]
     f = form or _form(x.shape, padding, "backward_filter")

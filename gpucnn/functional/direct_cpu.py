@@ -1,0 +1,223 @@
+"""CPU stride-1 convolution straight from the zero-padded input (float32):
+no im2col, no BLAS, simd_cpu's register-tiled micro-kernels.
+
+Notation as conv_cpu: x (N, C, D, H, W), w (K, C, T, R, S), padding (pd, ph,
+pw), dilation (dd, dh, dw), one group, stride 1; 1-D and 2-D run as 3-D.
+Each sample is copied once into a flat buffer of C zero-padded (Dp, Hp, Wp)
+volumes. An output position (od, oh, ow) is the wide-row index
+p = (od*Hp + oh)*Wp + ow (as conv_cpu's wide rows: Wp - Wo garbage columns
+a row, and in 3-D Hp - Ho garbage rows a slice), and tap j = (c, t, r, s)
+reads the buffer at off[j] + p, off[j] = c*Dp*Hp*Wp + (t*dd*Hp + r*dh)*Wp + s*dw.
+So every direction is a sum over taps of shifted contiguous runs:
+
+    forward          y[k, p]  = sum_j w[k, j] x[off[j] + p]      (simd_cpu.conv_tile)
+    backward-filter  dw[k, j] = sum_n,p dy[n, k, p] x[n, off[j] + p]  (simd_cpu.grad_tile)
+    backward-data    the forward of dy, padded by d(k-1) - p, with the flipped,
+                     transposed filter (conv_cpu.backward_data routes it here)
+
+dy is laid out at the same wide positions with zeros in the garbage
+columns. Positions are padded up to whole tiles (PB vectors) and output
+channels to whole KB-row tiles, with zero filters; the extra outputs are
+dropped. The products the micro-kernels do beyond the useful ones are
+(Kp / K) * (Pcp / P); `applies` takes a route only while that overhead is
+at most _MAX_WASTE.
+
+Why: at stride 1, the micro-kernels run the FMA units at about 160 GFLOP/s
+on one core of the 2-core Xeon (AVX-512), where NumPy's OpenBLAS runs the
+thin products of im2col (16 output channels, LeNet's 6 -> 16 5x5 layer) at
+70-90 GFLOP/s, and the im2col copy itself is gone (measurements in
+docs/cpu-performance.md). Threads: the batch is split as in conv_cpu
+(cpu_parallel.over_samples), each thread running the nogil kernels on its
+samples; backward-filter sums each thread's dw in block order, the threads'
+in thread order: deterministic for a fixed thread count.
+"""
+import functools
+import math
+
+import numba as nb
+import numpy as np
+
+from ..cpu_parallel import over_samples
+from ._args import output_shape
+from .flat_cpu import as5d, copy_run, fill_flat, lift3
+from .simd_cpu import LANES, conv_tile, grad_tile
+
+# Forward tiles (KB output channels, PB vectors of positions): 24 accumulators
+# at most (of the 32 AVX-512 registers), KB picked to pad the fewest channels
+# (6 for LeNet's 16 -> 6 backward-data), then PB to pad the fewest positions.
+_WIDTHS = {8: (1, 2, 3), 6: (2, 4), 4: (3, 6)}
+GKB, GJB = 4, 6     # backward-filter tile: 4 rows of dw by 6 taps (24 accumulators)
+_MIN_TAPS = 16     # multiply-adds per output (C*T*R*S), at least
+_MAX_WASTE = 1.6    # products done / useful products, at most (padded channels, wide rows, whole tiles)
+_BLOCK_BYTES = 1 << 20   # backward-filter: x and dy of a block of samples (in the L2 cache)
+_T81, _T82, _T83, _T62, _T64, _T43, _T46 = (conv_tile(k, b) for k in _WIDTHS for b in _WIDTHS[k])
+_GRAD = grad_tile(GKB, GJB)
+
+
+def _ceil(a, b):
+    return -(-a // b) * b
+
+
+class _Geometry:
+    """One call's padded volumes, wide positions, tiles and tap offsets."""
+
+    def __init__(self, x_shape, w_shape, padding, dilation):
+        nd = len(x_shape) - 2
+        dilation = tuple(dilation or (1,) * nd)
+        self.out = output_shape(x_shape[2:], w_shape[2:], (1,) * nd, padding, dilation)
+        self.padding, self.out3 = lift3(padding, 0), lift3(self.out, 1)
+        D, H, W = lift3(x_shape[2:], 1)
+        T, R, S = lift3(w_shape[2:], 1)
+        dd, dh, dw = lift3(dilation, 1)
+        pd, ph, pw = self.padding
+        Dp, self.Hp, self.Wp = D + 2 * pd, H + 2 * ph, W + 2 * pw
+        self.plane = Dp * self.Hp * self.Wp
+        Do, Ho, Wo = self.out3
+        self.K, self.C = w_shape[0], w_shape[1]
+        self.P = Do * Ho * Wo
+        self.Pc = ((Do - 1) * self.Hp + Ho - 1) * self.Wp + Wo   # wide positions, up to the last output
+        self.KB = min(_WIDTHS, key=lambda k: (_ceil(self.K, k), -k))
+        self.PB = min(_WIDTHS[self.KB], key=lambda b: (_ceil(self.Pc, LANES * b), -b))
+        self.Pcp = _ceil(self.Pc, LANES * self.PB)
+        self.Kp = _ceil(self.K, self.KB)
+        taps = [(c * Dp + t * dd) * self.Hp * self.Wp + r * dh * self.Wp + s * dw
+                for c in range(self.C) for t in range(T) for r in range(R) for s in range(S)]
+        self.J = len(taps)
+        self.off = np.array(taps + [0] * (_ceil(self.J, GJB) - self.J), np.int64)   # backward-filter's padding
+        self.Lx = max(self.C * self.plane, taps[-1] + self.Pcp)   # a sample's buffer: every read inside
+        self.waste = self.Kp * self.Pcp / (self.K * self.P)
+        self.flops = 2 * x_shape[0] * self.K * self.J * self.P
+
+
+@functools.lru_cache(maxsize=256)
+def _geometry(x_shape, w_shape, padding, dilation):
+    return _Geometry(x_shape, w_shape, padding, dilation)
+
+
+def _geometry_of(x_shape, w_shape, padding, dilation):
+    return _geometry(tuple(x_shape), tuple(w_shape), tuple(padding), None if dilation is None else tuple(dilation))
+
+
+def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype):
+    """float32, stride 1, one group, more than one tap of the filter and at
+    least _MIN_TAPS multiply-adds per output (pointwise convs are a plain
+    GEMM without im2col in conv_cpu, measured 1.2-1.7x faster there; with one
+    input channel and 3x3 filters conv_cpu's stacked products are as fast),
+    and at most _MAX_WASTE products done per useful one."""
+    if not (np.dtype(dtype) == np.float32 and groups == 1 and all(s == 1 for s in stride)
+            and math.prod(w_shape[2:]) > 1 and math.prod(w_shape[1:]) >= _MIN_TAPS):
+        return False
+    return _geometry_of(x_shape, w_shape, padding, dilation).waste <= _MAX_WASTE
+
+
+def beats_winograd(x_shape, w_shape, direction):
+    """Whether this route is faster than winograd_cpu's where both apply.
+    Winograd does 2.25-4x fewer multiply-adds, but its products are (K, C) @
+    (C, tiles) matrices, slow with few channels. Measured on one core (ms,
+    Winograd -> here, forward / backward-filter): 16 channels at 16x16, 8
+    samples, 0.17/0.21 -> 0.11/0.12; 32 channels at 16x16, 8 samples,
+    0.51/0.44 -> 0.31/0.47; 32 at 28x28, 128 samples, 17.0/17.9 -> 17.8/22.0;
+    64 at 16x16, 8 samples, 1.04/1.19 -> 1.17/1.67; 64 -> 128 at 7x7,
+    128 samples, 6.8/7.5 -> 8.9/12.4."""
+    channels = min(w_shape[0], w_shape[1])
+    if direction == "backward_filter":
+        return channels < 32
+    return channels < 32 or (channels < 64 and x_shape[0] < 64)
+
+
+@nb.njit(inline="always")
+def _fill_sample(buf, b0, x5, n, padding, Hp, Wp, plane):
+    """x5[n]'s C volumes, zero-padded, into buf from b0 (the borders are already zero)."""
+    for c in range(x5.shape[1]):
+        fill_flat(buf[b0 + c * plane:], x5[n, c], padding, Hp, Wp)
+
+
+@nb.njit(inline="always")
+def _tile(KB, PB, yw, y0, Pcp, buf, p0, off, wp, w0, J):
+    if KB == 8:
+        if PB == 3:
+            _T83(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+        elif PB == 2:
+            _T82(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+        else:
+            _T81(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+    elif KB == 6:
+        if PB == 4:
+            _T64(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+        else:
+            _T62(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+    elif PB == 6:
+        _T46(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+    else:
+        _T43(yw, y0, Pcp, buf, p0, off, wp, w0, J)
+
+
+@nb.njit(nogil=True, cache=True)
+def _forward(x5, wp, off, J, y5, padding, Hp, Wp, plane, Lx, Pcp, KB, PB, n0, n1):
+    """y5[n0:n1] (N, K, Do, Ho, Wo) from x5 (N, C, D, H, W) and the packed
+    filters wp (Kp/KB, J, KB)."""
+    K, Do, Ho, Wo = y5.shape[1:]
+    Kp = wp.size // J
+    buf = np.zeros(Lx, np.float32)
+    yw = np.empty(Kp * Pcp, np.float32)
+    yf = y5.reshape(y5.size)
+    for n in range(n0, n1):
+        _fill_sample(buf, 0, x5, n, padding, Hp, Wp, plane)
+        for p0 in range(0, Pcp, LANES * PB):     # positions outer: a chunk of buf stays in cache
+            for kb in range(Kp // KB):
+                _tile(KB, PB, yw, kb * KB * Pcp + p0, Pcp, buf, p0, off, wp, kb * J * KB, J)
+        for k in range(K):
+            for od in range(Do):
+                for oh in range(Ho):
+                    copy_run(yf, (((n * K + k) * Do + od) * Ho + oh) * Wo, yw, k * Pcp + (od * Hp + oh) * Wp, Wo)
+
+
+def forward(x, w, padding, dilation=None):
+    g = _geometry_of(x.shape, w.shape, padding, dilation)
+    wk = np.zeros((g.Kp, g.J), np.float32)
+    wk[:g.K] = w.reshape(g.K, g.J)
+    wp = np.ascontiguousarray(wk.reshape(g.Kp // g.KB, g.KB, g.J).transpose(0, 2, 1)).reshape(-1)
+    x5 = as5d(x)
+    y = np.empty(x.shape[:1] + (g.K,) + g.out, np.float32)
+    y5 = as5d(y)
+    over_samples(lambda n0, n1: _forward(x5, wp, g.off, g.J, y5, g.padding, g.Hp, g.Wp, g.plane, g.Lx,
+                                         g.Pcp, g.KB, g.PB, n0, n1), x.shape[0], g.flops)
+    return y
+
+
+@nb.njit(nogil=True, cache=True)
+def _backward_filter(dy5, x5, off, J, padding, Hp, Wp, plane, Lx, Pcp, Kp, mb, n0, n1):
+    """dw (Kp, len(off)) summed over the samples [n0, n1), in blocks of mb."""
+    K, Do, Ho, Wo = dy5.shape[1:]
+    Jp = off.size
+    dw = np.zeros(Kp * Jp, np.float32)
+    xb = np.zeros(mb * Lx, np.float32)
+    db = np.zeros(mb * Kp * Pcp, np.float32)   # garbage columns and padded rows stay zero
+    dyf = dy5.reshape(dy5.size)
+    for a in range(n0, n1, mb):
+        m = min(mb, n1 - a)
+        for i in range(m):
+            _fill_sample(xb, i * Lx, x5, a + i, padding, Hp, Wp, plane)
+            for k in range(K):
+                for od in range(Do):
+                    for oh in range(Ho):
+                        copy_run(db, (i * Kp + k) * Pcp + (od * Hp + oh) * Wp,
+                                  dyf, ((((a + i) * K + k) * Do + od) * Ho + oh) * Wo, Wo)
+        for kb in range(Kp // GKB):
+            for jb in range(Jp // GJB):
+                _GRAD(dw, kb * GKB * Jp + jb * GJB, Jp, db, kb * GKB * Pcp, Pcp, Kp * Pcp,
+                      xb, Lx, off, jb * GJB, m, Pcp // LANES)
+    return dw
+
+
+def backward_filter(dy, x, w_shape, padding, dilation=None):
+    g = _geometry_of(x.shape, w_shape, padding, dilation)
+    Kp = _ceil(g.K, GKB)
+    mb = max(1, min(x.shape[0], _BLOCK_BYTES // (4 * (g.Lx + Kp * g.Pcp))))
+    x5, dy5 = as5d(x), as5d(dy)
+    parts = over_samples(lambda n0, n1: _backward_filter(dy5, x5, g.off, g.J, g.padding, g.Hp, g.Wp, g.plane,
+                                                         g.Lx, g.Pcp, Kp, mb, n0, n1), x.shape[0], g.flops)
+    dw = parts[0]
+    for p in parts[1:]:   # thread order: deterministic
+        dw += p
+    return np.ascontiguousarray(dw.reshape(Kp, -1)[:g.K, :g.J]).reshape(w_shape)
