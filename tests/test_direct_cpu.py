@@ -77,11 +77,11 @@ def test_direct_matches_the_float64_reference(case, contiguous):
 
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_every_tile_width(width):
-    """Rows of P outputs picked so that `width` vectors a tile (of 8 filters) pads the least."""
-    P = {1: LANES * 5, 2: LANES * 4, 3: LANES * 3}[width]   # 5 -> 1 (not 6), 4 -> 2, 3 -> 3
+    """Rows of width vectors of outputs take tiles of 8 filters by `width` vectors."""
+    P = LANES * width
     x, w, dy, y64 = _case((2, 3, (P + 2,), 16, (3,), (0,), None), np.random.default_rng(12))
     g = direct_cpu._geometry_of(x.shape, w.shape, (0,), None)
-    assert (g.PB, g.Pcp) == (width, P)
+    assert (g.KB, g.PB, g.Pcp) == (8, width, P)
     assert _rel(direct_cpu.forward(x, w, (0,)), y64) <= REL_TOL
 
 

@@ -43,8 +43,8 @@ from .flat_cpu import as5d, copy_run, fill_flat, lift3
 from .simd_cpu import LANES, conv_tile, grad_tile
 
 # Forward tiles (KB output channels, PB vectors of positions): 24 accumulators
-# at most (of the 32 AVX-512 registers), KB picked to pad the fewest channels
-# (6 for LeNet's 16 -> 6 backward-data), then PB to pad the fewest positions.
+# at most (of the 32 AVX-512 registers), picked per geometry by _cycles (a
+# 6-filter tile for LeNet's 16 -> 6 backward-data).
 _WIDTHS = {8: (1, 2, 3), 6: (2, 4), 4: (3, 6)}
 GKB, GJB = 4, 6     # backward-filter tile: 4 rows of dw by 6 taps (24 accumulators)
 _MIN_TAPS = 16     # multiply-adds per output (C*T*R*S), at least
@@ -61,6 +61,15 @@ def _ceil(a, b):
 class _Geometry:
     """One call's padded volumes, wide positions, tiles and tap offsets."""
 
+    def _cycles(self, KB, PB):
+        """A tile shape's time, relative: padded filters x padded positions x
+        cycles per FMA of a tap's step: KB*PB FMAs and PB + KB loads, two of
+        each a cycle, at least 4 cycles (the FMA latency) a step, plus about
+        one for the loop and the offset. Measured on the 3-D quick case (8
+        filters, 1538 positions): PB = 1, 2, 3 took 149, 132, 126 us (this
+        model: 1552 * 0.69, 1568 * 0.56, 1584 * 0.54 = 1067, 882, 858)."""
+        return _ceil(self.K, KB) * _ceil(self.Pc, LANES * PB) * (max(KB * PB, KB + PB, 8) / 2 + 1) / (KB * PB)
+
     def __init__(self, x_shape, w_shape, padding, dilation):
         nd = len(x_shape) - 2
         dilation = tuple(dilation or (1,) * nd)
@@ -76,8 +85,8 @@ class _Geometry:
         self.K, self.C = w_shape[0], w_shape[1]
         self.P = Do * Ho * Wo
         self.Pc = ((Do - 1) * self.Hp + Ho - 1) * self.Wp + Wo   # wide positions, up to the last output
-        self.KB = min(_WIDTHS, key=lambda k: (_ceil(self.K, k), -k))
-        self.PB = min(_WIDTHS[self.KB], key=lambda b: (_ceil(self.Pc, LANES * b), -b))
+        self.KB, self.PB = min(((k, b) for k in _WIDTHS for b in _WIDTHS[k]),
+                               key=lambda t: (self._cycles(*t), -t[0] * t[1]))
         self.Pcp = _ceil(self.Pc, LANES * self.PB)
         self.Kp = _ceil(self.K, self.KB)
         taps = [(c * Dp + t * dd) * self.Hp * self.Wp + r * dh * self.Wp + s * dw

@@ -20,6 +20,10 @@ zero-padded input:
                  partial sums over lanes, added across lanes at the end;
                  per step KB loads of dy, JB of x, KB*JB FMAs
 
+Numba caches the kernels that inline these (cache=True) by their own
+module's time stamp only: after editing this file, touch direct_cpu.py (or
+clear __pycache__) so that they are compiled again.
+
 The sums run in a fixed order (taps, then samples and positions, lanes
 added pairwise at the end), so results are deterministic.
 """
