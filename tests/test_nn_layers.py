@@ -512,11 +512,14 @@ def test_relu_cpu_kernel_matches_array_code_at_every_thread_count(dtype):
         numba.set_num_threads(before)
 
 
-def test_cpu_parallel_matmul_matches_numpy_and_is_deterministic():
+@pytest.mark.parametrize("blas_threads", [False, True], ids=["row-parts", "blas-threads"])
+def test_cpu_parallel_matmul_matches_numpy_and_is_deterministic(blas_threads, monkeypatch):
     # Linear's CPU products (gpucnn.cpu_parallel.matmul): row parts across
-    # threads, transposed views as operands, same bits run to run.
+    # threads or the BLAS's own threads, transposed views as operands, same
+    # bits run to run.
     import numba
     from gpucnn import cpu_parallel
+    monkeypatch.setattr(cpu_parallel, "BLAS_WORKERS_SLEEP", blas_threads)
     rng = np.random.default_rng(3)
     a = rng.standard_normal((300, 700)).astype(np.float32)
     b = rng.standard_normal((500, 700)).astype(np.float32)
