@@ -11,7 +11,7 @@
     gpucnn.set_float32_conv_precision / float32_conv_precision   (docs/precision.md)
     gpucnn.amp          mixed precision: autocast policy, GradScaler (docs/gpu-step.md)
 """
-from . import _blas_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
+from . import _process_env  # noqa: F401  (first: before NumPy loads OpenBLAS)
 from . import amp, backend, backends, functional, onnx, random
 from .backend import asarray, get_array_module, gpu_available, to_cpu, to_gpu
 from .inference import load_model

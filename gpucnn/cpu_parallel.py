@@ -18,7 +18,7 @@ work below, so that no two pools ever run at once:
   inside (each thread runs its own single-threaded GEMMs); for convs with
   work per sample large enough to keep per-sample GEMMs efficient.
 - matmul: one product (Linear's forward and backward) on the BLAS's own
-  threads when its idle workers sleep at once (gpucnn._blas_env: gpucnn set
+  threads when its idle workers sleep at once (gpucnn._process_env: gpucnn set
   OPENBLAS_THREAD_TIMEOUT before NumPy loaded the BLAS); otherwise its rows
   split across our pool, each part a single-threaded BLAS call. lenet_bn's
   Linear (128 x 3136 @ 3136 x 128), 1 -> 2 threads: 1.57-1.99x on the
@@ -40,7 +40,7 @@ import numba as nb
 import numpy as np
 import threadpoolctl
 
-from ._blas_env import BLAS_WORKERS_SLEEP
+from ._process_env import BLAS_WORKERS_SLEEP
 
 FLOPS_PER_THREAD = 16e6          # below this much work per thread, a thread costs more than it saves
 ELEMENTS_PER_THREAD = 1 << 17    # the same for memory-bound work (elements touched)
