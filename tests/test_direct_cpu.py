@@ -18,16 +18,22 @@ from gpucnn.testing import reference as ref
 
 REL_TOL = 1e-5   # the conv tests' float32 bound (relative L2 against float64)
 
-CASES = [  # (N, C, spatial, K, kernel, padding, dilation)
-    (32, 6, (14, 14), 16, (5, 5), (0, 0), None),          # LeNet's 6 -> 16 layer
-    (1, 5, (9, 11), 7, (2, 3), (1, 2), None),             # batch 1, odd sizes, 7 filters (one padded tile)
-    (3, 4, (12, 13), 9, (3, 3), (0, 1), (2, 1)),          # dilation on one axis, 9 filters (two tiles)
-    (2, 16, (16, 16), 16, (3, 3), (2, 2), (2, 2)),        # the quick suite's dilated layer, two images
-    (3, 16, (37,), 20, (5,), (2,), None),                 # 1-D
-    (2, 8, (40,), 8, (3,), (3,), (3,)),                   # 1-D dilated, padding beyond the reach
-    (2, 3, (6, 7, 8), 10, (3, 2, 3), (1, 0, 1), None),    # 3-D, rectangular
-    (2, 8, (5, 6, 6), 16, (3, 3, 3), (1, 1, 1), (2, 1, 1)),  # 3-D dilated in depth
-    (1, 1, (28, 28), 6, (5, 5), (2, 2), None),            # one input channel: 25 taps
+CASES = [  # (N, C, spatial, K, kernel, stride, padding, dilation)
+    (32, 6, (14, 14), 16, (5, 5), 1, (0, 0), None),          # LeNet's 6 -> 16 layer
+    (1, 5, (9, 11), 7, (2, 3), 1, (1, 2), None),             # batch 1, odd sizes, 7 filters (one padded tile)
+    (3, 4, (12, 13), 9, (3, 3), 1, (0, 1), (2, 1)),          # dilation on one axis, 9 filters (two tiles)
+    (2, 16, (16, 16), 16, (3, 3), 1, (2, 2), (2, 2)),        # the quick suite's dilated layer, two images
+    (3, 16, (37,), 20, (5,), 1, (2,), None),                 # 1-D
+    (2, 8, (40,), 8, (3,), 1, (3,), (3,)),                   # 1-D dilated, padding beyond the reach
+    (2, 3, (6, 7, 8), 10, (3, 2, 3), 1, (1, 0, 1), None),    # 3-D, rectangular
+    (2, 8, (5, 6, 6), 16, (3, 3, 3), 1, (1, 1, 1), (2, 1, 1)),  # 3-D dilated in depth
+    (1, 1, (28, 28), 6, (5, 5), 1, (2, 2), None),            # one input channel: 25 taps
+    (3, 8, (16, 16), 16, (3, 3), 2, (1, 1), None),           # stride 2: four phase components
+    (2, 6, (15, 13), 12, (3, 3), 2, (1, 0), None),           # stride 2, odd sizes, asymmetric padding
+    (2, 3, (19, 20), 8, (7, 7), (2, 3), (3, 2), None),       # a 7x7 stem, strides 2 and 3
+    (2, 4, (13, 14), 8, (3, 3), 2, (2, 2), (2, 2)),          # stride and dilation 2: one phase a tap
+    (2, 5, (21,), 8, (5,), 3, (1,), None),                   # 1-D, stride 3
+    (2, 4, (7, 8, 9), 8, (3, 3, 3), 2, (1, 1, 1), None),     # 3-D, stride 2: eight components
 ]
 
 
@@ -36,13 +42,13 @@ def _rel(out, expected):
 
 
 def _case(case, rng, contiguous=True):
-    N, C, spatial, K, kernel, padding, dilation = case
+    N, C, spatial, K, kernel, stride, padding, dilation = case
     x = rng.standard_normal((N, C) + spatial).astype(np.float32)
     if not contiguous:   # a strided view of a wider array
         x = np.repeat(x, 2, axis=-1)[..., ::2]
     w = (rng.standard_normal((K, C) + kernel) / np.sqrt(np.prod(kernel) * C)).astype(np.float32)
     dil = dilation or 1
-    y64 = ref.conv_forward_ref(x.astype(np.float64), w.astype(np.float64), None, 1, padding, dil)
+    y64 = ref.conv_forward_ref(x.astype(np.float64), w.astype(np.float64), None, stride, padding, dil)
     dy = rng.standard_normal(y64.shape).astype(np.float32)
     if not contiguous:
         dy = np.repeat(dy, 2, axis=-1)[..., ::2]
@@ -58,36 +64,37 @@ def _public(nd):
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "view"])
 def test_direct_matches_the_float64_reference(case, contiguous):
     x, w, dy, y64 = _case(case, np.random.default_rng(11), contiguous)
-    padding, dilation = case[5], case[6]
+    stride, padding, dilation = case[5:]
+    stride = (stride,) * len(padding) if isinstance(stride, int) else stride
     dil = dilation or 1
     x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
-    dx64 = ref.conv_backward_data_ref(dy64, w64, x.shape, 1, padding, dil)
-    dw64 = ref.conv_backward_filter_ref(dy64, x64, w.shape, 1, padding, dil)
-    y = direct_cpu.forward(x, w, padding, dilation)
+    dx64 = ref.conv_backward_data_ref(dy64, w64, x.shape, stride, padding, dil)
+    dw64 = ref.conv_backward_filter_ref(dy64, x64, w.shape, stride, padding, dil)
+    y = direct_cpu.forward(x, w, padding, dilation, stride)
     assert y.shape == y64.shape and y.dtype == np.float32 and y.flags.c_contiguous
     assert _rel(y, y64) <= REL_TOL
-    dw = direct_cpu.backward_filter(dy, x, w.shape, padding, dilation)
+    dw = direct_cpu.backward_filter(dy, x, w.shape, padding, dilation, stride)
     assert dw.shape == w.shape and dw.dtype == np.float32
     assert _rel(dw, dw64) <= REL_TOL
     conv, conv_bd, conv_bf = _public(x.ndim - 2)   # the public ops, whichever route they take
-    assert _rel(conv(x, w, padding=padding, dilation=dil), y64) <= REL_TOL
-    assert _rel(conv_bd(dy, w, x.shape, padding=padding, dilation=dil), dx64) <= REL_TOL
-    assert _rel(conv_bf(dy, x, w.shape, padding=padding, dilation=dil), dw64) <= REL_TOL
+    assert _rel(conv(x, w, stride=stride, padding=padding, dilation=dil), y64) <= REL_TOL
+    assert _rel(conv_bd(dy, w, x.shape, stride=stride, padding=padding, dilation=dil), dx64) <= REL_TOL
+    assert _rel(conv_bf(dy, x, w.shape, stride=stride, padding=padding, dilation=dil), dw64) <= REL_TOL
 
 
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_every_tile_width(width):
     """Rows of width vectors of outputs take tiles of 8 filters by `width` vectors."""
     P = LANES * width
-    x, w, dy, y64 = _case((2, 3, (P + 2,), 16, (3,), (0,), None), np.random.default_rng(12))
-    g = direct_cpu._geometry_of(x.shape, w.shape, (0,), None)
+    x, w, dy, y64 = _case((2, 3, (P + 2,), 16, (3,), 1, (0,), None), np.random.default_rng(12))
+    g = direct_cpu._geometry_of(x.shape, w.shape, (1,), (0,), None)
     assert (g.KB, g.PB, g.Pcp) == (8, width, P)
     assert _rel(direct_cpu.forward(x, w, (0,)), y64) <= REL_TOL
 
 
 def test_backward_filter_in_several_blocks(monkeypatch):
     """Blocks of one sample (each block's sums added in order) and a shorter last block."""
-    x, w, dy, _ = _case((5, 4, (7, 9), 6, (3, 2), (1, 0), None), np.random.default_rng(13))
+    x, w, dy, _ = _case((5, 4, (7, 9), 6, (3, 2), 1, (1, 0), None), np.random.default_rng(13))
     dw64 = ref.conv_backward_filter_ref(dy.astype(np.float64), x.astype(np.float64), w.shape, 1, (1, 0))
     for block_bytes in (1, 3 * 4 * 1000, 1 << 20):
         monkeypatch.setattr(direct_cpu, "_BLOCK_BYTES", block_bytes)
@@ -99,7 +106,8 @@ def test_backward_filter_in_several_blocks(monkeypatch):
     (((8, 16, 256), (32, 16, 5), (1,), (2,), None, 1, np.float32), True),            # 1-D
     (((2, 8, 8, 12, 12), (16, 8, 3, 3, 3), (1,) * 3, (1,) * 3, None, 1, np.float32), True),   # 3-D
     (((32, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0), None, 1, np.float64), False),  # float64: im2col
-    (((8, 32, 16, 16), (64, 32, 3, 3), (2, 2), (1, 1), None, 1, np.float32), False),  # stride 2
+    (((8, 32, 16, 16), (64, 32, 3, 3), (2, 2), (1, 1), None, 1, np.float32), True),   # stride 2: components
+    (((8, 64, 16, 16), (128, 64, 1, 1), (2, 2), (0, 0), None, 1, np.float32), False),  # strided 1x1: a GEMM
     (((8, 32, 16, 16), (64, 16, 3, 3), (1, 1), (1, 1), None, 2, np.float32), False),  # groups
     (((8, 64, 16, 16), (128, 64, 1, 1), (1, 1), (0, 0), None, 1, np.float32), False),  # pointwise: a GEMM
     (((8, 1, 28, 28), (32, 1, 3, 3), (1, 1), (1, 1), None, 1, np.float32), False),   # 9 taps
@@ -136,7 +144,7 @@ def test_thin_backward_data_runs_as_a_direct_forward(monkeypatch):
 
 
 def test_direct_is_deterministic_per_thread_count():
-    x, w, dy, _ = _case((40, 6, (14, 14), 16, (5, 5), (1, 1), None), np.random.default_rng(15))   # 2 parts at 2 threads
+    x, w, dy, _ = _case((40, 6, (14, 14), 16, (5, 5), 1, (1, 1), None), np.random.default_rng(15))   # 2 parts at 2 threads
     before = numba.get_num_threads()
     try:
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):

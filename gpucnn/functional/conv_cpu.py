@@ -353,8 +353,11 @@ def _fast_route(x_shape, w_shape, stride, padding, dilation, groups, dtype, dire
 def forward(x, w, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w.shape, groups)):
         return dw.forward(x, w, stride, padding, dilation)
-    if route := _fast_route(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        return route.forward(x, w, padding, dilation)
+    route = _fast_route(x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
+    if route is winograd_cpu:
+        return winograd_cpu.forward(x, w, padding, dilation)
+    if route is direct_cpu:
+        return direct_cpu.forward(x, w, padding, dilation, stride)
     plan = _plan(x.shape, w.shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w.shape[0]
     x5, w3 = as5d(x), plan.weight(w)
@@ -424,8 +427,11 @@ def backward_filter(dy, x, w_shape, stride, padding, dilation=None, groups=1):
     if groups > 1 and (dw := _depthwise(w_shape, groups)) and dw.applies_backward_filter(x.shape, w_shape,
                                                                                       stride, groups):
         return dw.backward_filter(dy, x, w_shape, stride, padding, dilation)
-    if route := _fast_route(x.shape, w_shape, stride, padding, dilation, groups, x.dtype, "backward_filter"):
-        return route.backward_filter(dy, x, w_shape, padding, dilation)
+    route = _fast_route(x.shape, w_shape, stride, padding, dilation, groups, x.dtype, "backward_filter")
+    if route is winograd_cpu:
+        return winograd_cpu.backward_filter(dy, x, w_shape, padding, dilation)
+    if route is direct_cpu:
+        return direct_cpu.backward_filter(dy, x, w_shape, padding, dilation, stride)
     plan = _plan(x.shape, w_shape, stride, padding, x.dtype, dilation, groups)
     N, K = x.shape[0], w_shape[0]
     dy3 = np.ascontiguousarray(dy).reshape(N, K, plan.P)

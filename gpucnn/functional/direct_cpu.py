@@ -1,19 +1,25 @@
-"""CPU stride-1 convolution straight from the zero-padded input (float32):
-no im2col, no BLAS, simd_cpu's register-tiled micro-kernels.
+"""CPU convolution straight from the zero-padded input (float32): no
+im2col, no BLAS, simd_cpu's register-tiled micro-kernels.
 
-Notation as conv_cpu: x (N, C, D, H, W), w (K, C, T, R, S), padding (pd, ph,
-pw), dilation (dd, dh, dw), one group, stride 1; 1-D and 2-D run as 3-D.
-Each sample is copied once into a flat buffer of C zero-padded (Dp, Hp, Wp)
-volumes. An output position (od, oh, ow) is the wide-row index
-p = (od*Hp + oh)*Wp + ow (as conv_cpu's wide rows: Wp - Wo garbage columns
-a row, and in 3-D Hp - Ho garbage rows a slice), and tap j = (c, t, r, s)
-reads the buffer at off[j] + p, off[j] = c*Dp*Hp*Wp + (t*dd*Hp + r*dh)*Wp + s*dw.
-So every direction is a sum over taps of shifted contiguous runs:
+Notation as conv_cpu: x (N, C, D, H, W), w (K, C, T, R, S), stride (sd, sh,
+sw), padding (pd, ph, pw), dilation (dd, dh, dw), one group; 1-D and 2-D run
+as 3-D. Each sample is copied once into a flat buffer: its zero-padded
+volumes split into stride phase components (component (a, b, e) of channel
+c holds the padded positions congruent to (a, b, e) modulo the strides, a
+(Dc, Hc, Wc) volume; with stride 1 the one component is the padded volume).
+An output position (od, oh, ow) is the wide-row index p = (od*Hc + oh)*Wc
++ ow (as conv_cpu's wide rows: Wc - Wo garbage columns a row, and in 3-D
+Hc - Ho garbage rows a slice), and tap j = (c, t, r, s), which reads padded
+position (od*sd + t*dd, oh*sh + r*dh, ow*sw + s*dw), finds it in the
+component of phase (t*dd mod sd, r*dh mod sh, s*dw mod sw) at p shifted by
+(t*dd div sd, r*dh div sh, s*dw div sw): at off[j] + p in the buffer. So
+every direction is a sum over taps of shifted contiguous runs:
 
-    forward          y[k, p]  = sum_j w[k, j] x[off[j] + p]      (simd_cpu.conv_tile)
+    forward          y[k, p]  = sum_j w[k, j] x[off[j] + p]           (simd_cpu.conv_tile)
     backward-filter  dw[k, j] = sum_n,p dy[n, k, p] x[n, off[j] + p]  (simd_cpu.grad_tile)
-    backward-data    the forward of dy, padded by d(k-1) - p, with the flipped,
-                     transposed filter (conv_cpu.backward_data routes it here)
+    backward-data    at stride 1 the forward of dy, padded by d(k-1) - p,
+                     with the flipped, transposed filter (conv_cpu.backward_data
+                     routes it here); strided ones stay on col2im
 
 dy is laid out at the same wide positions with zeros in the garbage
 columns. Positions are padded up to whole tiles (PB vectors) and output
@@ -22,9 +28,9 @@ dropped. The products the micro-kernels do beyond the useful ones are
 (Kp / K) * (Pcp / P); `applies` takes a route only while that overhead is
 at most _MAX_WASTE.
 
-Why: at stride 1, the micro-kernels run the FMA units at about 160 GFLOP/s
-on one core of the 2-core Xeon (AVX-512), where NumPy's OpenBLAS runs the
-thin products of im2col (16 output channels, LeNet's 6 -> 16 5x5 layer) at
+Why: the micro-kernels run the FMA units at about 140-160 GFLOP/s issued on
+one core of the 2-core Xeon (AVX-512), where NumPy's OpenBLAS runs the thin
+products of im2col (16 output channels, LeNet's 6 -> 16 5x5 layer) at
 70-90 GFLOP/s, and the im2col copy itself is gone (measurements in
 docs/cpu-performance.md). Threads: the batch is split as in conv_cpu
 (cpu_parallel.over_samples), each thread running the nogil kernels on its
@@ -36,10 +42,11 @@ import math
 
 import numba as nb
 import numpy as np
+from numba import uintp
 
 from ..cpu_parallel import over_samples
 from ._args import output_shape
-from .flat_cpu import as5d, copy_run, fill_flat, lift3
+from .flat_cpu import as5d, copy_run, lift3
 from .simd_cpu import LANES, conv_tile, grad_tile
 
 # Forward tiles (KB output channels, PB vectors of positions): 24 accumulators
@@ -70,53 +77,60 @@ class _Geometry:
         model: 1552 * 0.69, 1568 * 0.56, 1584 * 0.54 = 1067, 882, 858)."""
         return _ceil(self.K, KB) * _ceil(self.Pc, LANES * PB) * (max(KB * PB, KB + PB, 8) / 2 + 1) / (KB * PB)
 
-    def __init__(self, x_shape, w_shape, padding, dilation):
+    def __init__(self, x_shape, w_shape, stride, padding, dilation):
         nd = len(x_shape) - 2
         dilation = tuple(dilation or (1,) * nd)
-        self.out = output_shape(x_shape[2:], w_shape[2:], (1,) * nd, padding, dilation)
-        self.padding, self.out3 = lift3(padding, 0), lift3(self.out, 1)
+        self.out = output_shape(x_shape[2:], w_shape[2:], stride, padding, dilation)
+        self.stride, self.padding, self.out3 = lift3(stride, 1), lift3(padding, 0), lift3(self.out, 1)
         D, H, W = lift3(x_shape[2:], 1)
         T, R, S = lift3(w_shape[2:], 1)
         dd, dh, dw = lift3(dilation, 1)
+        sd, sh, sw = self.stride
         pd, ph, pw = self.padding
-        Dp, self.Hp, self.Wp = D + 2 * pd, H + 2 * ph, W + 2 * pw
-        self.plane = Dp * self.Hp * self.Wp
+        # phase components of the padded input (stride 1: the padded input itself)
+        self.Dc, self.Hc, self.Wc = -(-(D + 2 * pd) // sd), -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+        self.plane = self.Dc * self.Hc * self.Wc
         Do, Ho, Wo = self.out3
         self.K, self.C = w_shape[0], w_shape[1]
         self.P = Do * Ho * Wo
-        self.Pc = ((Do - 1) * self.Hp + Ho - 1) * self.Wp + Wo   # wide positions, up to the last output
+        self.Pc = ((Do - 1) * self.Hc + Ho - 1) * self.Wc + Wo   # wide positions, up to the last output
         self.KB, self.PB = min(((k, b) for k in _WIDTHS for b in _WIDTHS[k]),
                                key=lambda t: (self._cycles(*t), -t[0] * t[1]))
         self.Pcp = _ceil(self.Pc, LANES * self.PB)
         self.Kp = _ceil(self.K, self.KB)
-        taps = [(c * Dp + t * dd) * self.Hp * self.Wp + r * dh * self.Wp + s * dw
-                for c in range(self.C) for t in range(T) for r in range(R) for s in range(S)]
+
+        def tap(c, t, r, s):   # the component holding the tap's phase, then its shift there
+            phase = ((c * sd + t * dd % sd) * sh + r * dh % sh) * sw + s * dw % sw
+            return phase * self.plane + (t * dd // sd * self.Hc + r * dh // sh) * self.Wc + s * dw // sw
+        taps = [tap(c, t, r, s) for c in range(self.C) for t in range(T) for r in range(R) for s in range(S)]
         self.J = len(taps)
         self.off = np.array(taps + [0] * (_ceil(self.J, GJB) - self.J), np.int64)   # backward-filter's padding
-        self.Lx = max(self.C * self.plane, taps[-1] + self.Pcp)   # a sample's buffer: every read inside
+        # a sample's buffer: every component, and every read inside
+        self.Lx = max(self.C * sd * sh * sw * self.plane, max(taps) + self.Pcp)
         self.waste = self.Kp * self.Pcp / (self.K * self.P)
         self.flops = 2 * x_shape[0] * self.K * self.J * self.P
 
 
 @functools.lru_cache(maxsize=256)
-def _geometry(x_shape, w_shape, padding, dilation):
-    return _Geometry(x_shape, w_shape, padding, dilation)
+def _geometry(x_shape, w_shape, stride, padding, dilation):
+    return _Geometry(x_shape, w_shape, stride, padding, dilation)
 
 
-def _geometry_of(x_shape, w_shape, padding, dilation):
-    return _geometry(tuple(x_shape), tuple(w_shape), tuple(padding), None if dilation is None else tuple(dilation))
+def _geometry_of(x_shape, w_shape, stride, padding, dilation):
+    return _geometry(tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding),
+                     None if dilation is None else tuple(dilation))
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype):
-    """float32, stride 1, one group, more than one tap of the filter and at
-    least _MIN_TAPS multiply-adds per output (pointwise convs are a plain
-    GEMM without im2col in conv_cpu, measured 1.2-1.7x faster there; with one
+    """float32, one group, more than one tap of the filter and at least
+    _MIN_TAPS multiply-adds per output (pointwise convs are a plain GEMM
+    without im2col in conv_cpu, measured 1.2-1.7x faster there; with one
     input channel and 3x3 filters conv_cpu's stacked products are as fast),
     and at most _MAX_WASTE products done per useful one."""
-    if not (np.dtype(dtype) == np.float32 and groups == 1 and all(s == 1 for s in stride)
+    if not (np.dtype(dtype) == np.float32 and groups == 1
             and math.prod(w_shape[2:]) > 1 and math.prod(w_shape[1:]) >= _MIN_TAPS):
         return False
-    return _geometry_of(x_shape, w_shape, padding, dilation).waste <= _MAX_WASTE
+    return _geometry_of(x_shape, w_shape, stride, padding, dilation).waste <= _MAX_WASTE
 
 
 def beats_winograd(x_shape, w_shape, direction):
@@ -135,10 +149,47 @@ def beats_winograd(x_shape, w_shape, direction):
 
 
 @nb.njit(inline="always")
-def _fill_sample(buf, b0, x5, n, padding, Hp, Wp, plane):
-    """x5[n]'s C volumes, zero-padded, into buf from b0 (the borders are already zero)."""
-    for c in range(x5.shape[1]):
-        fill_flat(buf[b0 + c * plane:], x5[n, c], padding, Hp, Wp)
+def _fill_sample(buf, b0, xf, n, C, vol, padding, stride, comp):
+    """Sample n of x (flat; C volumes of shape vol) into buf from b0, as its
+    zero-padded volumes split into stride phase components: channel c's
+    component of phase (a, b, e) (padded positions congruent to a, b, e mod
+    the strides) at ((c*sd + a)*sh + b)*sw + e planes of comp = (Dc, Hc, Wc)
+    from b0. The borders are already zero (every sample writes the same
+    positions)."""
+    D, H, W = vol
+    pd, ph, pw = padding
+    sd, sh, sw = stride
+    Dc, Hc, Wc = comp
+    # per column phase: its first input column, how many, its first component column
+    # (no division inside the loops: a row's few divisions cost more than its copy)
+    first, count, col = np.empty(sw, np.intp), np.empty(sw, np.intp), np.empty(sw, np.intp)
+    for e in range(sw):
+        first[e] = (e - pw) % sw
+        count[e] = max(0, (W - first[e] + sw - 1) // sw)
+        col[e] = (first[e] + pw) // sw
+    for c in range(C):
+        a, d1 = pd % sd, pd // sd
+        for d in range(D):
+            b, h1 = ph % sh, ph // sh
+            for h in range(H):
+                src = (((n * C + c) * D + d) * H + h) * W
+                row = b0 + ((((c * sd + a) * sh + b) * sw) * Dc + d1) * Hc * Wc + h1 * Wc
+                for e in range(sw):
+                    dst = row + e * Dc * Hc * Wc + col[e]
+                    if sw == 1:
+                        copy_run(buf, dst, xf, src, W)
+                    elif sw == 2:   # a constant stride: LLVM vectorizes the de-interleave
+                        for i in range(count[e]):
+                            buf[uintp(dst + i)] = xf[uintp(src + first[e] + 2 * i)]
+                    else:
+                        for i in range(count[e]):
+                            buf[uintp(dst + i)] = xf[uintp(src + first[e] + i * sw)]
+                b += 1
+                if b == sh:
+                    b, h1 = 0, h1 + 1
+            a += 1
+            if a == sd:
+                a, d1 = 0, d1 + 1
 
 
 @nb.njit(inline="always")
@@ -162,16 +213,19 @@ def _tile(KB, PB, yw, y0, Pcp, buf, p0, off, wp, w0, J):
 
 
 @nb.njit(nogil=True, cache=True)
-def _forward(x5, wp, off, J, y5, padding, Hp, Wp, plane, Lx, Pcp, KB, PB, n0, n1):
+def _forward(x5, wp, off, J, y5, padding, stride, comp, Lx, Pcp, KB, PB, n0, n1):
     """y5[n0:n1] (N, K, Do, Ho, Wo) from x5 (N, C, D, H, W) and the packed
     filters wp (Kp/KB, J, KB)."""
     K, Do, Ho, Wo = y5.shape[1:]
+    C = x5.shape[1]
+    _, Hp, Wp = comp   # the wide positions' pitch: the components' rows and planes
     Kp = wp.size // J
     buf = np.zeros(Lx, np.float32)
     yw = np.empty(Kp * Pcp, np.float32)
     yf = y5.reshape(y5.size)
+    xf = x5.reshape(x5.size)
     for n in range(n0, n1):
-        _fill_sample(buf, 0, x5, n, padding, Hp, Wp, plane)
+        _fill_sample(buf, 0, xf, n, C, x5.shape[2:], padding, stride, comp)
         for p0 in range(0, Pcp, LANES * PB):     # positions outer: a chunk of buf stays in cache
             for kb in range(Kp // KB):
                 _tile(KB, PB, yw, kb * KB * Pcp + p0, Pcp, buf, p0, off, wp, kb * J * KB, J)
@@ -181,23 +235,27 @@ def _forward(x5, wp, off, J, y5, padding, Hp, Wp, plane, Lx, Pcp, KB, PB, n0, n1
                     copy_run(yf, (((n * K + k) * Do + od) * Ho + oh) * Wo, yw, k * Pcp + (od * Hp + oh) * Wp, Wo)
 
 
-def forward(x, w, padding, dilation=None):
-    g = _geometry_of(x.shape, w.shape, padding, dilation)
+def forward(x, w, padding, dilation=None, stride=None):
+    g = _geometry_of(x.shape, w.shape, stride or (1,) * (x.ndim - 2), padding, dilation)
     wk = np.zeros((g.Kp, g.J), np.float32)
     wk[:g.K] = w.reshape(g.K, g.J)
     wp = np.ascontiguousarray(wk.reshape(g.Kp // g.KB, g.KB, g.J).transpose(0, 2, 1)).reshape(-1)
     x5 = as5d(x)
     y = np.empty(x.shape[:1] + (g.K,) + g.out, np.float32)
     y5 = as5d(y)
-    over_samples(lambda n0, n1: _forward(x5, wp, g.off, g.J, y5, g.padding, g.Hp, g.Wp, g.plane, g.Lx,
-                                         g.Pcp, g.KB, g.PB, n0, n1), x.shape[0], g.flops)
+    comp = (g.Dc, g.Hc, g.Wc)
+    over_samples(lambda n0, n1: _forward(x5, wp, g.off, g.J, y5, g.padding, g.stride, comp, g.Lx, g.Pcp,
+                                         g.KB, g.PB, n0, n1), x.shape[0], g.flops)
     return y
 
 
 @nb.njit(nogil=True, cache=True)
-def _backward_filter(dy5, x5, off, J, padding, Hp, Wp, plane, Lx, Pcp, Kp, mb, n0, n1):
+def _backward_filter(dy5, x5, off, J, padding, stride, comp, Lx, Pcp, Kp, mb, n0, n1):
     """dw (Kp, len(off)) summed over the samples [n0, n1), in blocks of mb."""
     K, Do, Ho, Wo = dy5.shape[1:]
+    C = x5.shape[1]
+    _, Hp, Wp = comp
+    xf = x5.reshape(x5.size)
     Jp = off.size
     dw = np.zeros(Kp * Jp, np.float32)
     xb = np.zeros(mb * Lx, np.float32)
@@ -206,7 +264,7 @@ def _backward_filter(dy5, x5, off, J, padding, Hp, Wp, plane, Lx, Pcp, Kp, mb, n
     for a in range(n0, n1, mb):
         m = min(mb, n1 - a)
         for i in range(m):
-            _fill_sample(xb, i * Lx, x5, a + i, padding, Hp, Wp, plane)
+            _fill_sample(xb, i * Lx, xf, a + i, C, x5.shape[2:], padding, stride, comp)
             for k in range(K):
                 for od in range(Do):
                     for oh in range(Ho):
@@ -219,13 +277,14 @@ def _backward_filter(dy5, x5, off, J, padding, Hp, Wp, plane, Lx, Pcp, Kp, mb, n
     return dw
 
 
-def backward_filter(dy, x, w_shape, padding, dilation=None):
-    g = _geometry_of(x.shape, w_shape, padding, dilation)
+def backward_filter(dy, x, w_shape, padding, dilation=None, stride=None):
+    g = _geometry_of(x.shape, w_shape, stride or (1,) * (x.ndim - 2), padding, dilation)
     Kp = _ceil(g.K, GKB)
     mb = max(1, min(x.shape[0], _BLOCK_BYTES // (4 * (g.Lx + Kp * g.Pcp))))
     x5, dy5 = as5d(x), as5d(dy)
-    parts = over_samples(lambda n0, n1: _backward_filter(dy5, x5, g.off, g.J, g.padding, g.Hp, g.Wp, g.plane,
-                                                         g.Lx, g.Pcp, Kp, mb, n0, n1), x.shape[0], g.flops)
+    comp = (g.Dc, g.Hc, g.Wc)
+    parts = over_samples(lambda n0, n1: _backward_filter(dy5, x5, g.off, g.J, g.padding, g.stride, comp, g.Lx,
+                                                         g.Pcp, Kp, mb, n0, n1), x.shape[0], g.flops)
     dw = parts[0]
     for p in parts[1:]:   # thread order: deterministic
         dw += p
