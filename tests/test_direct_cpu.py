@@ -121,7 +121,8 @@ def test_which_calls_take_the_direct_route(args, taken):
     ((8, 16, 16, 16), 16, "forward", direct_cpu),            # few channels: Winograd's products are slow
     ((8, 16, 16, 16), 16, "backward_filter", direct_cpu),
     ((8, 32, 16, 16), 32, "forward", direct_cpu),            # 32 channels, a small batch
-    ((128, 32, 16, 16), 32, "forward", winograd_cpu),        # ... a training batch
+    ((128, 32, 16, 16), 32, "forward", direct_cpu),          # ... a training batch, 32 -> 32
+    ((128, 32, 16, 16), 64, "forward", winograd_cpu),        # ... 32 -> 64
     ((8, 32, 16, 16), 32, "backward_filter", winograd_cpu),
     ((8, 64, 16, 16), 64, "forward", winograd_cpu),
 ])
