@@ -92,6 +92,16 @@ def test_every_tile_width(width):
     assert _rel(direct_cpu.forward(x, w, (0,)), y64) <= REL_TOL
 
 
+@pytest.mark.parametrize("K", [16, 20, 32, 40, 64, 70])
+def test_backward_filter_over_filters(K):
+    """The tiles over filters (K >= LANES): one, two and four vectors of
+    filters, filter counts that are not whole tiles, taps that are not whole
+    tiles (5*7 = 35), and a row of positions longer than a chunk."""
+    x, w, dy, _ = _case((2, 7, (3, 40 * LANES), K, (1, 5), 1, (0, 2), None), np.random.default_rng(16))
+    dw64 = ref.conv_backward_filter_ref(dy.astype(np.float64), x.astype(np.float64), w.shape, 1, (0, 2))
+    assert _rel(direct_cpu.backward_filter(dy, x, w.shape, (0, 2)), dw64) <= REL_TOL
+
+
 def test_backward_filter_in_several_blocks(monkeypatch):
     """Blocks of one sample (each block's sums added in order) and a shorter last block."""
     x, w, dy, _ = _case((5, 4, (7, 9), 6, (3, 2), 1, (1, 0), None), np.random.default_rng(13))
@@ -123,7 +133,8 @@ def test_which_calls_take_the_direct_route(args, taken):
     ((8, 32, 16, 16), 32, "forward", direct_cpu),            # 32 channels, a small batch
     ((128, 32, 16, 16), 32, "forward", direct_cpu),          # ... a training batch, 32 -> 32
     ((128, 32, 16, 16), 64, "forward", winograd_cpu),        # ... 32 -> 64
-    ((8, 32, 16, 16), 32, "backward_filter", winograd_cpu),
+    ((8, 32, 16, 16), 32, "backward_filter", direct_cpu),
+    ((128, 64, 16, 16), 64, "backward_filter", winograd_cpu),
     ((8, 64, 16, 16), 64, "forward", winograd_cpu),
 ])
 def test_direct_or_winograd(x_shape, channels, direction, route):

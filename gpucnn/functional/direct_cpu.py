@@ -47,18 +47,21 @@ from numba import uintp
 from ..cpu_parallel import over_samples
 from ._args import output_shape
 from .flat_cpu import as5d, copy_run, lift3
-from .simd_cpu import LANES, conv_tile, grad_tile
+from .simd_cpu import LANES, conv_tile, grad_tile, grad_tile_k
 
 # Forward tiles (KB output channels, PB vectors of positions): 24 accumulators
 # at most (of the 32 AVX-512 registers), picked per geometry by _cycles (a
 # 6-filter tile for LeNet's 16 -> 6 backward-data).
 _WIDTHS = {8: (1, 2, 3), 6: (2, 4), 4: (3, 6)}
-GKB, GJB = 4, 6     # backward-filter tile: 4 rows of dw by 6 taps (24 accumulators)
+GKB, GJB = 4, 6     # backward-filter tile with few filters: 4 rows of dw by 6 taps (24 accumulators)
+_KTILES = {4: 6, 2: 12, 1: 24}   # backward-filter tiles of KV vectors of filters by JB taps (24 accumulators)
 _MIN_TAPS = 16     # multiply-adds per output (C*T*R*S), at least
 _MAX_WASTE = 1.6    # products done / useful products, at most (padded channels, wide rows, whole tiles)
 _BLOCK_BYTES = 1 << 20   # backward-filter: x and dy of a block of samples (in the L2 cache)
+_CHUNK_BYTES = 16 << 10  # backward-filter over filters: a tile's dy rows of a chunk of positions (in L1)
 _T81, _T82, _T83, _T62, _T64, _T43, _T46 = (conv_tile(k, b) for k in _WIDTHS for b in _WIDTHS[k])
 _GRAD = grad_tile(GKB, GJB)
+_GK4, _GK2, _GK1 = (grad_tile_k(v, _KTILES[v]) for v in (4, 2, 1))
 
 
 def _ceil(a, b):
@@ -104,7 +107,7 @@ class _Geometry:
             return phase * self.plane + (t * dd // sd * self.Hc + r * dh // sh) * self.Wc + s * dw // sw
         taps = [tap(c, t, r, s) for c in range(self.C) for t in range(T) for r in range(R) for s in range(S)]
         self.J = len(taps)
-        self.off = np.array(taps + [0] * (_ceil(self.J, GJB) - self.J), np.int64)   # backward-filter's padding
+        self.off = np.array(taps + [0] * (_ceil(self.J, 24) - self.J), np.int64)   # backward-filter's padding
         # a sample's buffer: every component, and every read inside
         self.Lx = max(self.C * sd * sh * sw * self.plane, max(taps) + self.Pcp)
         self.waste = self.Kp * self.Pcp / (self.K * self.P)
@@ -143,10 +146,14 @@ def beats_winograd(x_shape, w_shape, direction):
     64 at 16x16, 8 samples, 1.04/1.19 -> 1.17/1.67; 64 -> 128 at 7x7,
     128 samples, 6.8/7.5 -> 8.9/12.4. At 128 samples: 32 -> 32 at 14x14
     3.91/4.36 -> 3.57/4.40, at 28x28 12.2/13.6 -> 10.8/17.2; 32 -> 64 at
-    14x14 5.53/7.67 -> 6.67/9.04; 64 -> 64 at 7x7 3.13/3.63 -> 3.89/6.20."""
+    14x14 5.53/7.67 -> 6.67/9.04; 64 -> 64 at 7x7 3.13/3.63 -> 3.89/6.20.
+    Backward-filter with its tiles over filters (grad_tile_k), 128 samples:
+    32 -> 32 at 28x28 14.1 -> 13.1, at 14x14 4.15 -> 3.78; 32 -> 64 at 14x14
+    7.89 -> 6.86; 64 -> 64 at 14x14 12.5 -> 13.1, at 7x7 3.77 -> 3.51;
+    128 -> 128 at 7x7 9.6 -> 14.2."""
     channels, widest = min(w_shape[0], w_shape[1]), max(w_shape[0], w_shape[1])
-    if direction == "backward_filter":
-        return channels < 32
+    if direction == "backward_filter":   # (measured with the tiles over filters, 128 samples)
+        return channels < 64
     return channels < 32 or widest <= 32 or (channels < 64 and x_shape[0] < 64)
 
 
@@ -273,18 +280,68 @@ def _backward_filter(dy5, x5, off, J, padding, stride, comp, Lx, Pcp, Kp, mb, n0
                         copy_run(db, (i * Kp + k) * Pcp + (od * Hp + oh) * Wp,
                                   dyf, ((((a + i) * K + k) * Do + od) * Ho + oh) * Wo, Wo)
         for kb in range(Kp // GKB):
-            for jb in range(Jp // GJB):
+            for jb in range(-(-J // GJB)):
                 _GRAD(dw, kb * GKB * Jp + jb * GJB, Jp, db, kb * GKB * Pcp, Pcp, Kp * Pcp,
                       xb, Lx, off, jb * GJB, m, Pcp // LANES)
     return dw
 
 
+@nb.njit(inline="always")
+def _grad_k(KV, dwt, d0, dT, t0, ts, x, x0, off, j0, P):
+    if KV == 4:
+        _GK4(dwt, d0, dT, t0, ts, x, x0, off, j0, P)
+    elif KV == 2:
+        _GK2(dwt, d0, dT, t0, ts, x, x0, off, j0, P)
+    else:
+        _GK1(dwt, d0, dT, t0, ts, x, x0, off, j0, P)
+
+
+@nb.njit(nogil=True, cache=True)
+def _backward_filter_k(dy5, x5, off, J, padding, stride, comp, Lx, Pc, Kp, KV, n0, n1):
+    """dw transposed, (len(off), Kp), summed over the samples [n0, n1): per
+    sample, its x buffer and dy with positions as rows (dT, (Pc, Kp)), then
+    every tile of KV*LANES filters by JB taps over the sample's positions."""
+    K, Do, Ho, Wo = dy5.shape[1:]
+    C = x5.shape[1]
+    _, Hp, Wp = comp
+    JB = 24 // KV
+    chunk = _CHUNK_BYTES // (4 * KV * LANES)
+    xf, dyf = x5.reshape(x5.size), dy5.reshape(dy5.size)
+    dwt = np.zeros(off.size * Kp, np.float32)
+    xb = np.zeros(Lx, np.float32)
+    dT = np.zeros(Pc * Kp, np.float32)   # garbage positions and padded filters stay zero
+    for n in range(n0, n1):
+        _fill_sample(xb, 0, xf, n, C, x5.shape[2:], padding, stride, comp)
+        for od in range(Do):   # row by row: a row's (Wo, Kp) block of dT stays in L1 through the filters
+            for oh in range(Ho):
+                dst = (od * Hp + oh) * Wp * Kp
+                for k in range(K):
+                    src = (((n * K + k) * Do + od) * Ho + oh) * Wo
+                    for ow in range(Wo):
+                        dT[uintp(dst + ow * Kp + k)] = dyf[uintp(src + ow)]
+        for p0 in range(0, Pc, chunk):   # a chunk of positions: its dT rows stay in L1 through the tiles
+            for kt in range(Kp // (KV * LANES)):
+                for jt in range(-(-J // JB)):
+                    _grad_k(KV, dwt, jt * JB * Kp + kt * KV * LANES, dT, p0 * Kp + kt * KV * LANES, Kp, xb, p0,
+                            off, jt * JB, min(chunk, Pc - p0))
+    return dwt
+
+
 def backward_filter(dy, x, w_shape, padding, dilation=None, stride=None):
     g = _geometry_of(x.shape, w_shape, stride or (1,) * (x.ndim - 2), padding, dilation)
-    Kp = _ceil(g.K, GKB)
-    mb = max(1, min(x.shape[0], _BLOCK_BYTES // (4 * (g.Lx + Kp * g.Pcp))))
     x5, dy5 = as5d(x), as5d(dy)
     comp = (g.Dc, g.Hc, g.Wc)
+    if g.K >= LANES:   # vectorized over filters
+        KV = 4 if g.K >= 4 * LANES else 2 if g.K >= 2 * LANES else 1
+        Kp = _ceil(g.K, KV * LANES)
+        parts = over_samples(lambda n0, n1: _backward_filter_k(dy5, x5, g.off, g.J, g.padding, g.stride, comp,
+                                                               g.Lx, g.Pc, Kp, KV, n0, n1), x.shape[0], g.flops)
+        dwt = parts[0]
+        for p in parts[1:]:   # thread order: deterministic
+            dwt += p
+        return np.ascontiguousarray(dwt.reshape(-1, Kp)[:g.J, :g.K].T).reshape(w_shape)
+    Kp = _ceil(g.K, GKB)
+    mb = max(1, min(x.shape[0], _BLOCK_BYTES // (4 * (g.Lx + Kp * g.Pcp))))
     parts = over_samples(lambda n0, n1: _backward_filter(dy5, x5, g.off, g.J, g.padding, g.stride, comp, g.Lx,
                                                          g.Pcp, Kp, mb, n0, n1), x.shape[0], g.flops)
     dw = parts[0]

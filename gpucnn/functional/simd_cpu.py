@@ -192,3 +192,41 @@ def _lanes_sum(builder, v):
         v = builder.fadd(lo, hi)
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
+
+
+@functools.lru_cache(maxsize=None)
+def grad_tile_k(KV, JB):
+    """grad_tile_k(dwt, d0, dT, t0, ts, x, x0, off, j0, P): for j < JB and the
+    KV*LANES filters from t0, over positions p < P,
+    dwt[d0 + j*ts + q] += sum_p dT[t0 + p*ts + q] * x[x0 + off[j0 + j] + p],
+    q < KV*LANES: backward-filter vectorized over filters (dT is dy with
+    positions as rows, ts filters a row; dwt is dw transposed, (taps, ts)).
+    Per position KV loads of dT and JB broadcasts of x for KV*JB FMAs, no
+    lanes to add at the end."""
+    @intrinsic
+    def tile(typingctx, dwt, d0, dT, t0, ts, x, x0, off, j0, P):
+        ip = types.intp
+        sig = types.void(dwt, ip, dT, ip, ip, x, ip, off, ip, ip)
+
+        def codegen(context, builder, sig, args):
+            wp, tp, xp, op = _pointers(context, builder, sig, args, (0, 2, 5, 7))
+            _, d0_, _, t0_, ts_, _, x0_, _, j0_, P_ = args
+            fma = _fma(builder)
+            bases = [builder.add(x0_, builder.load(_at(builder, op, j0_, _const(j)))) for j in range(JB)]
+
+            def position(b, p, acc):
+                row = b.add(t0_, b.mul(p, ts_))
+                dv = [_vload(b, _at(b, tp, row, _const(LANES * v))) for v in range(KV)]
+                out = []
+                for j in range(JB):
+                    xs = _splat(b, b.load(_at(b, xp, bases[j], p)))
+                    out += [b.call(fma, [xs, dv[v], acc[j * KV + v]]) for v in range(KV)]
+                return out
+            acc = _loop(builder, P_, [ir.Constant(_VEC, [0.0] * LANES)] * (KV * JB), position)
+            for j in range(JB):
+                for v in range(KV):
+                    ptr = _at(builder, wp, d0_, builder.mul(ts_, _const(j)), _const(LANES * v))
+                    _vstore(builder, builder.fadd(_vload(builder, ptr), acc[j * KV + v]), ptr)
+            return context.get_dummy_value()
+        return sig, codegen
+    return tile
