@@ -181,7 +181,11 @@ def over_samples(fn, N, flops):
 
 
 def gemm_threads(flops):
-    """BLAS threads for one GEMM of `flops` (fewer for small ones)."""
+    """BLAS threads for one GEMM of `flops` made outside our pool's parts
+    (fewer for small ones): one unless the BLAS's idle workers sleep at once
+    (BLAS_WORKERS_SLEEP), since otherwise they would spin into the next op."""
+    if not BLAS_WORKERS_SLEEP:
+        return 1
     return int(min(num_threads(), max(1, flops // FLOPS_PER_THREAD)))
 
 

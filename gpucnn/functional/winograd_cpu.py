@@ -57,7 +57,7 @@ import numba as nb
 import numpy as np
 from numba import uintp
 
-from ..cpu_parallel import blas_threads, over_samples
+from ..cpu_parallel import blas_threads, gemm_threads, over_samples
 
 _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds both)
 _STAGGER = 4096 // 16 + 64   # bytes between the point matrices beyond whole pages
@@ -601,7 +601,8 @@ def forward(x, w, padding, dilation=None, form=None):
     f = form or _form(x.shape, padding, "forward")
     t = f.tiling(N, C, K, H, W, padding)
     # U = G w G^T per (k, c), as one matrix (K, C) per point
-    with blas_threads(1):   # a BLAS call at several threads leaves its pool spinning through the parts
+    # outside the parts: on the BLAS's threads where they sleep after the call (cpu_parallel.gemm_threads)
+    with blas_threads(gemm_threads(2 * f.points * 9 * K * C)):
         U = (f.GG @ np.ascontiguousarray(w).reshape(K * C, 9).T).reshape(f.points, K, C)
     x = np.ascontiguousarray(x)
     y = np.empty((N, K, t.Ho, t.Wo), np.float32)
@@ -646,5 +647,5 @@ def backward_filter(dy, x, w_shape, padding, dilation=None, form=None):
     for p in parts[1:]:                                      # thread order: deterministic
         Q += p
     # dw = G^T Q G per (k, c)
-    with blas_threads(1):
+    with blas_threads(gemm_threads(2 * f.points * 9 * K * C)):
         return np.ascontiguousarray((Q.reshape(f.points, K * C).T @ f.GG).reshape(K, C, 3, 3))
