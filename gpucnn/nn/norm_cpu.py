@@ -29,62 +29,73 @@ _FAST = {"reassoc"}
 
 # The kernels index flat arrays with unsigned offsets and make no array view
 # inside a loop (flat_cpu's lesson: a view costs two atomic reference-count
-# updates; with a view per (sample, channel) row, a 14x14 layer's backward,
-# 128 x 64 rows of 196, spent about a third of its time on them).
+# updates). Each pass sweeps memory in order, sample by sample over the
+# part's channels, with the per-channel sums in small arrays: channel by
+# channel, a pass read N rows of L values far apart, which the hardware
+# prefetcher followed poorly when they came from memory (in a training step,
+# not from cache): a 64-channel 14x14 backward took 3.9 ms with cold caches
+# against PyTorch's 2.5. Each channel's sums still run over n, then i, in
+# the same order as before, so the results are the same bits.
 
 @nb.njit(nogil=True, cache=True, fastmath=_FAST)
 def _forward(x, N, C, L, eps, weight, bias, relu, xhat, y, mean, var, inv_std, c0, c1):
     m = N * L
     zero = y.dtype.type(0)
-    for c in range(c0, c1):
-        s = 0.0
-        for n in range(N):
-            r = (n * C + c) * L
+    s = np.zeros(c1 - c0)
+    for n in range(N):   # each pass sweeps the part's channels sample by sample (see above)
+        for c in range(c0, c1):
+            r, t = (n * C + c) * L, s[c - c0]
             for i in range(L):
-                s += x[uintp(r + i)]
-        mu = s / m
-        q = 0.0
-        for n in range(N):
-            r = (n * C + c) * L
+                t += x[uintp(r + i)]
+            s[c - c0] = t
+    mu = s / m
+    q = np.zeros(c1 - c0)
+    for n in range(N):
+        for c in range(c0, c1):
+            r, t, u = (n * C + c) * L, q[c - c0], mu[c - c0]
             for i in range(L):
-                d = x[uintp(r + i)] - mu
-                q += d * d
-        v = q / m
-        inv = 1.0 / np.sqrt(v + eps)
-        w, b = weight[c], bias[c]
-        for n in range(N):
-            r = (n * C + c) * L
+                d = x[uintp(r + i)] - u
+                t += d * d
+            q[c - c0] = t
+    v = q / m
+    inv = 1.0 / np.sqrt(v + eps)
+    for n in range(N):
+        for c in range(c0, c1):
+            r, u, k, w, b = (n * C + c) * L, mu[c - c0], inv[c - c0], weight[c], bias[c]
             for i in range(L):
                 j = uintp(r + i)
-                xh = (x[j] - mu) * inv
+                xh = (x[j] - u) * k
                 xhat[j] = xh
                 t = y.dtype.type(xh * w + b)
                 if relu:
                     t = t if t > zero else t * zero
                 y[j] = t
-        mean[c], var[c], inv_std[c] = mu, v, inv
+    for c in range(c0, c1):
+        mean[c], var[c], inv_std[c] = mu[c - c0], v[c - c0], inv[c - c0]
 
 
 @nb.njit(nogil=True, cache=True, fastmath=_FAST)
 def _backward(dout, N, C, L, xhat, weight, inv_std, y, relu, dx, dweight, dbias, c0, c1):
     m = N * L
     zero = dout.dtype.type(0)
-    for c in range(c0, c1):
-        sd = 0.0
-        sdx = 0.0
-        for n in range(N):
-            r = (n * C + c) * L
+    sd, sdx = np.zeros(c1 - c0), np.zeros(c1 - c0)
+    for n in range(N):
+        for c in range(c0, c1):
+            r, a, b = (n * C + c) * L, sd[c - c0], sdx[c - c0]
             for i in range(L):
                 j = uintp(r + i)
                 g = dout[j]
                 if relu:
                     g = g if y[j] > zero else g * zero
-                sd += g
-                sdx += g * xhat[j]
-        dweight[c], dbias[c] = sdx, sd
-        a, b, k = sdx / m, sd / m, weight[c] * inv_std[c]
-        for n in range(N):
+                a += g
+                b += g * xhat[j]
+            sd[c - c0], sdx[c - c0] = a, b
+    for c in range(c0, c1):
+        dweight[c], dbias[c] = sdx[c - c0], sd[c - c0]
+    for n in range(N):
+        for c in range(c0, c1):
             r = (n * C + c) * L
+            a, b, k = sdx[c - c0] / m, sd[c - c0] / m, weight[c] * inv_std[c]
             for i in range(L):
                 j = uintp(r + i)
                 g = dout[j]
