@@ -58,6 +58,7 @@ import numpy as np
 from numba import uintp
 
 from ..cpu_parallel import blas_threads, gemm_threads, over_samples
+from .simd_cpu import prefetch_run
 
 _BLOCK_BYTES = 1 << 20   # V and M of one block of samples (an L2 cache holds both)
 _STAGGER = 4096 // 16 + 64   # bytes between the point matrices beyond whole pages
@@ -183,6 +184,18 @@ def _split_plane(src, r0, c0, E, O):
                 O[r0 + h, c // 2] = src[h, w]
 
 
+@nb.njit(inline="always")
+def _prefetch_next(flat, n, c, C, plane):
+    """Prefetch plane (n, c + 1) of a contiguous (m, C, ...) array seen flat.
+    The transforms read plane c of all m samples of a block, then plane c + 1:
+    m interleaved streams, more than the hardware prefetchers follow for large
+    blocks, so each small plane was a cold miss when the array was not in the
+    cache (backward-filter of 128 channels at 7x7 in a training step, blocks of
+    64 samples: 12.5 ms against 9.2 with the arrays cached)."""
+    if c + 1 < C:
+        prefetch_run(flat, (n * C + c + 1) * plane, plane)
+
+
 # The transforms run per tile, 16 scalar values in and out. Written instead
 # as long vectorizable loops over a block's tiles (one per point), the
 # reshuffles that feed those loops cost more than the vector loops saved
@@ -197,8 +210,10 @@ def _input_transform(x, ph, pw, th, tw, V):
     # padding, gaps and the tail beyond the input stay 0
     E = np.zeros((2 * th + 2, run + 1), x.dtype)
     O = np.zeros((2 * th + 2, run + 1), x.dtype)
+    xf = x.reshape(x.size)
     for c in range(C):
         for n in range(m):
+            _prefetch_next(xf, n, c, C, H * W)
             _split_plane(x[n, c], ph, n * 2 * (tw + 1) + pw, E, O)
         for a in range(th):
             e0, e1, e2, e3 = E[2 * a], E[2 * a + 1], E[2 * a + 2], E[2 * a + 3]
@@ -298,8 +313,10 @@ def _gradient_transform(dy, th, tw, D):
     run = m * (tw + 1)
     E = np.zeros((2 * th, run), dy.dtype)
     O = np.zeros((2 * th, run), dy.dtype)
+    dyf = dy.reshape(dy.size)
     for k in range(K):
         for n in range(m):
+            _prefetch_next(dyf, n, k, K, Ho * Wo)
             _split_plane(dy[n, k], 0, n * 2 * (tw + 1), E, O)
         for a in range(th):
             e0, e1, o0, o1 = E[2 * a], E[2 * a + 1], O[2 * a], O[2 * a + 1]
@@ -446,8 +463,10 @@ def _input_transform4(x, ph, pw, th, tw, V, step, cols):
     # 4b + p6 (p6 < 6: a tile's six columns); padding and the tail stay 0
     X = np.zeros(24 * R6, x.dtype)
     T = np.empty(36 * L, x.dtype)
+    xf = x.reshape(x.size)
     for c in range(C):
         for n in range(m):
+            _prefetch_next(xf, n, c, C, H * W)
             src = x[n, c]
             for h in range(H):
                 R = ph + h
@@ -506,8 +525,10 @@ def _gradient_transform4(dy, th, tw, D, step, cols):
     L = th * S
     E = np.zeros(16 * L, dy.dtype)   # E[ii, jj, a, n, b] = dy[n, k, 4a + ii, 4b + jj]
     Cw = np.empty(24 * L, dy.dtype)  # A down each column jj: Cw[i, jj]
+    dyf = dy.reshape(dy.size)
     for k in range(K):
         for n in range(m):
+            _prefetch_next(dyf, n, k, K, Ho * Wo)
             for h in range(Ho):
                 row = dy[n, k, h]
                 for jj in range(min(4, Wo)):
