@@ -134,7 +134,8 @@ def test_which_calls_take_the_direct_route(args, taken):
     ((128, 32, 16, 16), 32, "forward", direct_cpu),          # ... a training batch, 32 -> 32
     ((128, 32, 16, 16), 64, "forward", winograd_cpu),        # ... 32 -> 64
     ((8, 32, 16, 16), 32, "backward_filter", direct_cpu),
-    ((128, 64, 16, 16), 64, "backward_filter", winograd_cpu),
+    ((128, 64, 16, 16), 64, "backward_filter", direct_cpu),   # 64 -> 64
+    ((128, 64, 16, 16), 128, "backward_filter", winograd_cpu),  # 64 -> 128
     ((8, 64, 16, 16), 64, "forward", winograd_cpu),
 ])
 def test_direct_or_winograd(x_shape, channels, direction, route):

@@ -150,10 +150,17 @@ def beats_winograd(x_shape, w_shape, direction):
     Backward-filter with its tiles over filters (grad_tile_k), 128 samples:
     32 -> 32 at 28x28 14.1 -> 13.1, at 14x14 4.15 -> 3.78; 32 -> 64 at 14x14
     7.89 -> 6.86; 64 -> 64 at 14x14 12.5 -> 13.1, at 7x7 3.77 -> 3.51;
-    128 -> 128 at 7x7 9.6 -> 14.2."""
+    128 -> 128 at 7x7 9.6 -> 14.2. In a training step the arrays come from
+    memory, not the cache, where Winograd's point matrices cost more: with a
+    1 GiB flush before each call (1 / 2 threads, Winograd -> here), 64 -> 128
+    at 7x7 7.9 / 5.3 -> 7.1 / 4.2, 64 -> 64 at 14x14 13.9 / 7.9 -> 13.4 / 7.1,
+    128 -> 128 at 7x7 11.0 / 6.9 -> 12.8 / 7.4 (cached: 5.6 / 3.5 -> 6.3 /
+    3.6, 12.6 / 6.8 -> 11.8 / 6.1, 9.0 / 5.1 -> 12.0 / 6.6). In vgg_small's
+    step, 64 -> 64 at 14x14 13.0 / 7.0 -> 11.8 / 6.1, but 64 -> 128 at 7x7
+    5.8-6.0 / 4.0-4.4 -> 6.6 / 3.8: up to 64 channels on both sides here."""
     channels, widest = min(w_shape[0], w_shape[1]), max(w_shape[0], w_shape[1])
     if direction == "backward_filter":   # (measured with the tiles over filters, 128 samples)
-        return channels < 64
+        return channels < 64 or widest <= 64
     return channels < 32 or widest <= 32 or (channels < 64 and x_shape[0] < 64)
 
 

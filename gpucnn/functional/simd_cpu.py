@@ -235,31 +235,45 @@ def grad_tile_k(KV, JB):
 _LINE = 64 // 4   # float32 values per cache line
 
 
-@intrinsic
-def _prefetch(typingctx, a, i):
-    """Ask for the cache line holding flat element i of the array a (a hint:
+def _prefetch_intrinsic(write):
+    """prefetch(a, i): ask for the cache line holding flat element i of the
+    array a, to read (write=0) or to write (1, fetched for ownership) (a hint:
     no fault, no effect on results)."""
-    sig = types.void(a, types.intp)
+    @intrinsic
+    def prefetch(typingctx, a, i):
+        sig = types.void(a, types.intp)
 
-    def codegen(context, builder, sig, args):
-        (p,) = _pointers(context, builder, sig, args, (0,))
-        i8p = ir.IntType(8).as_pointer()
-        name = "llvm.prefetch.p0"
-        fn = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), name)
-        # read, keep in all cache levels (locality 3), data cache
-        builder.call(fn, [builder.bitcast(builder.gep(p, [args[1]]), i8p), ir.Constant(_I32, 0),
-                          ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-    return sig, codegen
+        def codegen(context, builder, sig, args):
+            (p,) = _pointers(context, builder, sig, args, (0,))
+            i8p = ir.IntType(8).as_pointer()
+            name = "llvm.prefetch.p0"
+            fn = builder.module.globals.get(name) or ir.Function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), name)
+            # keep in all cache levels (locality 3), data cache (1)
+            builder.call(fn, [builder.bitcast(builder.gep(p, [args[1]]), i8p), ir.Constant(_I32, write),
+                              ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            return context.get_dummy_value()
+        return sig, codegen
+    return prefetch
+
+
+_prefetch_read, _prefetch_write = _prefetch_intrinsic(0), _prefetch_intrinsic(1)
 
 
 @njit(inline="always")
 def prefetch_run(a, start, count):
-    """Prefetch the cache lines of a[start : start + count] (a flat float32 array).
-    For data read in many interleaved streams (e.g. the same channel plane of
-    every sample of a block): more streams than the hardware prefetchers
-    follow, so each small plane would otherwise be a cold miss."""
+    """Prefetch the cache lines of a[start : start + count] (a flat float32 array)
+    to read. For data read in many interleaved streams (e.g. the same channel
+    plane of every sample of a block): more streams than the hardware
+    prefetchers follow, so each small plane would otherwise be a cold miss."""
     for o in range(start, start + count, _LINE):
-        _prefetch(a, o)
-    _prefetch(a, start + count - 1)
+        _prefetch_read(a, o)
+    _prefetch_read(a, start + count - 1)
+
+
+@njit(inline="always")
+def prefetch_run_write(a, start, count):
+    """prefetch_run for a run about to be written (many interleaved write streams)."""
+    for o in range(start, start + count, _LINE):
+        _prefetch_write(a, o)
+    _prefetch_write(a, start + count - 1)
