@@ -486,6 +486,30 @@ def test_batchnorm_numba_kernels_match_array_code(monkeypatch, make, shape, dtyp
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"result {i}")
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_cpu_backward_of_another_dtype_runs_the_array_code(monkeypatch, relu):
+    # norm_cpu saves x, not xhat; a float64 dout after a float32 forward goes to
+    # the array code with xhat (and the fused ReLU's y) rebuilt from x.
+    from gpucnn.nn import norm as norm_module
+
+    def run():
+        layer = nn.BatchNorm2d(4)
+        layer.fused_relu = relu
+        rng = np.random.default_rng(5)
+        layer.weight.data[:] = rng.uniform(0.5, 1.5, 4)
+        layer.bias.data[:] = rng.standard_normal(4)
+        x = (rng.standard_normal((3, 4, 5, 6)) * 2 + 1).astype(np.float32)
+        y = layer(x)
+        dx = layer.backward(rng.standard_normal(x.shape))   # float64
+        return y, dx, layer.weight.grad, layer.bias.grad
+    kernels = run()
+    monkeypatch.setitem(norm_module._IMPLEMENTATIONS, "cpu", norm_module._ARRAY_CODE)
+    array_code = run()
+    assert kernels[1].dtype == array_code[1].dtype == np.float64
+    for i, (a, b) in enumerate(zip(kernels, array_code)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5, err_msg=f"result {i}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_cpu_kernel_matches_array_code_at_every_thread_count(dtype):
     # gpucnn/nn/elementwise_cpu.py: the same formulas bit for bit (NaN, +-inf,

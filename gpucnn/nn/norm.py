@@ -24,12 +24,14 @@ backward starts from dout * [y > 0] in its own passes (the ReLU layer then
 passes values through). y is the unfused path's, bit for bit, and so are the
 gradients on the CPU (the same float32 values enter the same sums).
 
-Per-device implementations, chosen once per call from the arrays (one table,
-_IMPLEMENTATIONS, keyed by backend.one_device_and_dtype):
+Per-device implementations, chosen by the forward from the arrays (one table,
+_IMPLEMENTATIONS, keyed by backend.one_device_and_dtype); the forward saves
+the implementation with its state, and the same one runs the backward:
 - "gpu" (all CuPy, one dtype): the elementwise steps are fused launches
   (gpucnn.fused_gpu), the per-channel sums still taken by CuPy;
 - "cpu" (all NumPy, one dtype): Numba kernels (norm_cpu: the same formulas
-  in 3 passes forward and 2 backward, sums in float64; eval in 1 pass);
+  in 3 passes forward and 2 backward, sums in float64, xhat recomputed in
+  the backward instead of stored; eval in 1 pass);
 - anything else (mixed dtypes): the array code of _ArrayCode, on either
   device, which promotes as NumPy does.
 """
@@ -75,10 +77,10 @@ class _ArrayCode:
         y += bn.bias.data.reshape(shape)
         if relu:
             _relu_in_place(y)
-        bn._save(xhat, inv_std, *([y] if relu else []))
+        bn._save(self, xhat, inv_std, *([y] if relu else []))
         return y
 
-    def backward(self, bn, dout, xhat, inv_std, shape, m, y=None):
+    def backward(self, bn, dout, shape, m, xhat, inv_std, y=None):
         if y is not None:
             dout = dout * (y > 0)
         dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
@@ -92,7 +94,8 @@ class _ArrayCode:
 
 
 class _CpuKernels(_ArrayCode):
-    """Training forward, backward and eval as Numba kernels (norm_cpu)."""
+    """Training forward, backward and eval as Numba kernels (norm_cpu). The
+    forward saves x and its statistics, not xhat (norm_cpu recomputes it)."""
 
     def eval_forward(self, bn, x, shape, relu=False):
         if x.size == 0:
@@ -101,13 +104,17 @@ class _CpuKernels(_ArrayCode):
         return norm_cpu.eval_forward(x, bn.running_mean, inv_std, bn.weight.data, bn.bias.data, relu)
 
     def train_forward(self, bn, x, shape, m, relu=False):
-        y, xhat, mu, var, inv_std = norm_cpu.forward(x, bn.eps, bn.weight.data, bn.bias.data, relu)
+        y, saved, mu, var, inv_std = norm_cpu.forward(x, bn.eps, bn.weight.data, bn.bias.data, relu)
         bn._update_running(mu, var * (m / (m - 1)))
-        bn._save(xhat, inv_std, *([y] if relu else []))
+        bn._save(self, saved)
         return y
 
-    def backward(self, bn, dout, xhat, inv_std, shape, m, y=None):
-        dx, dweight, dbias = norm_cpu.backward(dout, xhat, bn.weight.data, inv_std, y)
+    def backward(self, bn, dout, shape, m, saved):
+        w, b = bn.weight.data, bn.bias.data
+        if implementation(dout, saved.x, w) is not self:   # a dout of another dtype: the array code
+            xhat, y = saved.xhat_and_y(dout.shape, w, b)
+            return _ARRAY_CODE.backward(bn, dout, shape, m, xhat, saved.inv_std, y)
+        dx, dweight, dbias = norm_cpu.backward(dout, saved, w, b)
         bn.weight.accumulate(dweight)
         bn.bias.accumulate(dbias)
         return dx
@@ -131,10 +138,12 @@ class _GpuFused(_ArrayCode):
         normalize = fused_gpu.batch_norm_normalize_relu if relu else fused_gpu.batch_norm_normalize
         xhat, y = normalize(x, mu.reshape(shape), inv_std.reshape(shape),
                             bn.weight.data.reshape(shape), bn.bias.data.reshape(shape))
-        bn._save(xhat, inv_std, *([y] if relu else []))
+        bn._save(self, xhat, inv_std, *([y] if relu else []))
         return y
 
-    def backward(self, bn, dout, xhat, inv_std, shape, m, y=None):
+    def backward(self, bn, dout, shape, m, xhat, inv_std, y=None):
+        if implementation(dout, xhat, bn.weight.data) is not self:   # a dout of another dtype
+            return _ARRAY_CODE.backward(bn, dout, shape, m, xhat, inv_std, y)
         if y is None:
             dweight, dbias = _channel_sum(dout * xhat), _channel_sum(dout)
         else:   # the masked dout and its product with xhat in one launch
@@ -210,10 +219,10 @@ class _BatchNorm(Module):
                 setattr(self, name, new)
 
     def backward(self, dout):
-        xhat, inv_std, *y = self._take()   # y: the output, when a fused ReLU needs its mask
+        impl, *saved = self._take()   # the implementation whose forward saved the rest
         shape = self._channel_shape(dout)
         m = dout.size // dout.shape[1]
-        return implementation(dout, xhat, self.weight.data).backward(self, dout, xhat, inv_std, shape, m, *y)
+        return impl.backward(self, dout, shape, m, *saved)
 
     def macs(self, in_shape, out_shape):
         return 0  # a per-element scale and shift, not counted as multiply-adds
