@@ -8,7 +8,8 @@ perf_counter around it (the CPU runs synchronously):
                crop and flip; ours only: PyTorch's loader is not comparable)
     forward    the model's forward, and per top-level layer
     loss       the loss and its gradient
-    backward   the model's backward, and per top-level layer
+    backward   the model's backward (no gradient of the input, as in e2e's
+               step and PyTorch's), and per top-level layer
     update     optimizer step + zero_grad
     overhead   forward + backward minus the sum of the layers' own times
                (the containers' Python work between layers, and the timers)
@@ -56,7 +57,10 @@ def _wrap_ours(model, clock):
                 return y
             return call
         object.__setattr__(layer, "forward", timed(layer.forward, ("forward", name)))
-        object.__setattr__(layer, "backward", timed(layer.backward, ("backward", name)))
+        if layer is model[0]:   # the step's backward_params: its parameters' gradients only, as e2e's
+            object.__setattr__(layer, "_backward_params", timed(layer._backward_params, ("backward", name)))
+        else:
+            object.__setattr__(layer, "backward", timed(layer.backward, ("backward", name)))
 
 
 def _ours(model_name, x, y, loader):
@@ -83,7 +87,7 @@ def _ours(model_name, x, y, loader):
         t2 = time.perf_counter()
         _, dlogits = loss_fn(out, y)
         t3 = time.perf_counter()
-        model.backward(dlogits)
+        model.backward_params(dlogits)   # as e2e's step and the trainer: no gradient of the input
         t4 = time.perf_counter()
         opt.step()
         opt.zero_grad()
