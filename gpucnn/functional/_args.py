@@ -372,11 +372,9 @@ def pool_backward_args(op, nd, dy, x_shape, kernel_size, stride, padding, argmax
     args = checked(PoolArgs, op, nd, x_shape, kernel_size, stride, padding, dilation)
     check_dy(op, dy, args.y_shape)
     if argmax is not None:
-        check_argmax(op, dy, argmax)
         # The GPU gather only compares argmax with each input's own index and
-        # cannot write out of bounds; the CPU scatter writes through it.
-        if not backend.is_gpu_array(dy):
-            check_argmax_range(op, argmax, x_shape)
+        # cannot write out of bounds; the CPU scatter checks each index itself.
+        check_argmax(op, dy, argmax)
     return xp, args
 
 
@@ -425,7 +423,8 @@ def adaptive_pool_backward_args(op, nd, dy, x_shape, argmax=None):
         raise ValueError(f"{op}: dy shape {tuple(dy.shape)} does not match x_shape {x_shape} in (N, C)")
     if argmax is not None:
         check_argmax(op, dy, argmax)
-        check_argmax_range(op, argmax, x_shape)
+        if backend.is_gpu_array(dy):   # (the CPU scatter checks each index itself)
+            check_argmax_range(op, argmax, x_shape)
     return xp, x_shape
 
 
@@ -442,14 +441,21 @@ def check_argmax(op, dy, argmax):
         raise ValueError(f"{op}: argmax must have dy's shape {tuple(dy.shape)}, got {tuple(argmax.shape)}")
 
 
+def argmax_range_error(op, argmax_shape, x_shape):
+    plane = int(np.prod(x_shape[2:]))
+    return ValueError(f"{op}: argmax holds indices outside the input plane of {plane} "
+                      f"elements (x_shape {tuple(x_shape)}, argmax {tuple(argmax_shape)})")
+
+
 def check_argmax_range(op, argmax, x_shape):
     """Every argmax must index the (n, c) input plane: routing dy through it
-    (the CPU scatter, the GPU route kernel) would otherwise write out of
-    bounds. Two reductions (device syncs on the GPU)."""
+    (the GPU route kernel) would otherwise write out of bounds. Two
+    reductions (device syncs). On the CPU the scatter itself checks each
+    index before it writes (pool_cpu.max_backward, the same error): two
+    serial passes over argmax cost more than the parallel scatter."""
     plane = int(np.prod(x_shape[2:]))
     if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
-        raise ValueError(f"{op}: argmax holds indices outside the input plane of {plane} "
-                         f"elements (x_shape {tuple(x_shape)}, argmax {tuple(argmax.shape)})")
+        raise argmax_range_error(op, argmax.shape, x_shape)
 
 
 def max_pool_backward_args(op, nd, dy, argmax, x_shape):
@@ -460,5 +466,6 @@ def max_pool_backward_args(op, nd, dy, argmax, x_shape):
     if tuple(dy.shape[:2]) != x_shape[:2]:
         raise ValueError(f"{op}: dy shape {tuple(dy.shape)} does not match x_shape {x_shape} in (N, C)")
     check_argmax(op, dy, argmax)
-    check_argmax_range(op, argmax, x_shape)
+    if backend.is_gpu_array(dy):   # (the CPU scatter checks each index itself)
+        check_argmax_range(op, argmax, x_shape)
     return xp, x_shape

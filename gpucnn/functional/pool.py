@@ -69,8 +69,16 @@ def _max_backward(op, nd, dy, argmax, x_shape, kernel_size, stride, padding, dil
         x_shape, geometry = a.x_shape, None if dilated else (a.kernel, a.stride, a.padding)
     impl = implementation("pool", xp, nd)
     (dy,), half = widen_for(impl, dy)
-    return narrow(impl.max_backward(
-        dy, argmax, x_shape, geometry, **gpu_kwargs(xp, version, "pool", nd, "max_backward")), half)
+    return narrow(impl.max_backward(dy, argmax, x_shape, geometry,
+                                    **_max_backward_kwargs(xp, op, version, nd)), half)
+
+
+def _max_backward_kwargs(xp, op, version, nd):
+    """The GPU's kernel version; the CPU's op name (its scatter checks argmax, see pool_cpu)."""
+    kwargs = gpu_kwargs(xp, version, "pool", nd, "max_backward")
+    if xp is np:
+        kwargs["op"] = op
+    return kwargs
 
 
 def _avg_forward(op, nd, x, kernel_size, stride, padding, version):
@@ -177,7 +185,7 @@ def _adaptive_max_backward(op, nd, dy, argmax, x_shape):
     xp, x_shape = _args.max_pool_backward_args(op, nd, dy, argmax, x_shape)
     impl = implementation("pool", xp, nd)
     (dy,), half = widen_for(impl, dy)
-    return narrow(impl.max_backward(dy, argmax, x_shape, None), half)
+    return narrow(impl.max_backward(dy, argmax, x_shape, None, **_max_backward_kwargs(xp, op, None, nd)), half)
 
 
 def adaptive_avg_pool1d(x, output_size):

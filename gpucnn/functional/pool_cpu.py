@@ -22,7 +22,7 @@ result is deterministic.
 import numba as nb
 import numpy as np
 
-from ._args import adaptive_windows, output_shape
+from ._args import adaptive_windows, argmax_range_error, output_shape
 from ..cpu_parallel import over_items
 from .flat_cpu import as5d, lift3
 
@@ -88,14 +88,22 @@ def _max_forward(x, kernel, stride, padding, dilation, y, arg, p0, p1):
 
 
 @nb.njit(nogil=True, cache=True)
-def _max_backward(dy, arg, dx, p0, p1):
-    """dy, arg (NC, P); dx (NC, plane): dx[p, arg[p, o]] += dy[p, o], o ascending."""
+def _max_backward(dy, arg, dx, P, plane, p0, p1):
+    """dy, arg (NC, P) and dx (NC, plane) flat: dx[p, arg[p, o]] += dy[p, o],
+    o ascending; an index outside the plane is not written but counted (the
+    count is returned)."""
+    bad = 0
     for p in range(p0, p1):
-        g, a, d = dy[p], arg[p], dx[p]
-        for i in range(d.size):
-            d[i] = 0
-        for o in range(g.size):
-            d[np.uint64(a[o])] += g[o]
+        d0, s0 = p * plane, p * P
+        for i in range(plane):
+            dx[np.uint64(d0 + i)] = 0
+        for o in range(P):
+            a = arg[np.uint64(s0 + o)]
+            if a < 0 or a >= plane:
+                bad += 1
+            else:
+                dx[np.uint64(d0 + a)] += dy[np.uint64(s0 + o)]
+    return bad
 
 
 @nb.njit(nogil=True, cache=True)
@@ -179,15 +187,20 @@ def max_forward(x, kernel, stride, padding, dilation=None):
     return y, arg
 
 
-def max_backward(dy, argmax, x_shape, geometry):
+def max_backward(dy, argmax, x_shape, geometry, op="max_pool_backward"):
     """Scatter in output order per plane. `geometry` (the forward's window) is
     not needed on the CPU: the scatter already runs each plane in one thread,
-    in the same order a per-input gather would sum in. The front has checked
-    that argmax indexes the input plane (_args.check_argmax_range)."""
+    in the same order a per-input gather would sum in. Each argmax is checked
+    against the input plane before its write: an index outside it raises the
+    front's ValueError (_args.argmax_range_error, naming `op`); a separate
+    check took two serial passes over argmax (vgg_small's 28x28 pool: the
+    backward took as long on two threads as on one)."""
     NC, plane, P = x_shape[0] * x_shape[1], int(np.prod(x_shape[2:])), int(np.prod(dy.shape[2:]))
     dx = np.empty(x_shape, dy.dtype)
-    over_items(_max_backward, NC, dx.size, np.ascontiguousarray(dy).reshape(NC, P),
-                 np.ascontiguousarray(argmax).reshape(NC, P), dx.reshape(NC, plane))
+    bad = over_items(_max_backward, NC, dx.size, np.ascontiguousarray(dy).reshape(-1),
+                     np.ascontiguousarray(argmax).reshape(-1), dx.reshape(-1), P, plane)
+    if sum(bad):
+        raise argmax_range_error(op, argmax.shape, x_shape)
     return dx
 
 
