@@ -58,7 +58,7 @@ import numpy as np
 from numba import uintp
 
 from ..cpu_caches import L2_BYTES
-from ..cpu_parallel import blas_threads, gemm_threads, over_samples
+from ..cpu_parallel import over_items, over_samples
 from .simd_cpu import prefetch_run, prefetch_run_write
 
 # V and M of one block of samples, 3/4 of the L2 cache (the products also read U).
@@ -571,6 +571,59 @@ def _gradient_transform4(dy, th, tw, D, step, cols):
                        D, (i * 6 + j) * step + k * cols, L)
 
 
+# The filter-side transforms, U = G w G^T before the products and dw = G^T Q G
+# after them, as kernels over a range of filters k (cpu_parallel.over_items):
+# they read and write every point matrix (2.4 MB at 128 -> 128 channels), and
+# as one serial BLAS call each they were 0.3-0.5 ms of a two-thread step's
+# serial time per conv.
+
+@nb.njit(nogil=True, cache=True)
+def _filter_transform(w, GG, U, k0, k1):
+    """U[xi, k, c] = sum over taps r of GG[xi, r] w[k, c, r] for k in [k0, k1):
+    w (K, C, 9), GG (points, 9), U flat (points, K, C)."""
+    K, C, _ = w.shape
+    wt = np.empty((9, C), np.float32)   # filter k tap by tap: the c loops run contiguous
+    for k in range(k0, k1):
+        for c in range(C):
+            for r in range(9):
+                wt[r, c] = w[k, c, r]
+        for xi in range(GG.shape[0]):
+            o = (xi * K + k) * C
+            for c in range(C):
+                U[uintp(o + c)] = 0
+            for r in range(9):
+                g = GG[xi, r]
+                for c in range(C):
+                    U[uintp(o + c)] += g * wt[r, c]
+
+
+@nb.njit(nogil=True, cache=True)
+def _gradient_filter(Qs, GG, dw, k0, k1):
+    """dw[k, c, r] = sum over points xi of GG[xi, r] Q[xi, k, c] for k in [k0, k1),
+    Q the sum of the parts' Qs (each flat (points, K, C)) in part order; dw (K, C, 9)."""
+    K, C, _ = dw.shape
+    q = np.empty(C, np.float32)
+    acc = np.empty((9, C), np.float32)
+    for k in range(k0, k1):
+        acc[:] = 0
+        for xi in range(GG.shape[0]):
+            o = (xi * K + k) * C
+            first = Qs[0]
+            for c in range(C):
+                q[c] = first[uintp(o + c)]
+            for i in range(1, len(Qs)):   # part order: deterministic
+                part = Qs[i]
+                for c in range(C):
+                    q[c] += part[uintp(o + c)]
+            for r in range(9):
+                g = GG[xi, r]
+                for c in range(C):
+                    acc[r, c] += g * q[c]
+        for c in range(C):
+            for r in range(9):
+                dw[k, c, r] = acc[r, c]
+
+
 class _Points:
     """The point matrices of a part: an uninitialized (count, rows, cols)
     float32 array whose matrices start _STAGGER bytes past a multiple of 4 KiB
@@ -649,9 +702,8 @@ def forward(x, w, padding, dilation=None, form=None):
     f = form or _form(x.shape, padding, "forward")
     t = f.tiling(N, C, K, H, W, padding)
     # U = G w G^T per (k, c), as one matrix (K, C) per point
-    # outside the parts: on the BLAS's threads where they sleep after the call (cpu_parallel.gemm_threads)
-    with blas_threads(gemm_threads(2 * f.points * 9 * K * C)):
-        U = (f.GG @ np.ascontiguousarray(w).reshape(K * C, 9).T).reshape(f.points, K, C)
+    U = np.empty((f.points, K, C), np.float32)
+    over_items(_filter_transform, K, U.size, np.ascontiguousarray(w).reshape(K, C, 9), f.GG, U.reshape(-1))
     x = np.ascontiguousarray(x)
     y = np.empty((N, K, t.Ho, t.Wo), np.float32)
 
@@ -691,9 +743,6 @@ def backward_filter(dy, x, w_shape, padding, dilation=None, form=None):
             Q += np.matmul(D.view(used), V.view(used).transpose(0, 2, 1), out=product)
         return Q
     parts = over_samples(part, N, 2 * N * K * C * t.tiles * f.points)
-    Q = parts[0]
-    for p in parts[1:]:                                      # thread order: deterministic
-        Q += p
-    # dw = G^T Q G per (k, c)
-    with blas_threads(gemm_threads(2 * f.points * 9 * K * C)):
-        return np.ascontiguousarray((Q.reshape(f.points, K * C).T @ f.GG).reshape(K, C, 3, 3))
+    dw = np.empty((K, C, 3, 3), np.float32)
+    over_items(_gradient_filter, K, parts[0].size, tuple(q.reshape(-1) for q in parts), f.GG, dw.reshape(K, C, 9))
+    return dw
