@@ -180,15 +180,6 @@ def over_samples(fn, N, flops):
         return over_parts(fn, N, parts)
 
 
-def gemm_threads(flops):
-    """BLAS threads for one GEMM of `flops` made outside our pool's parts
-    (fewer for small ones): one unless the BLAS's idle workers sleep at once
-    (BLAS_WORKERS_SLEEP), since otherwise they would spin into the next op."""
-    if not BLAS_WORKERS_SLEEP:
-        return 1
-    return int(min(num_threads(), max(1, flops // FLOPS_PER_THREAD)))
-
-
 def matmul(a, b):
     """a @ b for 2-D NumPy arrays (views allowed) on the BLAS's threads when
     its workers sleep after a call (BLAS_WORKERS_SLEEP), else with the rows
