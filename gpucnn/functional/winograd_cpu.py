@@ -77,7 +77,11 @@ _MIN_CHANNELS = 16       # fewer input or output channels: im2col's product is a
 # sums outweigh the products), hence its own floor.
 _MIN_OUTPUT = 4
 _MIN_FILTER_OUTPUT = 6
-_MIN_FILTER_COLUMNS = 256   # tiles a backward-filter block takes at least
+# Tiles a backward-filter block takes at least (fewer blocks, fewer (points, K, C)
+# sums, but the block's point matrices leave the L2 cache). In vgg_small's step
+# (arrays from memory), 128 -> 128 at 7x7, 1 / 2 threads: 256 tiles 11.8-12.1 /
+# 7.1 ms, 128 tiles 10.3-10.9 / 6.6-6.7; 64 -> 128: 5.9 / 4.0 -> 6.1-6.2 / 3.7.
+_MIN_FILTER_COLUMNS = 128
 _F4_MIN_OUTPUT = 7          # F(4x4, 3x3) from this output size a side (_form)
 
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
